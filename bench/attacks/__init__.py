@@ -1,0 +1,116 @@
+"""Attack registry: every torchattacks attack by its class name, plus the tutorial's ``sgd``.
+
+Attacks see models that take images in [0, 1] (the model wrapper normalises), and return
+adversarial images in [0, 1]. ``build(spec, model)`` makes a configured torchattacks ``Attack``.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn as nn
+
+if TYPE_CHECKING:
+    from bench.suite import AttackSpec
+
+_INSTALL_HINT = (
+    "torchattacks is not installed: pip install --no-deps 'torchattacks>=3.5.1,<4' "
+    "(--no-deps because its wheel pins requests~=2.25.1, which it never imports)"
+)
+
+
+@dataclass(frozen=True)
+class AttackInfo:
+    name: str  # canonical type name used in suites and result rows
+    cls: type
+    params: dict[str, Any]  # constructor arguments (except the model) and their defaults
+    targeted: bool  # has a targeted mode
+
+
+def _torchattacks():
+    try:
+        import torchattacks
+    except ImportError:
+        raise ImportError(_INSTALL_HINT) from None
+    return torchattacks
+
+
+class _Probe(nn.Module):
+    """A stand-in model, so argument checks run before any real model is loaded."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(1, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.flatten(1).mean(1, keepdim=True))
+
+
+def _params(cls: type) -> dict[str, Any] | None:
+    sig = inspect.signature(cls.__init__)
+    out = {}
+    for name, p in list(sig.parameters.items())[2:]:  # skip self, model
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        if p.default is p.empty:
+            return None  # needs an argument a suite cannot give (a data loader, other attacks)
+        out[name] = p.default
+    return out
+
+
+@functools.cache
+def registry() -> dict[str, AttackInfo]:
+    ta = _torchattacks()
+    from torchattacks.attack import Attack
+
+    from bench.attacks.sgd import SGD
+
+    classes = {"sgd": SGD}
+    for cls_name in ta.__all__:
+        cls = getattr(ta, cls_name)
+        if isinstance(cls, type) and issubclass(cls, Attack):
+            classes[cls_name.lower()] = cls
+    out = {}
+    for name, cls in classes.items():
+        params = _params(cls)
+        if params is None:
+            continue
+        try:
+            targeted = "targeted" in cls(_Probe()).supported_mode
+        except Exception:  # an attack whose defaults cannot even be instantiated is not offered
+            continue
+        out[name] = AttackInfo(name, cls, params, targeted)
+    return out
+
+
+def names() -> list[str]:
+    return list(registry())
+
+
+def lookup(type_name: Any) -> AttackInfo:
+    """Case-insensitive lookup by type (``fgsm``, ``PGD``, ``sgd``); KeyError if unknown."""
+    if not isinstance(type_name, str):
+        raise KeyError(type_name)
+    return registry()[type_name.lower()]
+
+
+def build(spec: "AttackSpec", model: nn.Module):
+    """A torchattacks Attack for this spec, attacking ``model``."""
+    info = lookup(spec.type)
+    kwargs = spec.kwargs
+    if spec.eps is not None:
+        kwargs["eps"] = spec.eps
+    attack = info.cls(model, **kwargs)
+    if spec.target is not None:
+        target = spec.target
+        attack.set_mode_targeted_by_function(lambda images, labels: torch.full_like(labels, target), quiet=True)
+    return attack
+
+
+def check(spec: "AttackSpec") -> None:
+    """Raise TypeError/ValueError if the attack rejects these arguments (no real model needed)."""
+    build(spec, _Probe())

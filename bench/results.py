@@ -1,0 +1,167 @@
+"""The results table: its columns (a contract other tools read), the environment record, and
+durable writing (rows are appended and fsynced one by one; the Parquet table is built from them)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+import torch
+
+# name → pandas dtype. Order is the table's column order.
+COLUMNS: dict[str, str] = {
+    "suite": "string",
+    "run_id": "string",
+    "cell_id": "string",
+    "status": "string",  # ok | skipped | failed
+    "reason": "string",
+    "model": "string",
+    "dataset": "string",
+    "attack": "string",
+    "eps": "float64",
+    "defense": "string",
+    "eval_mode": "string",
+    "device": "string",
+    "precision": "string",
+    "batch_size": "Int64",
+    "n": "Int64",
+    "clean_acc": "float64",
+    "robust_acc": "float64",
+    "attack_success_rate": "float64",
+    "targeted_success_rate": "float64",
+    "linf_max": "float64",
+    "l2_mean": "float64",
+    "attack_seconds": "float64",
+    "attack_images_per_s": "float64",
+    "clean_images_per_s": "float64",
+    "peak_mem_mb": "float64",
+    "seed": "Int64",
+    "git_sha": "string",
+    "torch_version": "string",
+    "device_name": "string",
+    "started_at": "string",
+}
+
+ROWS_FILE = "rows.jsonl"
+TABLE_FILE = "results.parquet"
+RUN_FILE = "run.json"
+
+
+def to_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """Rows → a typed table with exactly the contract's columns, in order."""
+    df = pd.DataFrame(list(rows), columns=list(COLUMNS))
+    return df.astype(COLUMNS)
+
+
+class RowLog:
+    """Append-only JSON-lines log; each row is flushed and fsynced before ``append`` returns,
+    so a run killed at any moment keeps every finished cell."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._f = path.open("a", encoding="utf-8")
+
+    def append(self, row: dict[str, Any]) -> None:
+        self._f.write(json.dumps(row, allow_nan=True) + "\n")
+        self._f.flush()
+        os.fsync(self._f.fileno())
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def read_rows(run_dir: Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / ROWS_FILE
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line cut off by a crash mid-write: that cell simply has no row
+    return rows
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_table(df: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    df.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def write_json(obj: Any, path: Path) -> None:
+    write_atomic(path, (json.dumps(obj, indent=2, default=str) + "\n").encode())
+
+
+def load_run(run_dir: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """A run's table (from Parquet, or from the row log if the run never finished) and run.json."""
+    run_dir = Path(run_dir)
+    meta = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8"))
+    table = run_dir / TABLE_FILE
+    df = pd.read_parquet(table) if table.exists() else to_frame(read_rows(run_dir))
+    return df, meta
+
+
+# ---------------------------------------------------------------------------------------------
+# Environment
+
+
+def git_sha(cwd: Path | None = None) -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 else "unknown"
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_name(device: str) -> str:
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.device(device))
+    return cpu_name() if device == "cpu" else "unavailable"
+
+
+def environment() -> dict[str, Any]:
+    import torchvision
+
+    try:
+        import torchattacks
+
+        ta_version = torchattacks.__version__
+    except ImportError:
+        ta_version = "not installed"
+    return {
+        "git_sha": git_sha(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "torchattacks": ta_version,
+        "cpu": cpu_name(),
+        "cpu_threads": torch.get_num_threads(),
+        "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else [],
+        "cuda": torch.version.cuda,
+    }

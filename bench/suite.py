@@ -1,0 +1,606 @@
+"""Suite schema, validation and grid expansion.
+
+A suite file is parsed into typed specs and validated completely before anything runs:
+every problem becomes a :class:`SuiteError` that names the file, the key path
+(``attacks[1].eps[0]``) and what is allowed. ``Suite.cells()`` expands the grid into
+:class:`CellSpec` objects, the unit the runner executes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from bench import attacks as attack_registry
+from bench import data as data_registry
+from bench import defenses as defense_registry
+from bench import models as model_registry
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+EVAL_MODES = ("oblivious",)
+TOP_KEYS = {
+    "name": "suite name (letters, digits, '-', '_', '.')",
+    "seed": "integer",
+    "data": "mapping",
+    "models": "list of mappings",
+    "attacks": "list of mappings",
+    "defenses": "list",
+    "devices": "list of 'cpu', 'cuda' or 'cuda:N'",
+    "precisions": f"list of {', '.join(PRECISIONS)}",
+    "batch_size": "integer >= 1",
+    "include": "list of rules",
+    "exclude": "list of rules",
+}
+REQUIRED_TOP = ("name", "data", "models", "attacks")
+RULE_KEYS = ("model", "attack", "eps", "defense", "device", "precision")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+_FRACTION_RE = re.compile(r"^\s*([+-]?\d+(?:\.\d*)?|[+-]?\.\d+)\s*/\s*([+-]?\d+(?:\.\d*)?|[+-]?\.\d+)\s*$")
+_DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?)$")
+
+
+class SuiteError(ValueError):
+    """A suite that cannot run. ``str()`` is the one-line message shown to the user."""
+
+    def __init__(self, file: str | Path, key: str, message: str):
+        self.file, self.key, self.message = str(file), key, message
+        where = f"{self.file}: {key}: " if key else f"{self.file}: "
+        super().__init__(where + message)
+
+
+# ---------------------------------------------------------------------------------------------
+# Typed specs. All frozen and built from plain values so they hash, compare and serialise.
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    source: str
+    path: str | None = None  # resolved, absolute
+    limit: int | None = None
+    image_size: int = 224
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    arch: str
+    weights: str | None = None
+    checkpoint: str | None = None  # resolved, absolute
+    num_classes: int | None = None
+    input_size: int | None = None
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """One attack at one ε: a single grid value of an attack entry."""
+
+    name: str
+    type: str
+    eps: float | None
+    params: tuple[tuple[str, Any], ...] = ()
+    target: int | None = None
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self.params)
+
+    @property
+    def targeted(self) -> bool:
+        return self.target is not None
+
+
+@dataclass(frozen=True)
+class DefenseSpec:
+    type: str
+    quality: int | None = None
+
+    @property
+    def label(self) -> str:
+        return self.type if self.quality is None else f"{self.type}-q{self.quality}"
+
+
+@dataclass(frozen=True)
+class CellSpec:
+    """One grid cell. Running it yields exactly one result row."""
+
+    suite: str
+    seed: int
+    model: ModelSpec
+    attack: AttackSpec
+    defense: DefenseSpec
+    device: str
+    precision: str
+    batch_size: int
+    eval_mode: str = "oblivious"
+
+    @property
+    def cell_id(self) -> str:
+        return "/".join(
+            [
+                self.model.name,
+                self.attack.name,
+                f"eps={format_eps(self.attack.eps)}",
+                self.defense.label,
+                self.eval_mode,
+                self.device,
+                self.precision,
+            ]
+        )
+
+    @property
+    def attack_seed(self) -> int:
+        """Seed for crafting this cell's adversarial images. It depends on the model, attack, ε,
+        device and precision but not the defense (oblivious attacks never see the defense), and
+        not on which cells ran before."""
+        key = "/".join([self.model.name, self.attack.name, format_eps(self.attack.eps), self.device, self.precision])
+        digest = hashlib.sha256(f"{self.seed}:{key}".encode()).digest()
+        return int.from_bytes(digest[:4], "little")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class Suite:
+    name: str
+    seed: int
+    data: DataSpec
+    models: tuple[ModelSpec, ...]
+    attacks: tuple[tuple[AttackSpec, ...], ...]  # one tuple of ε-variants per attack entry
+    defenses: tuple[DefenseSpec, ...]
+    devices: tuple[str, ...]
+    precisions: tuple[str, ...]
+    batch_size: int
+    include: tuple[dict[str, Any], ...] = ()
+    exclude: tuple[dict[str, Any], ...] = ()
+    path: str = "<memory>"
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    def cells(self) -> list[CellSpec]:
+        """The pruned grid, ordered so cells sharing a model and an adversarial batch are adjacent."""
+        out = []
+        for model in self.models:
+            for device in self.devices:
+                for precision in self.precisions:
+                    for variants in self.attacks:
+                        for attack in variants:
+                            for defense in self.defenses:
+                                cell = CellSpec(
+                                    suite=self.name,
+                                    seed=self.seed,
+                                    model=model,
+                                    attack=attack,
+                                    defense=defense,
+                                    device=device,
+                                    precision=precision,
+                                    batch_size=self.batch_size,
+                                )
+                                if self._keep(cell):
+                                    out.append(cell)
+        return out
+
+    def _keep(self, cell: CellSpec) -> bool:
+        if self.include and not any(_rule_matches(r, cell) for r in self.include):
+            return False
+        return not any(_rule_matches(r, cell) for r in self.exclude)
+
+    def digest(self) -> str:
+        """Hash of the resolved suite; identical suites give identical digests."""
+        return hashlib.sha256(json.dumps(self.raw, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _rule_matches(rule: dict[str, Any], cell: CellSpec) -> bool:
+    values = {
+        "model": {cell.model.name},
+        "attack": {cell.attack.name},
+        "defense": {cell.defense.type, cell.defense.label},
+        "device": {cell.device},
+        "precision": {cell.precision},
+    }
+    for key, wanted in rule.items():
+        if key == "eps":
+            if cell.attack.eps is None or not any(math.isclose(cell.attack.eps, w, rel_tol=1e-9) for w in wanted):
+                return False
+        elif not values[key] & set(wanted):
+            return False
+    return True
+
+
+def format_eps(eps: float | None) -> str:
+    """ε as a readable fraction of 255 where it is one (``10/255``), else a short decimal."""
+    if eps is None or (isinstance(eps, float) and math.isnan(eps)):
+        return "-"
+    k = eps * 255
+    if abs(k - round(k)) < 1e-6:
+        return f"{round(k)}/255"
+    return f"{eps:.6g}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading and validation
+
+
+def load_suite(path: str | Path) -> Suite:
+    """Read, validate and resolve a suite file. Raises :class:`SuiteError` on any problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise SuiteError(path, "", "suite file not found")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SuiteError(path, "", f"cannot read suite file ({exc})") from None
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise SuiteError(path, "", f"invalid YAML{where}: {problem}") from None
+    return parse_suite(doc, path)
+
+
+def parse_suite(doc: Any, path: str | Path = "<memory>") -> Suite:
+    """Validate a parsed YAML document. Relative paths resolve against the suite file's folder."""
+    v = _Validator(Path(path))
+    return v.suite(doc)
+
+
+class _Validator:
+    def __init__(self, path: Path):
+        self.path = path
+        self.base = path.parent if path.name != "<memory>" else Path.cwd()
+
+    def fail(self, key: str, message: str) -> SuiteError:
+        return SuiteError(self.path, key, message)
+
+    # -- generic helpers -------------------------------------------------------------------
+
+    def mapping(self, value: Any, key: str, allowed: Iterable[str], required: Iterable[str] = ()) -> dict:
+        if not isinstance(value, dict):
+            raise self.fail(key, f"must be a mapping, got {_kind(value)}")
+        allowed = list(allowed)
+        for k in value:
+            if not isinstance(k, str) or k not in allowed:
+                raise self.fail(_join(key, str(k)), f"unknown key; allowed: {', '.join(allowed)}")
+        for k in required:
+            if k not in value:
+                raise self.fail(_join(key, k), "is required")
+        return value
+
+    def integer(self, value: Any, key: str, lo: int | None = None, hi: int | None = None) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(key, f"must be an integer, got {_kind(value)} {value!r}")
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            raise self.fail(key, f"must be {_range_text(lo, hi)}, got {value}")
+        return value
+
+    def name(self, value: Any, key: str) -> str:
+        if not isinstance(value, str) or not _NAME_RE.match(value):
+            raise self.fail(key, f"must be a name of letters, digits, '-', '_' or '.', got {value!r}")
+        return value
+
+    def number(self, value: Any, key: str) -> float:
+        """A real number, written as a number or a fraction string such as ``10/255``."""
+        if isinstance(value, bool):
+            raise self.fail(key, f"must be a number or a fraction like 8/255, got {value!r}")
+        if isinstance(value, (int, float)):
+            x = float(value)
+        elif isinstance(value, str) and _FRACTION_RE.match(value):
+            num, den = _FRACTION_RE.match(value).groups()
+            if float(den) == 0:
+                raise self.fail(key, f"division by zero in {value!r}")
+            x = float(Fraction(num) / Fraction(den))
+        else:
+            raise self.fail(key, f"must be a number or a fraction like 8/255, got {_kind(value)} {value!r}")
+        if not math.isfinite(x):
+            raise self.fail(key, f"must be finite, got {value!r}")
+        return x
+
+    def listof(self, value: Any, key: str) -> list:
+        if not isinstance(value, list):
+            raise self.fail(key, f"must be a list, got {_kind(value)}")
+        if not value:
+            raise self.fail(key, "must not be empty")
+        return value
+
+    def existing_path(self, value: Any, key: str, kind: str) -> Path:
+        if not isinstance(value, str) or not value:
+            raise self.fail(key, f"must be a path string, got {_kind(value)}")
+        p = Path(value)
+        p = p if p.is_absolute() else (self.base / p)
+        p = p.resolve()
+        if kind == "file" and not p.is_file():
+            raise self.fail(key, f"file not found: {p}")
+        if kind == "dir" and not p.is_dir():
+            raise self.fail(key, f"folder not found: {p}")
+        return p
+
+    # -- sections --------------------------------------------------------------------------
+
+    def suite(self, doc: Any) -> Suite:
+        if doc is None:
+            raise self.fail("", "the suite file is empty; it must be a mapping with keys: " + ", ".join(TOP_KEYS))
+        doc = self.mapping(doc, "", TOP_KEYS, REQUIRED_TOP)
+        name = self.name(doc["name"], "name")
+        seed = self.integer(doc.get("seed", 0), "seed", lo=0, hi=2**32 - 1)
+        batch_size = self.integer(doc.get("batch_size", 16), "batch_size", lo=1)
+        data = self.data(doc["data"])
+        models = self.models(doc["models"], data)
+        attacks = self.attacks(doc["attacks"], models)
+        defenses = self.defenses(doc.get("defenses", ["none"]))
+        devices = self.choices(doc.get("devices", ["cpu"]), "devices", None, _DEVICE_RE)
+        precisions = self.choices(doc.get("precisions", ["fp32"]), "precisions", PRECISIONS)
+        include = self.rules(doc.get("include", []), "include")
+        exclude = self.rules(doc.get("exclude", []), "exclude")
+        suite = Suite(
+            name=name,
+            seed=seed,
+            data=data,
+            models=models,
+            attacks=attacks,
+            defenses=defenses,
+            devices=devices,
+            precisions=precisions,
+            batch_size=batch_size,
+            include=include,
+            exclude=exclude,
+            path=str(self.path),
+        )
+        suite.raw = {
+            "name": name,
+            "seed": seed,
+            "batch_size": batch_size,
+            "data": dataclasses.asdict(data),
+            "models": [dataclasses.asdict(m) for m in models],
+            "attacks": [[dataclasses.asdict(a) for a in variants] for variants in attacks],
+            "defenses": [dataclasses.asdict(d) for d in defenses],
+            "devices": list(devices),
+            "precisions": list(precisions),
+            "include": list(include),
+            "exclude": list(exclude),
+        }
+        if not suite.cells():
+            raise self.fail("include/exclude", "the rules leave an empty grid: no cell would run")
+        return suite
+
+    def data(self, value: Any) -> DataSpec:
+        sources = data_registry.SOURCES
+        value = self.mapping(value, "data", ("source", "path", "limit", "image_size"), ("source",))
+        source = value["source"]
+        if source not in sources:
+            raise self.fail("data.source", f"unknown source {source!r}; allowed: {', '.join(sources)}")
+        needs_path = sources[source].needs_path
+        path = None
+        if needs_path:
+            if "path" not in value:
+                raise self.fail("data.path", f"is required for source {source!r}")
+            path = str(self.existing_path(value["path"], "data.path", needs_path))
+        elif "path" in value:
+            raise self.fail("data.path", f"source {source!r} takes no path")
+        limit = value.get("limit")
+        if limit is not None:
+            limit = self.integer(limit, "data.limit", lo=1)
+        image_size = self.integer(value.get("image_size", 224), "data.image_size", lo=16, hi=4096)
+        spec = DataSpec(source=source, path=path, limit=limit, image_size=image_size)
+        try:
+            count, self.num_labels = data_registry.describe(spec)
+        except data_registry.DataError as exc:
+            raise self.fail(f"data.{exc.key or 'path'}", str(exc)) from None
+        if count == 0:
+            raise self.fail("data", f"the dataset is empty: source {source!r}" + (f" at {path}" if path else "") + " has no images")
+        return spec
+
+    def models(self, value: Any, data: DataSpec) -> tuple[ModelSpec, ...]:
+        items = self.listof(value, "models")
+        archs = model_registry.ARCHS
+        out, seen = [], set()
+        for i, item in enumerate(items):
+            key = f"models[{i}]"
+            item = self.mapping(item, key, ("name", "arch", "weights", "checkpoint", "num_classes", "input_size"), ("arch",))
+            arch = item["arch"]
+            if arch not in archs:
+                raise self.fail(f"{key}.arch", f"unknown model {arch!r}; allowed: {', '.join(archs)}")
+            info = archs[arch]
+            name = self.name(item.get("name", arch), f"{key}.name")
+            if name in seen:
+                raise self.fail(f"{key}.name", f"duplicate model name {name!r}; names must be unique")
+            seen.add(name)
+            weights = item.get("weights")
+            if weights not in info.weights:
+                allowed = ", ".join("null" if w is None else w for w in info.weights)
+                raise self.fail(f"{key}.weights", f"{weights!r} is not available for {arch}; allowed: {allowed}")
+            checkpoint = None
+            if "checkpoint" in item:
+                if weights is not None:
+                    raise self.fail(f"{key}.checkpoint", "give either weights or checkpoint, not both")
+                checkpoint = str(self.existing_path(item["checkpoint"], f"{key}.checkpoint", "file"))
+            num_classes = item.get("num_classes")
+            if num_classes is not None:
+                num_classes = self.integer(num_classes, f"{key}.num_classes", lo=2)
+                if weights is not None and num_classes != info.num_classes:
+                    raise self.fail(f"{key}.num_classes", f"{weights} weights have {info.num_classes} classes, got {num_classes}")
+            input_size = item.get("input_size")
+            if input_size is not None:
+                input_size = self.integer(input_size, f"{key}.input_size", lo=16, hi=4096)
+                if input_size != data.image_size:
+                    raise self.fail(f"{key}.input_size", f"{input_size} differs from data.image_size {data.image_size}; they must match")
+            n_classes = num_classes if num_classes is not None else info.num_classes
+            if n_classes < self.num_labels:
+                raise self.fail(f"{key}.num_classes", f"model {name!r} has {n_classes} classes but the data has labels up to {self.num_labels - 1}")
+            out.append(
+                ModelSpec(
+                    name=name,
+                    arch=arch,
+                    weights=weights,
+                    checkpoint=checkpoint,
+                    num_classes=n_classes,
+                    input_size=input_size if input_size is not None else data.image_size,
+                )
+            )
+        return tuple(out)
+
+    def attacks(self, value: Any, models: tuple[ModelSpec, ...]) -> tuple[tuple[AttackSpec, ...], ...]:
+        items = self.listof(value, "attacks")
+        out, seen = [], set()
+        for i, item in enumerate(items):
+            key = f"attacks[{i}]"
+            if not isinstance(item, dict):
+                raise self.fail(key, f"must be a mapping with a 'type', got {_kind(item)}")
+            if "type" not in item:
+                raise self.fail(f"{key}.type", "is required; allowed: " + ", ".join(attack_registry.names()))
+            try:
+                info = attack_registry.lookup(item["type"])
+            except KeyError:
+                raise self.fail(f"{key}.type", f"unknown attack {item['type']!r}; allowed: " + ", ".join(attack_registry.names())) from None
+            allowed = ["name", "type", "target", *info.params]
+            self.mapping(item, key, allowed)
+            name = self.name(item.get("name", info.name), f"{key}.name")
+            if name in seen:
+                raise self.fail(f"{key}.name", f"duplicate attack name {name!r}; names must be unique")
+            seen.add(name)
+            target = item.get("target")
+            if target is not None:
+                target = self.integer(target, f"{key}.target", lo=0)
+                if not info.targeted:
+                    raise self.fail(f"{key}.target", f"attack {info.name} has no targeted mode")
+                for m in models:
+                    if target >= m.num_classes:
+                        raise self.fail(f"{key}.target", f"class {target} does not exist for model {m.name!r} ({m.num_classes} classes)")
+            params = {}
+            for p, default in info.params.items():
+                if p == "eps" or p not in item:
+                    continue
+                params[p] = self.param(item[p], f"{key}.{p}", default)
+            if "eps" in info.params:
+                if "eps" not in item:
+                    raise self.fail(f"{key}.eps", "is required (pixel-space L-inf budget for images in [0,1], e.g. 8/255)")
+                raw = item["eps"] if isinstance(item["eps"], list) else [item["eps"]]
+                if not raw:
+                    raise self.fail(f"{key}.eps", "must not be empty")
+                eps_key = (lambda j: f"{key}.eps[{j}]") if isinstance(item["eps"], list) else (lambda j: f"{key}.eps")
+                epss = []
+                for j, e in enumerate(raw):
+                    x = self.number(e, eps_key(j))
+                    if not 0 < x <= 1:
+                        raise self.fail(eps_key(j), f"must be in (0, 1] (pixel space, images in [0,1]), got {e!r}")
+                    epss.append(x)
+            else:
+                epss = [None]
+            variants = []
+            for eps in dict.fromkeys(epss):  # drop repeated values, keep order
+                spec = AttackSpec(name=name, type=info.name, eps=eps, params=tuple(sorted(params.items())), target=target)
+                try:
+                    attack_registry.check(spec)
+                except (TypeError, ValueError) as exc:
+                    raise self.fail(key, f"invalid arguments for {info.name}: {exc}") from None
+                variants.append(spec)
+            out.append(tuple(variants))
+        return tuple(out)
+
+    def param(self, value: Any, key: str, default: Any) -> Any:
+        """An attack argument, typed after its default; numbers may be written as fractions."""
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise self.fail(key, f"must be true or false, got {value!r}")
+            return value
+        if isinstance(default, int):
+            return self.integer(value, key)
+        if isinstance(default, float):
+            return self.number(value, key)
+        if isinstance(value, str) and _FRACTION_RE.match(value):
+            return self.number(value, key)
+        if isinstance(value, (int, float, str, bool)) or value is None:
+            return value
+        if isinstance(value, list) and all(isinstance(v, (int, float)) for v in value):
+            return tuple(value)
+        raise self.fail(key, f"must be a number, string or boolean, got {_kind(value)}")
+
+    def defenses(self, value: Any) -> tuple[DefenseSpec, ...]:
+        items = self.listof(value, "defenses")
+        types = defense_registry.DEFENSES
+        out: list[DefenseSpec] = []
+        for i, item in enumerate(items):
+            key = f"defenses[{i}]"
+            if isinstance(item, str):
+                item = {"type": item}
+            if not isinstance(item, dict) or "type" not in item:
+                raise self.fail(key, f"must be a defense name or a mapping with 'type'; allowed types: {', '.join(types)}")
+            dtype = item["type"]
+            if dtype not in types:
+                raise self.fail(f"{key}.type", f"unknown defense {dtype!r}; allowed: {', '.join(types)}")
+            info = types[dtype]
+            self.mapping(item, key, ("type", *info.params))
+            if "quality" in info.params:
+                raw = item.get("quality", info.params["quality"])
+                many = isinstance(raw, list)
+                raw = raw if many else [raw]
+                if not raw:
+                    raise self.fail(f"{key}.quality", "must not be empty")
+                for j, q in enumerate(raw):
+                    qkey = f"{key}.quality[{j}]" if many else f"{key}.quality"
+                    out.append(DefenseSpec(dtype, self.integer(q, qkey, lo=1, hi=100)))
+            else:
+                out.append(DefenseSpec(dtype))
+        labels = [d.label for d in out]
+        dup = sorted({x for x in labels if labels.count(x) > 1})
+        if dup:
+            raise self.fail("defenses", f"duplicate defenses: {', '.join(dup)}")
+        return tuple(out)
+
+    def choices(self, value: Any, key: str, allowed: tuple[str, ...] | None, pattern: re.Pattern | None = None) -> tuple[str, ...]:
+        items = self.listof(value, key)
+        text = ", ".join(allowed) if allowed else TOP_KEYS[key].removeprefix("list of ")
+        for i, item in enumerate(items):
+            ok = isinstance(item, str) and (item in allowed if allowed else bool(pattern.match(item)))
+            if not ok:
+                raise self.fail(f"{key}[{i}]", f"{item!r} is not allowed; allowed: {text}")
+        if len(set(items)) != len(items):
+            raise self.fail(key, "contains duplicates")
+        return tuple(items)
+
+    def rules(self, value: Any, key: str) -> tuple[dict[str, Any], ...]:
+        if value in (None, []):
+            return ()
+        if not isinstance(value, list):
+            raise self.fail(key, f"must be a list of rules, got {_kind(value)}")
+        out = []
+        for i, rule in enumerate(value):
+            rkey = f"{key}[{i}]"
+            rule = self.mapping(rule, rkey, RULE_KEYS)
+            if not rule:
+                raise self.fail(rkey, "an empty rule matches every cell; name at least one of: " + ", ".join(RULE_KEYS))
+            parsed = {}
+            for k, v in rule.items():
+                vals = v if isinstance(v, list) else [v]
+                if k == "eps":
+                    parsed[k] = [self.number(x, f"{rkey}.eps") for x in vals]
+                else:
+                    if not all(isinstance(x, str) for x in vals):
+                        raise self.fail(f"{rkey}.{k}", "must be a name or a list of names")
+                    parsed[k] = vals
+            out.append(parsed)
+        return tuple(out)
+
+
+def _join(key: str, sub: str) -> str:
+    return f"{key}.{sub}" if key else sub
+
+
+def _kind(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _range_text(lo: int | None, hi: int | None) -> str:
+    if lo is not None and hi is not None:
+        return f"between {lo} and {hi}"
+    return f">= {lo}" if lo is not None else f"<= {hi}"

@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+
+def write_images(root: Path, classes: dict[str, int], size: int = 72, seed: int = 0) -> Path:
+    """An ImageFolder of small PNGs: class 0 dark with a bright square, class 1 bright with a dark one."""
+    rng = np.random.default_rng(seed)
+    for ci, (name, count) in enumerate(classes.items()):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            base = 60 if ci == 0 else 190
+            img = rng.integers(base - 40, base + 40, size=(size, size + 8, 3), dtype=np.uint8)
+            img[20:40, 20:40] = 255 - base
+            Image.fromarray(img).save(root / name / f"{i:03d}.png")
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    return write_images(tmp_path / "imgs", {"fake": 3, "real": 3})
+
+
+@pytest.fixture
+def write_suite(tmp_path: Path):
+    """Write a suite mapping to a YAML file in tmp_path and return its path."""
+
+    def _write(doc, name: str = "suite.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(doc if isinstance(doc, str) else yaml.safe_dump(doc, sort_keys=False))
+        return path
+
+    return _write
+
+
+@pytest.fixture
+def tiny_suite(image_folder: Path) -> dict:
+    """A suite that runs in seconds: random custom CNN at 96 px, two attacks, two defenses."""
+    return {
+        "name": "tiny",
+        "seed": 3,
+        "data": {"source": "imagefolder", "path": str(image_folder), "image_size": 96},
+        "models": [{"name": "cnn", "arch": "custom_cnn", "num_classes": 2}],
+        "attacks": [
+            {"name": "fgsm", "type": "fgsm", "eps": ["2/255", "8/255"]},
+            {"name": "pgd", "type": "pgd", "eps": "8/255", "steps": 3, "alpha": "2/255"},
+        ],
+        "defenses": ["none", {"type": "jpeg", "quality": 50}],
+        "devices": ["cpu"],
+        "precisions": ["fp32"],
+        "batch_size": 4,
+    }

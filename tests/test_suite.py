@@ -1,0 +1,133 @@
+"""Suite files: the documented example works as written; every bad input is one clear error."""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+
+import pytest
+
+from bench.suite import SuiteError, format_eps, load_suite
+
+TUTORIAL = Path(__file__).resolve().parents[1] / "suites" / "tutorial.yaml"
+
+
+def test_the_tutorial_suite_expands_to_its_full_grid():
+    suite = load_suite(TUTORIAL)
+    cells = suite.cells()
+    # 2 models x (3 attacks x 2 eps) x 5 defenses
+    assert len(cells) == 60
+    assert {c.defense.label for c in cells} == {"none", "jpeg-q90", "jpeg-q75", "jpeg-q50", "jpeg-q25"}
+    sgd = [c for c in cells if c.attack.name == "sgd-goldfish"]
+    assert {c.attack.eps for c in sgd} == {2 / 255, 10 / 255}
+    assert all(c.attack.target == 1 and c.attack.kwargs == {"steps": 30, "lr": 0.1, "momentum": 0.1} for c in sgd)
+    pgd = next(c for c in cells if c.attack.name == "pgd")
+    assert pgd.attack.kwargs["alpha"] == pytest.approx(1 / 255)
+    assert len({c.cell_id for c in cells}) == 60
+
+
+def test_fractions_and_numbers_both_work_for_eps(write_suite, tiny_suite):
+    tiny_suite["attacks"][0]["eps"] = [0.5, "1/4", 1]
+    cells = load_suite(write_suite(tiny_suite)).cells()
+    assert sorted({c.attack.eps for c in cells if c.attack.name == "fgsm"}) == [0.25, 0.5, 1.0]
+
+
+def test_include_and_exclude_prune_the_grid(write_suite, tiny_suite):
+    full = len(load_suite(write_suite(tiny_suite)).cells())
+    assert full == 3 * 2
+    tiny_suite["exclude"] = [{"attack": "fgsm", "eps": "8/255"}]
+    assert len(load_suite(write_suite(tiny_suite)).cells()) == full - 2
+    tiny_suite["include"] = [{"defense": "jpeg"}]
+    cells = load_suite(write_suite(tiny_suite)).cells()
+    assert {c.defense.label for c in cells} == {"jpeg-q50"} and len(cells) == 2
+
+
+def test_attack_seed_ignores_the_defense_but_not_the_attack(write_suite, tiny_suite):
+    cells = load_suite(write_suite(tiny_suite)).cells()
+    by_attack = {}
+    for c in cells:
+        by_attack.setdefault((c.attack.name, c.attack.eps), set()).add(c.attack_seed)
+    assert all(len(seeds) == 1 for seeds in by_attack.values())
+    assert len({next(iter(s)) for s in by_attack.values()}) == len(by_attack)
+
+
+def test_format_eps_reads_as_a_fraction_of_255():
+    assert format_eps(10 / 255) == "10/255"
+    assert format_eps(0.3) == "0.3"
+    assert format_eps(math.nan) == "-"
+
+
+BAD = [
+    # (mutation, key path expected in the message, words expected in the message)
+    (lambda d: d.update(colour="red"), "colour", "allowed"),
+    (lambda d: d.update(seed="zero"), "seed", "integer"),
+    (lambda d: d.update(batch_size=0), "batch_size", ">= 1"),
+    (lambda d: d["models"][0].update(arch="vgg99"), "models[0].arch", "custom_cnn"),
+    (lambda d: d["models"][0].update(weights="imagenet"), "models[0].weights", "allowed: null"),
+    (lambda d: d["models"].append(dict(d["models"][0])), "models[1].name", "duplicate"),
+    (lambda d: d["models"][0].update(num_classes=1), "models[0].num_classes", ">= 2"),
+    (lambda d: d["attacks"][0].update(type="teleport"), "attacks[0].type", "pgd"),
+    (lambda d: d["attacks"][1].update(eps=0), "attacks[1].eps", "(0, 1]"),
+    (lambda d: d["attacks"][1].update(eps=1.5), "attacks[1].eps", "(0, 1]"),
+    (lambda d: d["attacks"][0].update(eps=["2/255", "10/0"]), "attacks[0].eps[1]", "division by zero"),
+    (lambda d: d["attacks"][0].update(eps="lots"), "attacks[0].eps", "fraction"),
+    (lambda d: d["attacks"][1].update(steps="ten"), "attacks[1].steps", "integer"),
+    (lambda d: d["attacks"][1].update(gamma=3), "attacks[1].gamma", "allowed"),
+    (lambda d: d["attacks"][1].pop("eps"), "attacks[1].eps", "required"),
+    (lambda d: d["attacks"][1].update(target=5), "attacks[1].target", "does not exist"),
+    (lambda d: d.update(defenses=["none", {"type": "jpeg", "quality": 101}]), "defenses[1].quality", "between 1 and 100"),
+    (lambda d: d.update(defenses=["none", {"type": "jpeg", "quality": [50, 0]}]), "defenses[1].quality[1]", "between 1 and 100"),
+    (lambda d: d.update(defenses=["blur"]), "defenses[0].type", "jpeg"),
+    (lambda d: d.update(defenses=["none", "none"]), "defenses", "duplicate"),
+    (lambda d: d.update(devices=["tpu"]), "devices[0]", "cuda"),
+    (lambda d: d.update(precisions=["fp8"]), "precisions[0]", "bf16"),
+    (lambda d: d.update(name="../escape"), "name", "letters"),
+    (lambda d: d["data"].update(path="/no/such/folder"), "data.path", "not found"),
+    (lambda d: d["data"].update(source="kaggle"), "data.source", "imagefolder"),
+    (lambda d: d.update(include=[{"model": "nobody"}]), "include/exclude", "empty grid"),
+    (lambda d: d.pop("models"), "models", "required"),
+]
+
+
+@pytest.mark.parametrize("mutate,key,words", BAD, ids=[b[1] + ":" + b[2] for b in BAD])
+def test_bad_input_names_the_file_the_key_and_what_is_allowed(write_suite, tiny_suite, mutate, key, words):
+    doc = copy.deepcopy(tiny_suite)
+    mutate(doc)
+    path = write_suite(doc)
+    with pytest.raises(SuiteError) as err:
+        load_suite(path)
+    msg = str(err.value)
+    assert msg.startswith(f"{path}: {key}: "), msg
+    assert words in msg, msg
+    assert "\n" not in msg
+
+
+def test_empty_dataset_is_an_error(write_suite, tiny_suite, tmp_path):
+    empty = tmp_path / "empty"
+    (empty / "a").mkdir(parents=True)
+    tiny_suite["data"]["path"] = str(empty)
+    with pytest.raises(SuiteError, match="dataset is empty"):
+        load_suite(write_suite(tiny_suite))
+
+
+def test_labels_beyond_the_models_classes_are_an_error(write_suite, tiny_suite, image_folder):
+    (image_folder / "third").mkdir()
+    (image_folder / "third" / "x.png").write_bytes((image_folder / "real" / "000.png").read_bytes())
+    with pytest.raises(SuiteError, match=r"models\[0\].num_classes: .*labels up to 2"):
+        load_suite(write_suite(tiny_suite))
+
+
+@pytest.mark.parametrize(
+    "text,words",
+    [("name: [unclosed\n", "invalid YAML at line"), ("- just\n- a list\n", "must be a mapping"), ("", "empty")],
+)
+def test_yaml_that_is_not_a_suite(write_suite, text, words):
+    with pytest.raises(SuiteError, match=words):
+        load_suite(write_suite(text))
+
+
+def test_relative_paths_resolve_against_the_suite_file(tmp_path, write_suite, tiny_suite, image_folder):
+    tiny_suite["data"]["path"] = "imgs"  # image_folder is tmp_path/imgs, the suite sits in tmp_path
+    suite = load_suite(write_suite(tiny_suite))
+    assert suite.data.path == str(image_folder.resolve())
