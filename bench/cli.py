@@ -93,7 +93,7 @@ def _run(args: argparse.Namespace, console: Console) -> int:
     try:
         suite = load_suite(args.suite)
     except (SuiteError, ImportError) as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     cells = suite.cells()
     if args.dry_run:
@@ -105,7 +105,7 @@ def _run(args: argparse.Namespace, console: Console) -> int:
     try:
         dataset = load_dataset(suite.data)
     except DataError as exc:
-        console.print(f"[bold red]error:[/] {args.suite}: data: {exc}", highlight=False)
+        print(f"error: {args.suite}: data: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     from bench.runner import run_suite
 

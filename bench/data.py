@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
-from torchvision.io import ImageReadMode, decode_image
+from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
 if TYPE_CHECKING:
@@ -158,8 +158,9 @@ def _read_files(name: str, items: list[tuple[Path, int]], spec: "DataSpec", clas
     images, labels, ids, skipped = [], [], [], []
     for path, label in items[: spec.limit] if spec.limit else items:
         try:
-            img = decode_image(str(path), mode=ImageReadMode.RGB)
-        except Exception as exc:  # torchvision raises RuntimeError for corrupt files, OSError for missing ones
+            with Image.open(path) as im:
+                img = torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1)
+        except Exception as exc:  # PIL raises OSError, SyntaxError or ValueError depending on the damage
             skipped.append((str(path), str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__))
             log.warning("skipping unreadable image %s: %s", path, skipped[-1][1])
             continue

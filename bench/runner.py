@@ -172,9 +172,6 @@ def _measure(cell: CellSpec, ws: Workspace, model: nn.Module) -> dict[str, Any]:
         robust_pred.append(_predict(model, defense(x), watch))
     robust_pred = torch.cat(robust_pred)
 
-    labels = ds.labels
-    clean_ok = clean_pred == labels
-    robust_ok = robust_pred == labels
     diff = adv.images.to(torch.int16) - ds.images.to(torch.int16)
     linf = diff.abs().amax().item() / 255
     l2 = (diff.float() / 255).flatten(1).norm(dim=1).mean().item()
@@ -182,19 +179,28 @@ def _measure(cell: CellSpec, ws: Workspace, model: nn.Module) -> dict[str, Any]:
         raise CellFailure(
             f"measured L-inf perturbation {linf:.6f} exceeds eps {cell.attack.eps:.6f} + 1/510: the attack broke its budget"
         )
-    n_clean_ok = int(clean_ok.sum())
     return {
         "n": n,
-        "clean_acc": clean_ok.float().mean().item(),
-        "robust_acc": robust_ok.float().mean().item(),
-        "attack_success_rate": float((clean_ok & ~robust_ok).sum()) / n_clean_ok if n_clean_ok else math.nan,
-        "targeted_success_rate": (robust_pred == cell.attack.target).float().mean().item() if cell.attack.targeted else math.nan,
+        **rates(ds.labels, clean_pred, robust_pred, cell.attack.target),
         "linf_max": linf,
         "l2_mean": l2,
         "attack_seconds": adv.seconds,
         "attack_images_per_s": n / adv.seconds if adv.seconds > 0 else math.nan,
         "clean_images_per_s": n / clean_seconds if clean_seconds > 0 else math.nan,
         "peak_mem_mb": adv.peak_mem_mb,
+    }
+
+
+def rates(labels: torch.Tensor, clean_pred: torch.Tensor, robust_pred: torch.Tensor, target: int | None) -> dict[str, float]:
+    """The accuracy metrics of one cell (definitions in the README)."""
+    clean_ok, robust_ok = clean_pred == labels, robust_pred == labels
+    n_clean_ok = int(clean_ok.sum())
+    return {
+        "clean_acc": clean_ok.float().mean().item(),
+        "robust_acc": robust_ok.float().mean().item(),
+        # among images the defended model got right without attack, the share the attack flips
+        "attack_success_rate": float((clean_ok & ~robust_ok).sum()) / n_clean_ok if n_clean_ok else math.nan,
+        "targeted_success_rate": (robust_pred == target).float().mean().item() if target is not None else math.nan,
     }
 
 

@@ -1,0 +1,102 @@
+"""Attacks: the registry and the tutorial's SGD attack done right."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+from bench.attacks import build, check, lookup, names
+from bench.attacks.sgd import SGD
+from bench.suite import AttackSpec
+
+
+class Linear(nn.Module):
+    """A tiny linear classifier on 3×8×8 images; gradients are exact and cheap."""
+
+    def __init__(self, classes: int = 3, seed: int = 0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.fc = nn.Linear(3 * 8 * 8, classes)
+        with torch.no_grad():
+            self.fc.weight.copy_(torch.randn(classes, 3 * 8 * 8, generator=g))
+            self.fc.bias.zero_()
+
+    def forward(self, x):
+        return self.fc(x.flatten(1))
+
+
+@pytest.fixture
+def batch():
+    g = torch.Generator().manual_seed(1)
+    return torch.rand(6, 3, 8, 8, generator=g), torch.tensor([0, 1, 2, 0, 1, 2])
+
+
+def test_registry_has_the_tutorial_attack_and_torchattacks_by_class_name():
+    assert {"sgd", "fgsm", "pgd", "bim", "mifgsm", "cw"} <= set(names())
+    assert lookup("PGD") is lookup("pgd")
+    assert lookup("sgd").cls is SGD and lookup("sgd").targeted
+    with pytest.raises(KeyError):
+        lookup("teleport")
+
+
+def test_wrong_arguments_are_rejected_before_any_model_loads():
+    with pytest.raises(ValueError):
+        check(AttackSpec("s", "sgd", 8 / 255, params=(("steps", 0),)))
+
+
+@pytest.mark.parametrize("eps", [2 / 255, 10 / 255])
+def test_sgd_stays_in_the_eps_ball_and_the_image_range(batch, eps):
+    x, y = batch
+    adv = SGD(Linear(), eps=eps, steps=10, lr=0.5)(x, y)
+    assert (adv - x).abs().max() <= eps + 1e-6
+    assert adv.min() >= 0 and adv.max() <= 1
+
+
+def test_targeted_sgd_moves_images_to_the_target_class(batch):
+    x, y = batch
+    model = Linear()
+    attack = build(AttackSpec("s", "sgd", 0.5, params=(("lr", 0.01), ("steps", 30)), target=1), model)
+    adv = attack(x, y)
+    with torch.no_grad():
+        before = nn.functional.cross_entropy(model(x), torch.ones_like(y))
+        after = nn.functional.cross_entropy(model(adv), torch.ones_like(y))
+    assert after < before
+    assert (model(adv).argmax(1) == 1).all()
+
+
+def test_untargeted_sgd_raises_the_loss_of_the_true_label(batch):
+    x, y = batch
+    model = Linear()
+    adv = SGD(model, eps=0.1, steps=5, lr=0.01)(x, y)
+    with torch.no_grad():
+        assert nn.functional.cross_entropy(model(adv), y) > nn.functional.cross_entropy(model(x), y)
+
+
+def test_sgd_result_for_an_image_does_not_depend_on_its_batch(batch):
+    x, y = batch
+    model = Linear()
+    together = SGD(model, eps=0.05, steps=5, lr=0.01)(x, y)
+    alone = SGD(model, eps=0.05, steps=5, lr=0.01)(x[:1], y[:1])
+    assert torch.allclose(together[:1], alone, atol=1e-6)
+
+
+def test_sgd_leaves_model_weights_untouched_and_without_gradients(batch):
+    x, y = batch
+    model = Linear()
+    w = model.fc.weight.clone()
+    SGD(model, eps=0.05, steps=3)(x, y)
+    assert torch.equal(model.fc.weight, w) and model.fc.weight.grad is None
+
+
+def test_build_passes_eps_and_params_to_torchattacks(batch):
+    attack = build(AttackSpec("p", "pgd", 4 / 255, params=(("alpha", 1 / 255), ("steps", 2))), Linear())
+    assert (attack.eps, attack.alpha, attack.steps) == (4 / 255, 1 / 255, 2)
+    x, y = batch
+    assert ((attack(x, y) - x).abs().max() <= 4 / 255 + 1e-6)
+
+
+def test_a_target_makes_a_torchattacks_attack_targeted(batch):
+    x, y = batch
+    attack = build(AttackSpec("f", "fgsm", 0.3, target=2), Linear())
+    assert attack.targeted and attack.get_target_label(x, y).tolist() == [2] * 6

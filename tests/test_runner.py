@@ -1,0 +1,111 @@
+"""The runner: one row per cell, honest metrics, skips and failures that never stop the run."""
+
+from __future__ import annotations
+
+import math
+import urllib.error
+
+import pandas as pd
+import pytest
+import torch
+
+from bench.models import CustomCNN
+from bench.results import COLUMNS
+from bench.runner import rates, run_suite
+from bench.suite import load_suite
+
+TIMING = ["attack_seconds", "attack_images_per_s", "clean_images_per_s", "peak_mem_mb", "started_at", "run_id"]
+
+
+def test_rates_follow_their_definitions():
+    labels = torch.tensor([0, 1, 1, 0])
+    clean = torch.tensor([0, 1, 0, 0])  # three right
+    robust = torch.tensor([1, 1, 0, 0])  # image 0 flipped to 1; image 2 was already wrong
+    r = rates(labels, clean, robust, target=1)
+    assert r["clean_acc"] == 0.75 and r["robust_acc"] == 0.5
+    assert r["attack_success_rate"] == pytest.approx(1 / 3)
+    assert r["targeted_success_rate"] == 0.5
+    assert math.isnan(rates(labels, clean, robust, target=None)["targeted_success_rate"])
+    assert math.isnan(rates(labels, 1 - labels, robust, None)["attack_success_rate"])  # none right to start with
+
+
+@pytest.fixture
+def run(tmp_path, write_suite, tiny_suite):
+    def _run(doc=None):
+        suite = load_suite(write_suite(doc or tiny_suite))
+        result = run_suite(suite, tmp_path / "results", tmp_path / "reports")
+        return suite, result, pd.read_parquet(result.run_dir / "results.parquet")
+
+    return _run
+
+
+def test_every_cell_gets_one_row_with_every_column(run):
+    suite, result, df = run()
+    assert result.complete and list(df.columns) == list(COLUMNS)
+    assert df["cell_id"].tolist() == [c.cell_id for c in suite.cells()]
+    assert (df["status"] == "ok").all() and (df["n"] == 6).all()
+    assert (result.run_dir / "run.json").exists() and (result.run_dir / "rows.jsonl").exists()
+    assert result.report_path.exists()
+
+
+def test_measured_perturbation_never_exceeds_eps_plus_half_a_level(run):
+    _, _, df = run()
+    assert (df["linf_max"] <= df["eps"] + 1 / 510 + 1e-9).all()
+    assert (df["linf_max"] > 0).all() and (df["l2_mean"] > 0).all()
+
+
+def test_clean_accuracy_depends_on_the_defense_only(run):
+    _, _, df = run()
+    assert df.groupby("defense")["clean_acc"].nunique().eq(1).all()
+    assert (df["attack_seconds"] > 0).all() and (df["attack_images_per_s"] > 0).all()
+
+
+def test_same_suite_same_seed_gives_identical_results(run):
+    _, _, a = run()
+    _, _, b = run()
+    cols = [c for c in COLUMNS if c not in TIMING]
+    pd.testing.assert_frame_equal(a[cols], b[cols])
+
+
+def test_unavailable_weights_skip_their_cells_and_the_rest_still_runs(run, tiny_suite, monkeypatch):
+    from torchvision.models import ResNet18_Weights
+
+    def offline(self, *a, **k):
+        raise urllib.error.URLError("offline")
+
+    monkeypatch.setattr(ResNet18_Weights, "get_state_dict", offline)
+    tiny_suite["models"].append({"name": "r18", "arch": "resnet18", "weights": "imagenet"})
+    tiny_suite["data"]["image_size"] = 96
+    _, result, df = run(tiny_suite)
+    skipped = df[df["model"] == "r18"]
+    assert (skipped["status"] == "skipped").all() and skipped["reason"].str.contains("put https://").all()
+    assert skipped["robust_acc"].isna().all()
+    assert (df[df["model"] == "cnn"]["status"] == "ok").all()
+    assert "put https://download.pytorch.org/models/resnet18-f37072fd.pth" in result.report_path.read_text()
+
+
+def test_non_finite_logits_fail_the_cell_with_a_reason(run, tiny_suite, tmp_path):
+    state = CustomCNN(2, 96).state_dict()
+    state["classifier.5.bias"] = torch.full((2,), float("nan"))
+    torch.save(state, tmp_path / "nan.pt")
+    tiny_suite["models"] = [{"name": "nan", "arch": "custom_cnn", "num_classes": 2, "checkpoint": str(tmp_path / "nan.pt")}]
+    _, result, df = run(tiny_suite)
+    assert (df["status"] == "failed").all() and df["reason"].str.contains("non-finite logits").all()
+
+
+def test_bf16_runs_on_cpu_with_float32_perturbations(run, tiny_suite):
+    tiny_suite["precisions"] = ["bf16"]
+    tiny_suite["attacks"] = tiny_suite["attacks"][:1]
+    _, _, df = run(tiny_suite)
+    assert (df["status"] == "ok").all() and (df["precision"] == "bf16").all()
+    assert (df["linf_max"] <= df["eps"] + 1 / 510 + 1e-9).all()
+
+
+def test_cuda_cells_are_skipped_without_a_gpu(run, tiny_suite):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    tiny_suite["devices"] = ["cpu", "cuda"]
+    _, _, df = run(tiny_suite)
+    assert (df[df["device"] == "cuda"]["status"] == "skipped").all()
+    assert (df[df["device"] == "cuda"]["reason"] == "CUDA is not available on this machine").all()
+    assert (df[df["device"] == "cpu"]["status"] == "ok").all()
