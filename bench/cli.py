@@ -71,12 +71,14 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     console = Console(stderr=True)
+    # Other libraries' loggers stay at WARNING (matplotlib's font cache chatter, for one).
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.WARNING,
         format="%(message)s",
         handlers=[RichHandler(console=console, show_path=False, show_time=False)],
         force=True,
     )
+    log.setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
         if args.command == "run":
             return _run(args, console)
