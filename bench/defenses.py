@@ -1,8 +1,8 @@
 """Input-transformation defenses, applied to 8-bit images before classification.
 
 A defense maps a float batch in [0, 1] on the 8-bit grid to another such batch. ``jpeg`` is a
-real JPEG encode/decode round trip with PIL (what the tutorial did with a saved file), run in a
-thread pool because PIL releases the GIL while coding.
+real JPEG encode/decode round trip: on CPU with PIL (what the tutorial did with a saved file) in a
+thread pool, since PIL releases the GIL while coding; on CUDA batched with torchvision's nvjpeg.
 """
 
 from __future__ import annotations
@@ -51,10 +51,22 @@ class JPEG:
         return np.asarray(Image.open(buf).convert("RGB"))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_cuda:
+            return self._nvjpeg(x)
         arrays = to_uint8(x).permute(0, 2, 3, 1).cpu().numpy()
         with ThreadPoolExecutor(self.workers) as pool:
             out = list(pool.map(self._one, arrays))
         return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).to(x.device).float().div_(255)
+
+
+    def _nvjpeg(self, x: torch.Tensor) -> torch.Tensor:
+        """Batched encode and decode on the GPU (nvjpeg); the compressed bytes are tiny, and
+        torchvision's GPU decoder takes them from host memory."""
+        from torchvision.io import decode_jpeg, encode_jpeg
+
+        encoded = encode_jpeg(list(to_uint8(x)), quality=self.quality)
+        decoded = decode_jpeg([e.cpu() for e in encoded], device=x.device)
+        return torch.stack(decoded).float().div_(255)
 
 
 @dataclass(frozen=True)

@@ -104,6 +104,16 @@ def _bn(c: int) -> nn.BatchNorm2d:
     return nn.BatchNorm2d(c, eps=1e-3, momentum=0.01)
 
 
+def _fold_pairs(owner: nn.Module, pairs: tuple[tuple[str, str], ...]) -> None:
+    """Fold each named (conv, bn) pair of ``owner`` into the conv; the BatchNorm becomes Identity."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    for conv, bn in pairs:
+        if isinstance(getattr(owner, bn, None), nn.BatchNorm2d):
+            setattr(owner, conv, fuse_conv_bn_eval(getattr(owner, conv), getattr(owner, bn)))
+            setattr(owner, bn, nn.Identity())
+
+
 class _MBConv(nn.Module):
     def __init__(self, cin: int, cout: int, kernel: int, stride: int, expand: int):
         super().__init__()
@@ -117,6 +127,10 @@ class _MBConv(nn.Module):
         self._project_conv = _SameConv2d(mid, cout, 1, bias=False)
         self._bn2 = _bn(cout)
         self.residual = stride == 1 and cin == cout
+
+    def fold_bn(self) -> None:
+        pairs = (("_depthwise_conv", "_bn1"), ("_project_conv", "_bn2"))
+        _fold_pairs(self, (("_expand_conv", "_bn0"), *pairs) if self.expand else pairs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = F.relu6(self._bn0(self._expand_conv(x))) if self.expand else x
@@ -149,6 +163,12 @@ class EfficientNetLite0(nn.Module):
         self._bn1 = _bn(1280)
         self._dropout = nn.Dropout(0.2)
         self._fc = nn.Linear(1280, num_classes)
+
+    def fold_bn(self) -> None:
+        """Fold every BatchNorm into its convolution (eval mode only; see bench.fastpath)."""
+        _fold_pairs(self, (("_conv_stem", "_bn0"), ("_conv_head", "_bn1")))
+        for block in self._blocks:
+            block.fold_bn()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu6(self._bn0(self._conv_stem(x)))
@@ -271,17 +291,3 @@ def _finish(net: nn.Module, spec: "ModelSpec", mean, std, names) -> Classifier:
 def _short(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0][:200] if text else type(exc).__name__
-
-
-class Autocast(nn.Module):
-    """Runs a classifier's forward under ``torch.autocast`` and returns float32 logits,
-    so losses and perturbations stay in float32 whatever the compute precision."""
-
-    def __init__(self, model: nn.Module, device_type: str, dtype: torch.dtype):
-        super().__init__()
-        self.model, self.device_type, self.dtype = model, device_type, dtype
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(self.device_type, dtype=self.dtype):
-            logits = self.model(x)
-        return logits.float()

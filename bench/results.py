@@ -38,7 +38,10 @@ COLUMNS: dict[str, str] = {
     "l2_mean": "float64",
     "attack_seconds": "float64",
     "attack_images_per_s": "float64",
+    "attack_steps_per_s": "float64",  # images × gradient steps per second
     "clean_images_per_s": "float64",
+    "defense_images_per_s": "float64",
+    "warmup_seconds": "float64",  # model preparation, compilation, first pass: never in throughput
     "peak_mem_mb": "float64",
     "seed": "Int64",
     "git_sha": "string",
@@ -46,6 +49,12 @@ COLUMNS: dict[str, str] = {
     "device_name": "string",
     "started_at": "string",
 }
+
+# Columns that vary from run to run on the same machine; every other column is reproducible.
+VOLATILE_COLUMNS = (
+    "run_id", "started_at", "attack_seconds", "attack_images_per_s", "attack_steps_per_s",
+    "clean_images_per_s", "defense_images_per_s", "warmup_seconds", "peak_mem_mb",
+)
 
 ROWS_FILE = "rows.jsonl"
 TABLE_FILE = "results.parquet"

@@ -26,14 +26,14 @@ import torch.nn as nn
 from bench import attacks as attack_registry
 from bench import defenses as defense_registry
 from bench.data import Dataset, load_dataset
-from bench.models import Autocast, CheckpointError, ModelUnavailable, create_model
+from bench.fastpath import GradientUnderflow, Levers, prepare
+from bench.models import CheckpointError, ModelUnavailable, create_model
 from bench.results import COLUMNS, ROWS_FILE, RUN_FILE, TABLE_FILE, RowLog, environment, to_frame, write_json, write_table
 from bench.suite import CellSpec, Suite
 from bench.timing import Stopwatch, peak_memory_mb, reset_peak_memory
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # |q(x_adv) - x|∞ can exceed ε by at most half a quantisation step; allow float round-off on top.
 QUANT_SLACK = 1 / 510 + 1e-6
 
@@ -50,7 +50,29 @@ class CellSkipped(RuntimeError):
 class Adversarial:
     images: torch.Tensor  # uint8, quantised as a saved image would be
     seconds: float
+    steps: int  # images × gradient steps: forward passes with autograd on, summed over images
     peak_mem_mb: float
+    batch_size: int  # the batch size actually used (smaller than asked after a GPU out-of-memory)
+
+
+class StepCounter(nn.Module):
+    """Counts the images the attack pushes through the model with autograd on (its steps)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model, self.images = model, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled():
+            self.images += x.shape[0]
+        return self.model(x)
+
+
+@dataclass
+class Prepared:
+    model: nn.Module
+    warmup_seconds: float  # building, fp16 calibration, compilation and the first pass; never in throughput
+    batch_size: int  # shrinks for good after a GPU out-of-memory
 
 
 @dataclass
@@ -60,78 +82,101 @@ class Workspace:
     run_id: str
     env: dict[str, Any]
     on_batch: Callable[[int], None] = lambda n: None  # progress hook: n batches done
-    _models: dict = field(default_factory=dict)
+    _base: dict = field(default_factory=dict)
+    _prepared: dict = field(default_factory=dict)
     _clean: dict = field(default_factory=dict)
     _adv_key: Any = None
     _adv: Adversarial | None = None
 
-    def model(self, cell: CellSpec) -> nn.Module:
-        """The cell's model on its device and precision; built once per run."""
+    def model(self, cell: CellSpec) -> Prepared:
+        """The cell's model on its device and precision with the fast-path levers; built once per run."""
         if cell.device.startswith("cuda") and not torch.cuda.is_available():
             raise CellSkipped("CUDA is not available on this machine")
+        if cell.model not in self._base:
+            try:
+                self._base[cell.model] = create_model(cell.model, seed=self.suite.seed)
+            except (ModelUnavailable, CheckpointError) as exc:
+                self._base[cell.model] = exc
+        base = self._base[cell.model]
+        if isinstance(base, ModelUnavailable):
+            raise CellSkipped(str(base))
+        if isinstance(base, Exception):
+            raise CellFailure(str(base))
         key = (cell.model, cell.device, cell.precision)
-        if key not in self._models:
-            base_key = (cell.model, None, None)
-            if base_key not in self._models:
-                try:
-                    self._models[base_key] = create_model(cell.model, seed=self.suite.seed)
-                except (ModelUnavailable, CheckpointError) as exc:
-                    self._models[base_key] = exc
-            base = self._models[base_key]
-            if isinstance(base, Exception):
-                self._models[key] = base
-            else:
-                model = base.to(cell.device)
-                if cell.precision != "fp32":
-                    model = Autocast(model, torch.device(cell.device).type, DTYPES[cell.precision])
-                self._warm_up(model, cell.device)
-                self._models[key] = model
-        model = self._models[key]
-        if isinstance(model, ModelUnavailable):
-            raise CellSkipped(str(model))
-        if isinstance(model, Exception):
-            raise CellFailure(str(model))
-        return model
+        if key not in self._prepared:
+            t0 = time.perf_counter()
+            sample = next(self.dataset.batches(cell.batch_size))[0]
+            try:
+                model = prepare(base, cell.device, cell.precision, Levers(compile=cell.model.compile), sample=sample)
+                self._warm_up(model, sample.to(cell.device))
+            except GradientUnderflow as exc:
+                model = exc
+            self._prepared[key] = model if isinstance(model, Exception) else Prepared(model, time.perf_counter() - t0, cell.batch_size)
+        prepared = self._prepared[key]
+        if isinstance(prepared, Exception):
+            raise CellFailure(str(prepared))
+        return prepared
 
-    def _warm_up(self, model: nn.Module, device: str) -> None:
-        """One untimed forward and backward, so first-call overheads stay out of throughput."""
-        x = next(self.dataset.batches(self.suite.batch_size))[0].to(device).requires_grad_(True)
+    @staticmethod
+    def _warm_up(model: nn.Module, x: torch.Tensor) -> None:
+        """One untimed forward and backward: first-call overheads and compilation stay out of throughput."""
+        x = x.clone().requires_grad_(True)
         torch.autograd.grad(model(x).sum(), x)
-        if device.startswith("cuda"):
-            torch.cuda.synchronize(device)
+        if x.is_cuda:
+            torch.cuda.synchronize(x.device)
 
-    def clean(self, cell: CellSpec, model: nn.Module) -> tuple[torch.Tensor, float]:
+    def clean(self, cell: CellSpec, prep: Prepared) -> tuple[torch.Tensor, float]:
         """Predictions on defended clean images, and the model's clean-inference seconds."""
         key = (cell.model, cell.device, cell.precision, cell.defense)
         if key not in self._clean:
             defense = defense_registry.build(cell.defense)
-            watch = Stopwatch(cell.device)
-            preds = []
-            for x, _ in self.dataset.batches(cell.batch_size):
-                x = defense(x.to(cell.device))
-                preds.append(_predict(model, x, watch))
-            self._clean[key] = (torch.cat(preds), watch.seconds)
+            self._clean[key] = _shrink_on_oom(prep, lambda bs: self._clean_pass(cell, prep.model, defense, bs))
         return self._clean[key]
 
-    def adversarial(self, cell: CellSpec, model: nn.Module) -> Adversarial:
+    def _clean_pass(self, cell: CellSpec, model: nn.Module, defense, batch_size: int) -> tuple[torch.Tensor, float]:
+        watch = Stopwatch(cell.device)
+        preds = []
+        for x, _ in self.dataset.batches(batch_size):
+            preds.append(_predict(model, defense(x.to(cell.device)), watch))
+        return torch.cat(preds), watch.seconds
+
+    def adversarial(self, cell: CellSpec, prep: Prepared) -> Adversarial:
         """The cell's adversarial images (crafted on the undefended model), reused across defenses."""
         key = (cell.model, cell.attack, cell.device, cell.precision)
         if key != self._adv_key:
             self._adv, self._adv_key = None, None  # free the previous group's images first
-            torch.manual_seed(cell.attack_seed)
-            attack = attack_registry.build(cell.attack, model)
-            watch = Stopwatch(cell.device)
-            reset_peak_memory(cell.device)
-            out = []
-            for x, y in self.dataset.batches(cell.batch_size):
-                x, y = x.to(cell.device), y.to(cell.device)
-                with watch.region():
-                    adv = attack(x, y)
-                out.append(defense_registry.to_uint8(adv).cpu())
-                self.on_batch(1)
-            self._adv = Adversarial(torch.cat(out), watch.seconds, peak_memory_mb(cell.device))
+            self._adv = _shrink_on_oom(prep, lambda bs: self._craft(cell, prep.model, bs))
             self._adv_key = key
         return self._adv
+
+    def _craft(self, cell: CellSpec, model: nn.Module, batch_size: int) -> Adversarial:
+        torch.manual_seed(cell.attack_seed)
+        counter = StepCounter(model)
+        attack = attack_registry.build(cell.attack, counter)
+        watch = Stopwatch(cell.device)
+        reset_peak_memory(cell.device)
+        out = []
+        for x, y in self.dataset.batches(batch_size):
+            x, y = x.to(cell.device), y.to(cell.device)
+            with watch.region():
+                adv = attack(x, y)
+            out.append(defense_registry.to_uint8(adv).cpu())
+            self.on_batch(1)
+        return Adversarial(torch.cat(out), watch.seconds, counter.images, peak_memory_mb(cell.device), batch_size)
+
+
+def _shrink_on_oom(prep: Prepared, run: Callable[[int], Any]) -> Any:
+    """Run ``run(batch_size)``; on a GPU out-of-memory halve the batch and start over, giving up
+    only at batch size 1. The smaller size sticks for the rest of the run."""
+    while True:
+        try:
+            return run(prep.batch_size)
+        except torch.cuda.OutOfMemoryError:
+            if prep.batch_size == 1:
+                raise CellFailure("GPU out of memory even at batch size 1") from None
+            prep.batch_size = max(1, prep.batch_size // 2)
+            log.warning("GPU out of memory: retrying with batch size %d", prep.batch_size)
+            torch.cuda.empty_cache()
 
 
 def _predict(model: nn.Module, x: torch.Tensor, watch: Stopwatch) -> torch.Tensor:
@@ -147,29 +192,29 @@ def run_cell(cell: CellSpec, ws: Workspace) -> dict[str, Any]:
     a problem of the cell itself)."""
     row = base_row(cell, ws)
     try:
-        model = ws.model(cell)
-        row.update(_measure(cell, ws, model))
+        prep = ws.model(cell)
+        row.update(_measure(cell, ws, prep))
         row["status"] = "ok"
     except CellSkipped as exc:
         row.update(status="skipped", reason=str(exc))
     except CellFailure as exc:
         row.update(status="failed", reason=str(exc))
-    except torch.cuda.OutOfMemoryError as exc:
-        row.update(status="failed", reason=f"GPU out of memory at batch size {cell.batch_size}: {str(exc).splitlines()[0]}")
     return row
 
 
-def _measure(cell: CellSpec, ws: Workspace, model: nn.Module) -> dict[str, Any]:
+def _measure(cell: CellSpec, ws: Workspace, prep: Prepared) -> dict[str, Any]:
     ds = ws.dataset
     n = len(ds)
-    clean_pred, clean_seconds = ws.clean(cell, model)
-    adv = ws.adversarial(cell, model)
+    clean_pred, clean_seconds = ws.clean(cell, prep)
+    adv = ws.adversarial(cell, prep)
     defense = defense_registry.build(cell.defense)
-    watch = Stopwatch(cell.device)
+    model_watch, defense_watch = Stopwatch(cell.device), Stopwatch(cell.device)
     robust_pred = []
-    for i in range(0, n, cell.batch_size):
-        x = adv.images[i : i + cell.batch_size].to(cell.device).float().div_(255)
-        robust_pred.append(_predict(model, defense(x), watch))
+    for i in range(0, n, adv.batch_size):
+        x = adv.images[i : i + adv.batch_size].to(cell.device).float().div_(255)
+        with defense_watch.region():
+            x = defense(x)
+        robust_pred.append(_predict(prep.model, x, model_watch))
     robust_pred = torch.cat(robust_pred)
 
     diff = adv.images.to(torch.int16) - ds.images.to(torch.int16)
@@ -179,16 +224,26 @@ def _measure(cell: CellSpec, ws: Workspace, model: nn.Module) -> dict[str, Any]:
         raise CellFailure(
             f"measured L-inf perturbation {linf:.6f} exceeds eps {cell.attack.eps:.6f} + 1/510: the attack broke its budget"
         )
+    defense_seconds = defense_watch.seconds
     return {
         "n": n,
+        "batch_size": adv.batch_size,
         **rates(ds.labels, clean_pred, robust_pred, cell.attack.target),
         "linf_max": linf,
         "l2_mean": l2,
         "attack_seconds": adv.seconds,
-        "attack_images_per_s": n / adv.seconds if adv.seconds > 0 else math.nan,
-        "clean_images_per_s": n / clean_seconds if clean_seconds > 0 else math.nan,
+        "attack_images_per_s": _per_s(n, adv.seconds),
+        "attack_steps_per_s": _per_s(adv.steps, adv.seconds),
+        "clean_images_per_s": _per_s(n, clean_seconds),
+        # identity costs nothing: a throughput for "none" would only measure the timer
+        "defense_images_per_s": _per_s(n, defense_seconds) if cell.defense.type != "none" else math.nan,
+        "warmup_seconds": prep.warmup_seconds,
         "peak_mem_mb": adv.peak_mem_mb,
     }
+
+
+def _per_s(count: float, seconds: float) -> float:
+    return count / seconds if seconds > 0 else math.nan
 
 
 def rates(labels: torch.Tensor, clean_pred: torch.Tensor, robust_pred: torch.Tensor, target: int | None) -> dict[str, float]:

@@ -37,6 +37,7 @@ TOP_KEYS = {
     "devices": "list of 'cpu', 'cuda' or 'cuda:N'",
     "precisions": f"list of {', '.join(PRECISIONS)}",
     "batch_size": "integer >= 1",
+    "compile": "true or false: torch.compile every model (a model's own `compile` wins)",
     "include": "list of rules",
     "exclude": "list of rules",
 }
@@ -76,6 +77,7 @@ class ModelSpec:
     checkpoint: str | None = None  # resolved, absolute
     num_classes: int | None = None
     input_size: int | None = None
+    compile: bool = False
 
 
 @dataclass(frozen=True)
@@ -282,6 +284,11 @@ class _Validator:
             raise self.fail(key, f"must be {_range_text(lo, hi)}, got {value}")
         return value
 
+    def boolean(self, value: Any, key: str) -> bool:
+        if not isinstance(value, bool):
+            raise self.fail(key, f"must be true or false, got {value!r}")
+        return value
+
     def name(self, value: Any, key: str) -> str:
         if not isinstance(value, str) or not _NAME_RE.match(value):
             raise self.fail(key, f"must be a name of letters, digits, '-', '_' or '.', got {value!r}")
@@ -333,6 +340,7 @@ class _Validator:
         seed = self.integer(doc.get("seed", 0), "seed", lo=0, hi=2**32 - 1)
         batch_size = self.integer(doc.get("batch_size", 16), "batch_size", lo=1)
         data = self.data(doc["data"])
+        self.compile_default = self.boolean(doc.get("compile", False), "compile")
         models = self.models(doc["models"], data)
         attacks = self.attacks(doc["attacks"], models)
         defenses = self.defenses(doc.get("defenses", ["none"]))
@@ -358,6 +366,7 @@ class _Validator:
             "name": name,
             "seed": seed,
             "batch_size": batch_size,
+            "compile": self.compile_default,
             "data": dataclasses.asdict(data),
             "models": [dataclasses.asdict(m) for m in models],
             "attacks": [[dataclasses.asdict(a) for a in variants] for variants in attacks],
@@ -404,7 +413,7 @@ class _Validator:
         out, seen = [], set()
         for i, item in enumerate(items):
             key = f"models[{i}]"
-            item = self.mapping(item, key, ("name", "arch", "weights", "checkpoint", "num_classes", "input_size"), ("arch",))
+            item = self.mapping(item, key, ("name", "arch", "weights", "checkpoint", "num_classes", "input_size", "compile"), ("arch",))
             arch = item["arch"]
             if arch not in archs:
                 raise self.fail(f"{key}.arch", f"unknown model {arch!r}; allowed: {', '.join(archs)}")
@@ -442,6 +451,7 @@ class _Validator:
                     weights=weights,
                     checkpoint=checkpoint,
                     num_classes=n_classes,
+                    compile=self.boolean(item.get("compile", self.compile_default), f"{key}.compile"),
                     input_size=input_size if input_size is not None else data.image_size,
                 )
             )

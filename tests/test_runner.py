@@ -10,11 +10,10 @@ import pytest
 import torch
 
 from bench.models import CustomCNN
-from bench.results import COLUMNS
+from bench.results import COLUMNS, VOLATILE_COLUMNS
 from bench.runner import rates, run_suite
 from bench.suite import load_suite
 
-TIMING = ["attack_seconds", "attack_images_per_s", "clean_images_per_s", "peak_mem_mb", "started_at", "run_id"]
 
 
 def test_rates_follow_their_definitions():
@@ -63,7 +62,7 @@ def test_clean_accuracy_depends_on_the_defense_only(run):
 def test_same_suite_same_seed_gives_identical_results(run):
     _, _, a = run()
     _, _, b = run()
-    cols = [c for c in COLUMNS if c not in TIMING]
+    cols = [c for c in COLUMNS if c not in VOLATILE_COLUMNS]
     pd.testing.assert_frame_equal(a[cols], b[cols])
 
 
@@ -109,3 +108,40 @@ def test_cuda_cells_are_skipped_without_a_gpu(run, tiny_suite):
     assert (df[df["device"] == "cuda"]["status"] == "skipped").all()
     assert (df[df["device"] == "cuda"]["reason"] == "CUDA is not available on this machine").all()
     assert (df[df["device"] == "cpu"]["status"] == "ok").all()
+
+
+def test_steps_per_second_counts_images_times_gradient_steps(run):
+    _, _, df = run()
+    fgsm, pgd = df[df["attack"] == "fgsm"], df[df["attack"] == "pgd"]  # pgd runs 3 steps
+    assert (fgsm["attack_steps_per_s"] == fgsm["attack_images_per_s"]).all()
+    assert pgd["attack_steps_per_s"].tolist() == pytest.approx((3 * pgd["attack_images_per_s"]).tolist())
+
+
+def test_warm_up_and_defense_cost_are_reported_separately(run):
+    _, _, df = run()
+    assert (df["warmup_seconds"] > 0).all()
+    assert df[df["defense"] == "none"]["defense_images_per_s"].isna().all()
+    assert (df[df["defense"] == "jpeg-q50"]["defense_images_per_s"] > 0).all()
+
+
+def test_out_of_memory_halves_the_batch_and_records_the_size_used(run, monkeypatch):
+    import bench.attacks as registry
+
+    real_build = registry.build
+
+    def build(spec, model):
+        attack = real_build(spec, model)
+        original = attack.forward
+
+        def forward(images, labels):
+            if len(images) > 2:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+            return original(images, labels)
+
+        attack.forward = forward
+        return attack
+
+    monkeypatch.setattr(registry, "build", build)
+    _, _, df = run()
+    assert (df["status"] == "ok").all()
+    assert (df["batch_size"] == 2).all()  # asked for 4

@@ -131,3 +131,13 @@ def test_relative_paths_resolve_against_the_suite_file(tmp_path, write_suite, ti
     tiny_suite["data"]["path"] = "imgs"  # image_folder is tmp_path/imgs, the suite sits in tmp_path
     suite = load_suite(write_suite(tiny_suite))
     assert suite.data.path == str(image_folder.resolve())
+
+
+def test_compile_is_set_for_the_suite_and_overridden_per_model(write_suite, tiny_suite):
+    tiny_suite["compile"] = True
+    tiny_suite["models"].append({"name": "cnn2", "arch": "custom_cnn", "num_classes": 2, "compile": False})
+    suite = load_suite(write_suite(tiny_suite))
+    assert [m.compile for m in suite.models] == [True, False]
+    tiny_suite["compile"] = "yes"
+    with pytest.raises(SuiteError, match="compile: must be true or false"):
+        load_suite(write_suite(tiny_suite))
