@@ -62,6 +62,18 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--results-dir", type=Path, default=Path("results"))
     run.add_argument("--reports-dir", type=Path, default=Path("reports"))
     run.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+    perf = sub.add_parser("perf", help="plain torchattacks PGD against the harness fast path, side by side")
+    perf.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    perf.add_argument("--model", default="resnet18", help="architecture from the model registry (default: resnet18)")
+    perf.add_argument("--batch", type=int, default=None, help="images per batch (default: 16 on cpu, 256 on cuda)")
+    perf.add_argument("--steps", type=int, default=10, help="PGD steps (default: 10)")
+    perf.add_argument("--eps", default="4/255", help="L-inf budget, e.g. 4/255 (default)")
+    perf.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default=None,
+                      help="precision of the last configurations (default: bf16 on cuda, fp32 on cpu)")
+    perf.add_argument("--compile", action="store_true", help="add a torch.compile configuration")
+    perf.add_argument("--repeats", type=int, default=None, help="timed runs per configuration (median; default 2 cpu, 5 cuda)")
+    perf.add_argument("--image-size", type=int, default=224)
+    perf.add_argument("--reports-dir", type=Path, default=Path("reports"))
     rep = sub.add_parser("report", help="rebuild the report of a run")
     rep.add_argument("run_dir", type=Path, help="results/<suite>/<run_id>")
     rep.add_argument("--reports-dir", type=Path, default=Path("reports"))
@@ -82,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _run(args, console)
+        if args.command == "perf":
+            return _perf(args)
         return _report(args)
     except KeyboardInterrupt:
         log.warning("interrupted: finished cells are kept")
@@ -119,6 +133,43 @@ def _run(args: argparse.Namespace, console: Console) -> int:
     print(f"table:  {result.run_dir / 'results.parquet'}")
     print(f"report: {result.report_path}")
     return EXIT_FAILED_CELLS if counts.get("failed") else EXIT_OK
+
+
+def _perf(args: argparse.Namespace) -> int:
+    from bench.models import ARCHS
+    from bench.perf import parse_eps, run_perf
+
+    cuda = args.device.startswith("cuda")
+    problems = []
+    if args.model not in ARCHS:
+        problems.append(f"--model {args.model!r} is unknown; allowed: {', '.join(ARCHS)}")
+    if args.device != "cpu" and not cuda:
+        problems.append(f"--device {args.device!r} is not allowed; allowed: cpu, cuda, cuda:N")
+    try:
+        eps = parse_eps(args.eps)
+        if not 0 < eps <= 1:
+            problems.append(f"--eps must be in (0, 1], got {args.eps}")
+    except (ValueError, ZeroDivisionError):
+        problems.append(f"--eps must be a number or a fraction like 4/255, got {args.eps!r}")
+        eps = 0.0
+    batch = args.batch or (256 if cuda else 16)
+    repeats = args.repeats or (5 if cuda else 2)
+    for flag, value in (("--batch", batch), ("--steps", args.steps), ("--repeats", repeats)):
+        if value < 1:
+            problems.append(f"{flag} must be >= 1, got {value}")
+    if cuda and not problems:
+        import torch
+
+        if not torch.cuda.is_available():
+            problems.append("--device cuda: CUDA is not available on this machine")
+    if problems:
+        print("error: " + "; ".join(problems), file=sys.stderr)
+        return EXIT_BAD_INPUT
+    path, text = run_perf(args.device, args.model, batch, args.steps, eps, args.precision, args.compile, repeats,
+                          args.image_size, args.reports_dir)
+    print(text)
+    print(f"report: {path}")
+    return EXIT_OK
 
 
 def _report(args: argparse.Namespace) -> int:

@@ -106,17 +106,26 @@ def _cost_table(ok: pd.DataFrame, extra: list[str]) -> str:
             **{k: rows[k] for k in keys},
             "max ‖δ‖∞ (×255)": (rows["linf_max"] * 255).round(2),
             "mean ‖δ‖₂": rows["l2_mean"].round(3),
+            "batch": rows["batch_size"],
             "attack s": rows["attack_seconds"].round(2),
             "attack img/s": rows["attack_images_per_s"].round(2),
+            "img·steps/s": rows["attack_steps_per_s"].round(1),
             "clean img/s": rows["clean_images_per_s"].round(1),
+            "warm-up s": rows["warmup_seconds"].round(1),
             "peak mem MB": rows["peak_mem_mb"].round(0),
         }
     )
     note = (
-        "\n\nAttack time covers crafting for all n images (one crafting serves every defense); clean img/s is the "
-        "model's forward pass on undefended clean images; peak memory is CUDA allocated memory on GPU, the process's "
-        "peak resident set so far on CPU."
+        "\n\nAttack time covers crafting for all n images (one crafting serves every defense); img·steps/s counts "
+        "images × gradient steps; clean img/s is the model's forward pass on clean images; warm-up (model preparation, "
+        "compilation, first pass) is never part of a throughput; batch is the size actually used (halved after a GPU "
+        "out-of-memory); peak memory is CUDA allocated memory on GPU, the process's peak resident set so far on CPU."
     )
+    defense = ok[ok["defense_images_per_s"].notna()].drop_duplicates(["defense", "device", "precision"])
+    if len(defense):
+        cost = pd.DataFrame({"defense": defense["defense"], "device": defense["device"],
+                             "defense img/s": defense["defense_images_per_s"].round(1)})
+        note += "\n\nDefense cost (first measurement per defense and device):\n\n" + cost.to_markdown(index=False)
     return table.to_markdown(index=False) + note
 
 

@@ -43,3 +43,18 @@ def test_jpeg_output_is_on_the_8bit_grid_and_lower_quality_changes_more(images):
 def test_quantize_rounds_to_the_nearest_level():
     x = torch.tensor([0.0, 0.5 / 255 + 1e-4, 1.2, -0.1])
     assert (quantize(x) * 255).round().tolist() == [0, 1, 255, 0]
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_gpu_jpeg_agrees_with_pil_on_the_bundled_photos():
+    from bench.data import load_dataset
+    from bench.suite import DataSpec
+
+    x = load_dataset(DataSpec("samples")).images.float() / 255
+    pil, gpu = JPEG(75)(x), JPEG(75)(x.cuda()).cpu()
+    assert gpu.shape == pil.shape
+    assert (gpu - pil).abs().mean() <= 2 / 255

@@ -145,3 +145,14 @@ def test_out_of_memory_halves_the_batch_and_records_the_size_used(run, monkeypat
     _, _, df = run()
     assert (df["status"] == "ok").all()
     assert (df["batch_size"] == 2).all()  # asked for 4
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_cells_run_in_every_precision(run, tiny_suite):
+    tiny_suite["devices"] = ["cuda"]
+    tiny_suite["precisions"] = ["fp32", "bf16", "fp16"]
+    _, _, df = run(tiny_suite)
+    assert (df["status"] == "ok").all(), df[["cell_id", "reason"]]
+    assert (df["linf_max"] <= df["eps"] + 1 / 510 + 1e-9).all()
+    assert (df["peak_mem_mb"] > 0).all()

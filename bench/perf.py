@@ -1,0 +1,188 @@
+"""``bench perf``: plain torchattacks PGD as a user writes it, against the harness's fast path,
+on the same model, inputs, ε and steps, in one process.
+
+Configuration A is PGD on a model whose weights require grad, in fp32 and the default memory
+format. B switches the levers of :mod:`bench.fastpath` on one at a time, so each row shows the
+lever's own share and the running total. Every configuration starts PGD's random start from the
+same seed, and its robust accuracy is reported next to its speed: a fast path that changes the
+answer is not a fast path.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import statistics
+from dataclasses import dataclass, replace
+from fractions import Fraction
+from pathlib import Path
+
+import torch
+
+from bench.data import load_dataset
+from bench.fastpath import PLAIN, Levers, prepare
+from bench.models import ARCHS, ModelUnavailable, create_model
+from bench.results import device_name, environment, write_atomic
+from bench.suite import DataSpec, ModelSpec, format_eps
+from bench.timing import Stopwatch, peak_memory_mb, reset_peak_memory
+
+log = logging.getLogger(__name__)
+
+# Dense bf16 tensor-core peak from the vendors' data sheets (FLOP/s), for the roofline share.
+BF16_PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
+
+
+@dataclass
+class PerfRow:
+    name: str
+    levers: str
+    precision: str
+    img_steps_per_s: float
+    seconds: float
+    robust_acc: float
+    peak_mem_mb: float
+    warmup_seconds: float
+
+
+def forward_flops(model: torch.nn.Module, size: int, device: str) -> float:
+    """FLOPs of one forward pass on one image (2 per multiply-add), counted by PyTorch."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(torch.rand(1, 3, size, size, device=device))
+    return float(counter.get_total_flops())
+
+
+def _configs(device: str, precision: str, compile_: bool) -> list[tuple[str, Levers, str]]:
+    steps = [
+        ("A: plain torchattacks", PLAIN, "fp32"),
+        ("+ frozen weights", replace(PLAIN, frozen=True), "fp32"),
+        ("+ BatchNorm folded", replace(PLAIN, frozen=True, fold_bn=True), "fp32"),
+        ("+ channels_last", Levers(), "fp32"),
+    ]
+    if precision != "fp32":
+        steps.append((f"+ {precision} autocast", Levers(), precision))
+    if compile_:
+        steps.append(("+ torch.compile", Levers(compile=True), precision))
+    return steps
+
+
+def _lever_text(levers: Levers) -> str:
+    on = [name for name in ("frozen", "fold_bn", "channels_last", "compile") if getattr(levers, name)]
+    return ", ".join(on) or "none"
+
+
+def run_perf(device: str = "cpu", arch: str = "resnet18", batch: int = 16, steps: int = 10, eps: float = 4 / 255,
+             precision: str | None = None, compile_: bool = False, repeats: int = 2, image_size: int = 224,
+             reports_dir: str | Path = "reports") -> tuple[Path, str]:
+    """Measure every configuration, write ``reports/perf/<device-name>.md``; return (path, markdown)."""
+    import torchattacks
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda: CUDA is not available on this machine")
+    precision = precision or ("bf16" if device.startswith("cuda") else "fp32")
+    info = ARCHS[arch]
+    spec = ModelSpec(arch, arch, "imagenet" if "imagenet" in info.weights else None, num_classes=info.num_classes, input_size=image_size)
+    weights_note = "ImageNet weights" if spec.weights else "random init: this architecture has no bundled weights"
+    try:
+        base = create_model(spec)
+    except ModelUnavailable as exc:
+        spec = replace(spec, weights=None)
+        base = create_model(spec)
+        weights_note = f"random init, because {exc}"
+    trained = spec.weights == "imagenet"
+
+    data = load_dataset(DataSpec("samples", image_size=image_size))
+    reps = math.ceil(batch / len(data))
+    x = data.images.repeat(reps, 1, 1, 1)[:batch].float().div_(255).to(device)
+    y = data.labels.repeat(reps)[:batch].to(device)
+    if not trained:
+        y = y % spec.num_classes
+    flops = forward_flops(base.to(device), image_size, device)
+    base = base.cpu()
+
+    rows: list[PerfRow] = []
+    for name, levers, prec in _configs(device, precision, compile_):
+        log.info("perf: %s", name)
+        watch_warm = Stopwatch(device)
+        with watch_warm.region():
+            model = prepare(base, device, prec, levers, sample=x[: min(8, batch)].cpu())
+            torchattacks.PGD(model, eps=eps, alpha=eps / 4, steps=1)(x, y)  # warm-up: kernels, cuDNN choice, compile
+        warm = watch_warm.seconds
+        times = []
+        reset_peak_memory(device)
+        for _ in range(repeats):
+            torch.manual_seed(0)  # the same random start for every configuration
+            attack = torchattacks.PGD(model, eps=eps, alpha=eps / 4, steps=steps)
+            watch = Stopwatch(device)
+            with watch.region():
+                adv = attack(x, y)
+            times.append(watch.seconds)
+        with torch.no_grad():
+            acc = (model(adv).argmax(1) == y).float().mean().item()
+        t = statistics.median(times)
+        rows.append(PerfRow(name, _lever_text(levers), prec, batch * steps / t, t, acc, peak_memory_mb(device), warm))
+        del model
+
+    dev_name = device_name(device)
+    text = render(rows, dev_name, device, arch, weights_note, trained, batch, steps, eps, image_size, repeats, flops)
+    # reports/perf/<device>.md for the default model; other models get their own file beside it
+    out = Path(reports_dir) / "perf" / (f"{_slug(dev_name)}.md" if arch == "resnet18" else f"{_slug(dev_name)}-{arch}.md")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(out, text.encode())
+    return out, text
+
+
+def render(rows: list[PerfRow], dev_name: str, device: str, arch: str, weights_note: str, trained: bool, batch: int,
+           steps: int, eps: float, image_size: int, repeats: int, flops: float) -> str:
+    base = rows[0]
+    peak = next((v for k, v in BF16_PEAK.items() if k in dev_name), None) if device.startswith("cuda") else None
+    header = "| configuration | levers | precision | img·steps/s | × vs A | lever's own × | robust acc | Δ vs A (points) | peak mem MB | warm-up s |"
+    sep = "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"
+    if peak:
+        header += " bf16 roofline |"
+        sep += "---:|"
+    lines = [header, sep]
+    prev = base
+    for r in rows:
+        delta = 100 * (r.robust_acc - base.robust_acc)
+        line = (f"| {r.name} | {r.levers} | {r.precision} | {r.img_steps_per_s:,.1f} | {r.img_steps_per_s / base.img_steps_per_s:.2f} | "
+                f"{r.img_steps_per_s / prev.img_steps_per_s:.2f} | {100 * r.robust_acc:.1f} % | {delta:+.1f} | {r.peak_mem_mb:,.0f} | {r.warmup_seconds:.1f} |")
+        if peak:
+            # one PGD step ≈ 2 forwards: a forward, and a backward for the input gradient only
+            line += f" {100 * r.img_steps_per_s * 2 * flops / peak:.1f} % |"
+        lines.append(line)
+        prev = r
+    best = max(rows, key=lambda r: r.img_steps_per_s)
+    agree = all(abs(r.robust_acc - base.robust_acc) <= 0.02 for r in rows)
+    env = environment()
+    summary = [
+        f"# `bench perf` on {dev_name}",
+        "",
+        f"PGD (L∞, ε = {format_eps(eps)}, α = ε/4, {steps} steps, random start from one seed) on `{arch}` ({weights_note}), "
+        f"batch {batch} at {image_size} px (the bundled photos, tiled), {device}. Median of {repeats} timed runs after an "
+        "untimed warm-up run; warm-up (and compile) time is shown apart and never enters throughput. "
+        f"{'CUDA events, synchronised' if device.startswith('cuda') else 'time.perf_counter'} timing. "
+        f"Forward pass: {flops / 1e9:.2f} GFLOP per image, counted by torch.utils.flop_counter.",
+        "",
+        *lines,
+        "",
+        f"Best: **{best.name}**, {best.img_steps_per_s / base.img_steps_per_s:.2f}× plain torchattacks.",
+        "Robust accuracies " + ("agree within 2 points." if agree else "DO NOT agree within 2 points: investigate before trusting the fast path.")
+        + ("" if trained else " (Random-init weights: accuracy agreement is checked but says little about a trained model.)"),
+    ]
+    if peak:
+        summary.append(f"Roofline: achieved FLOP/s (2 × forward FLOPs per image-step) over the data-sheet dense bf16 peak of {peak / 1e12:.0f} TFLOP/s.")
+    summary += ["", f"torch {env['torch']}, torchvision {env['torchvision']}, torchattacks {env['torchattacks']}, "
+                f"{env['cpu']} ({env['cpu_threads']} threads), git {env['git_sha'][:12]}.", ""]
+    return "\n".join(summary)
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower() or "device"
+
+
+def parse_eps(text: str) -> float:
+    return float(Fraction(text))
