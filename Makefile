@@ -6,7 +6,11 @@ STAMP  := $(VENV)/.bench-installed
 SUITE  ?= suites/tutorial.yaml
 PYTEST_ARGS ?=
 
-.PHONY: bench test install clean-results
+FACES_DATA ?= data/faces-proxy
+FACES_MODELS ?= models/faces
+RECIPES := custom_cnn resnet18_frozen resnet18_finetune
+
+.PHONY: bench test install clean-results faces
 
 install: $(STAMP)
 
@@ -24,6 +28,16 @@ bench: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# The faces workflow on the offline proxy: data (once), three detectors (once each), the suite.
+faces: $(STAMP) $(foreach r,$(RECIPES),$(FACES_MODELS)/$(r).pt)
+	$(BIN)/bench run suites/faces.yaml
+
+$(FACES_DATA)/split.json: | $(STAMP)
+	$(BIN)/bench data faces --proxy --out $(FACES_DATA)
+
+$(FACES_MODELS)/%.pt: $(FACES_DATA)/split.json
+	$(BIN)/bench train $* --data $(FACES_DATA) --out $(FACES_MODELS)
 
 clean-results:
 	rm -rf results/*/ reports/*/

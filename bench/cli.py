@@ -74,6 +74,25 @@ def _parser() -> argparse.ArgumentParser:
     perf.add_argument("--repeats", type=int, default=None, help="timed runs per configuration (median; default 2 cpu, 5 cuda)")
     perf.add_argument("--image-size", type=int, default=224)
     perf.add_argument("--reports-dir", type=Path, default=Path("reports"))
+    data = sub.add_parser("data", help="build data sets")
+    data_sub = data.add_subparsers(dest="dataset", required=True)
+    faces = data_sub.add_parser("faces", help="the faces protocol: 500 real + 500 fake for training, the rest for testing")
+    src = faces.add_mutually_exclusive_group(required=True)
+    src.add_argument("--source", type=Path, help="a folder with real/ and fake/ images")
+    src.add_argument("--proxy", action="store_true", help="generate the offline proxy data set (see README)")
+    faces.add_argument("--out", type=Path, required=True, help="output folder (new or empty)")
+    faces.add_argument("--seed", type=int, default=0)
+    faces.add_argument("--train-per-class", type=int, default=500)
+    faces.add_argument("--per-class", type=int, default=800, help="--proxy: images per class (>= 400)")
+    faces.add_argument("--size", type=int, default=96, help="--proxy: image size in pixels")
+    tr = sub.add_parser("train", help="train a faces detector recipe")
+    tr.add_argument("recipe", help="custom_cnn, resnet18_frozen, resnet18_finetune, or all")
+    tr.add_argument("--data", type=Path, required=True, help="a folder made by `bench data faces`")
+    tr.add_argument("--out", type=Path, default=Path("models/faces"), help="where checkpoints and cards go")
+    tr.add_argument("--epochs", type=int, default=None, help="default: the recipe's")
+    tr.add_argument("--image-size", type=int, default=None, help="default: the data's own size")
+    tr.add_argument("--batch-size", type=int, default=16)
+    tr.add_argument("--seed", type=int, default=0)
     rep = sub.add_parser("report", help="rebuild the report of a run")
     rep.add_argument("run_dir", type=Path, help="results/<suite>/<run_id>")
     rep.add_argument("--reports-dir", type=Path, default=Path("reports"))
@@ -96,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
             return _run(args, console)
         if args.command == "perf":
             return _perf(args)
+        if args.command == "data":
+            return _data(args)
+        if args.command == "train":
+            return _train(args, console)
         return _report(args)
     except KeyboardInterrupt:
         log.warning("interrupted: finished cells are kept")
@@ -169,6 +192,65 @@ def _perf(args: argparse.Namespace) -> int:
                           args.image_size, args.reports_dir)
     print(text)
     print(f"report: {path}")
+    return EXIT_OK
+
+
+def _data(args: argparse.Namespace) -> int:
+    from bench.faces import FacesError, make_proxy, split_protocol
+
+    try:
+        if args.proxy:
+            record = make_proxy(args.out, per_class=args.per_class, size=args.size, seed=args.seed,
+                                train_per_class=args.train_per_class)
+        else:
+            record = split_protocol(args.source, args.out, seed=args.seed, train_per_class=args.train_per_class)
+    except FacesError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    counts = ", ".join(f"{k} {v}" for k, v in record["counts"].items())
+    print(f"faces data in {args.out}: {counts}; split hash {record['split_hash'][:16]}")
+    if record["proxy"]:
+        print(record["note"])
+    return EXIT_OK
+
+
+class TrainProgress:
+    """One bar per recipe, with epoch, running loss and accuracy."""
+
+    def __init__(self, console: Console):
+        self._p = Progress(TextColumn("[bold]{task.description:<18}"), BarColumn(), MofNCompleteColumn(),
+                           TimeElapsedColumn(), TextColumn("{task.fields[detail]}"), console=console)
+
+    def start(self, name: str, total: int) -> None:
+        self._task = self._p.add_task(name, total=total, detail="")
+        self._p.start()
+
+    def step(self, epoch: int, epochs: int, loss: float, acc: float) -> None:
+        self._p.update(self._task, advance=1, detail=f"epoch {epoch}/{epochs}  loss {loss:.4f}  acc {acc:.3f}")
+
+    def stop(self) -> None:
+        self._p.stop()
+
+
+def _train(args: argparse.Namespace, console: Console) -> int:
+    from bench.faces import FacesError, read_split
+    from bench.train import RECIPES, train
+
+    names = list(RECIPES) if args.recipe == "all" else [args.recipe]
+    if any(n not in RECIPES for n in names):
+        print(f"error: unknown recipe {args.recipe!r}; allowed: {', '.join(RECIPES)}, all", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        read_split(args.data)
+    except FacesError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    for name in names:
+        card = train(name, args.data, args.out, epochs=args.epochs, image_size=args.image_size, seed=args.seed,
+                     batch_size=args.batch_size, progress=TrainProgress(console))
+        print(f"{name}: test accuracy {100 * card['test_acc']:.1f} % (train {100 * card['train_acc']:.1f} %), "
+              f"{card['train_seconds']:.0f} s, {card['arch']} from {card['weights_from'].split(' instead of')[0]}; "
+              f"{args.out / card['checkpoint']}")
     return EXIT_OK
 
 

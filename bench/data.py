@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import logging
+from itertools import zip_longest
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -43,6 +44,7 @@ class Dataset:
     ids: list[str]
     class_names: list[str] | None = None
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (item, reason)
+    note: str = ""  # what a report must say about this data (e.g. that it is a proxy)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -144,13 +146,13 @@ def _manifest_items(spec: "DataSpec") -> list[tuple[Path, int]]:
 
 
 def _folder_items(spec: "DataSpec") -> tuple[list[tuple[Path, int]], list[str]]:
+    """Images of every class folder, taken round-robin across classes (so ``limit`` keeps the
+    classes balanced), each class in sorted file order."""
     root = Path(spec.path)
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    items = []
-    for idx, cls in enumerate(classes):
-        for f in sorted((root / cls).rglob("*")):
-            if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES:
-                items.append((f, idx))
+    per_class = [[(f, idx) for f in sorted((root / cls).rglob("*")) if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
+                 for idx, cls in enumerate(classes)]
+    items = [item for rank in zip_longest(*per_class) for item in rank if item is not None]
     return items, classes
 
 
@@ -178,7 +180,24 @@ def _load_manifest(spec: "DataSpec") -> Dataset:
 
 def _load_folder(spec: "DataSpec") -> Dataset:
     items, classes = _folder_items(spec)
-    return _read_files(f"imagefolder:{Path(spec.path).name}", items, spec, classes)
+    root = Path(spec.path)
+    ds = _read_files(f"imagefolder:{root.parent.name}/{root.name}", items, spec, classes)
+    ds.note = _split_note(root)
+    return ds
+
+
+def _split_note(root: Path) -> str:
+    """The note of a data set made by `bench data` (its split.json sits in the folder or above)."""
+    import json
+
+    for folder in (root, root.parent):
+        card = folder / "split.json"
+        if card.is_file():
+            try:
+                return str(json.loads(card.read_text()).get("note", ""))
+            except (OSError, ValueError):
+                return ""
+    return ""
 
 
 # ---------------------------------------------------------------------------------------------

@@ -43,6 +43,7 @@ class PerfRow:
     robust_acc: float
     peak_mem_mb: float
     warmup_seconds: float
+    adv_loss: float  # mean cross-entropy of the adversarial images on the reference fp32 model
 
 
 def forward_flops(model: torch.nn.Module, size: int, device: str) -> float:
@@ -104,6 +105,7 @@ def run_perf(device: str = "cpu", arch: str = "resnet18", batch: int = 16, steps
     base = base.cpu()
 
     rows: list[PerfRow] = []
+    reference = prepare(base, device, "fp32", PLAIN)  # judges every configuration's images alike
     for name, levers, prec in _configs(device, precision, compile_):
         log.info("perf: %s", name)
         watch_warm = Stopwatch(device)
@@ -122,8 +124,9 @@ def run_perf(device: str = "cpu", arch: str = "resnet18", batch: int = 16, steps
             times.append(watch.seconds)
         with torch.no_grad():
             acc = (model(adv).argmax(1) == y).float().mean().item()
+            loss = torch.nn.functional.cross_entropy(reference(adv), y).item()
         t = statistics.median(times)
-        rows.append(PerfRow(name, _lever_text(levers), prec, batch * steps / t, t, acc, peak_memory_mb(device), warm))
+        rows.append(PerfRow(name, _lever_text(levers), prec, batch * steps / t, t, acc, peak_memory_mb(device), warm, loss))
         del model
 
     dev_name = device_name(device)
@@ -139,8 +142,9 @@ def render(rows: list[PerfRow], dev_name: str, device: str, arch: str, weights_n
            steps: int, eps: float, image_size: int, repeats: int, flops: float) -> str:
     base = rows[0]
     peak = next((v for k, v in BF16_PEAK.items() if k in dev_name), None) if device.startswith("cuda") else None
-    header = "| configuration | levers | precision | img·steps/s | × vs A | lever's own × | robust acc | Δ vs A (points) | peak mem MB | warm-up s |"
-    sep = "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"
+    header = ("| configuration | levers | precision | img·steps/s | × vs A | lever's own × | robust acc | Δ vs A (points) "
+              "| adv loss | peak mem MB | warm-up s |")
+    sep = "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
     if peak:
         header += " bf16 roofline |"
         sep += "---:|"
@@ -149,7 +153,8 @@ def render(rows: list[PerfRow], dev_name: str, device: str, arch: str, weights_n
     for r in rows:
         delta = 100 * (r.robust_acc - base.robust_acc)
         line = (f"| {r.name} | {r.levers} | {r.precision} | {r.img_steps_per_s:,.1f} | {r.img_steps_per_s / base.img_steps_per_s:.2f} | "
-                f"{r.img_steps_per_s / prev.img_steps_per_s:.2f} | {100 * r.robust_acc:.1f} % | {delta:+.1f} | {r.peak_mem_mb:,.0f} | {r.warmup_seconds:.1f} |")
+                f"{r.img_steps_per_s / prev.img_steps_per_s:.2f} | {100 * r.robust_acc:.1f} % | {delta:+.1f} | "
+                f"{r.adv_loss:.2f} | {r.peak_mem_mb:,.0f} | {r.warmup_seconds:.1f} |")
         if peak:
             # one PGD step ≈ 2 forwards: a forward, and a backward for the input gradient only
             line += f" {100 * r.img_steps_per_s * 2 * flops / peak:.1f} % |"
@@ -171,6 +176,9 @@ def render(rows: list[PerfRow], dev_name: str, device: str, arch: str, weights_n
         "",
         f"Best: **{best.name}**, {best.img_steps_per_s / base.img_steps_per_s:.2f}× plain torchattacks.",
         "Robust accuracies " + ("agree within 2 points." if agree else "DO NOT agree within 2 points: investigate before trusting the fast path.")
+        + " 'adv loss' is the mean cross-entropy of each configuration's adversarial images on the same fp32 reference"
+        " model: equal strength shows as equal loss. (The images themselves differ: PGD's sign steps turn float"
+        " rounding differences between levers into different, equally strong, paths.)"
         + ("" if trained else " (Random-init weights: accuracy agreement is checked but says little about a trained model.)"),
     ]
     if peak:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from bench.results import load_run, write_atomic
+from bench.results import load_predictions, load_run, write_atomic
 from bench.suite import format_eps
 
 RATE_COLUMNS = {
@@ -25,14 +25,14 @@ def write_report(run_dir: str | Path, reports_root: str | Path = "reports") -> P
     out_dir = Path(reports_root) / meta["suite"]
     out_dir.mkdir(parents=True, exist_ok=True)
     plot = _plot(df, out_dir / f"{meta['run_id']}-robust.png")
-    text = render(df, meta, plot.name if plot else None)
+    text = render(df, meta, plot.name if plot else None, load_predictions(Path(run_dir)))
     path = out_dir / f"{meta['run_id']}.md"
     write_atomic(path, text.encode())
     write_atomic(out_dir / "latest.md", text.encode())
     return path
 
 
-def render(df: pd.DataFrame, meta: dict[str, Any], plot_name: str | None = None) -> str:
+def render(df: pd.DataFrame, meta: dict[str, Any], plot_name: str | None = None, predictions: pd.DataFrame | None = None) -> str:
     ok = df[df["status"] == "ok"].copy()
     counts = df["status"].value_counts().to_dict()
     lines = [
@@ -58,6 +58,9 @@ def render(df: pd.DataFrame, meta: dict[str, Any], plot_name: str | None = None)
             part = ok[ok[col].notna()]
             if len(part):
                 lines += ["", f"## {title}", "", _pivot(part, ["model", "attack", "ε", *extra], col)]
+        accepted = _fakes_accepted(ok, meta, predictions, ["model", "attack", "ε", *extra])
+        if accepted:
+            lines += ["", "## Fakes accepted as real (share of fake images the detector calls real)", "", accepted]
         if plot_name:
             lines += ["", "## Robust accuracy against ε", "", f"![robust accuracy against ε]({plot_name})"]
         lines += ["", "## Perturbation and cost", "", _cost_table(ok, extra)]
@@ -73,6 +76,30 @@ def render(df: pd.DataFrame, meta: dict[str, Any], plot_name: str | None = None)
     return "\n".join(lines)
 
 
+def _fakes_accepted(ok: pd.DataFrame, meta: dict[str, Any], predictions: pd.DataFrame | None, index: list[str]) -> str | None:
+    """For a real-vs-fake data set: per detector, attack and defense, the share of fakes the
+    attacker gets accepted as real; the "no attack" rows are the detector's own miss rate."""
+    names = (meta.get("dataset") or {}).get("class_names") or []
+    if predictions is None or not {"fake", "real"} <= set(names):
+        return None
+    fake, real = names.index("fake"), names.index("real")
+    fakes = predictions[predictions["label"] == fake]
+    if fakes.empty:
+        return None
+    rates = fakes.assign(r=fakes["robust_pred"] == real, c=fakes["clean_pred"] == real).groupby("cell_id")[["r", "c"]].mean()
+    merged = ok.merge(rates, left_on="cell_id", right_index=True)
+    clean = merged.drop_duplicates(["model", "defense", *index[3:]]).assign(attack="(no attack)", r=lambda d: d["c"])
+    clean["ε"] = "-"
+    both = pd.concat([clean, merged])
+    order = list(dict.fromkeys(merged["defense"]))
+    table = both.pivot_table(index=index, columns="defense", values="r", aggfunc="first", sort=False)
+    table = table[[d for d in order if d in table.columns]].map(_pct).reset_index()
+    table.columns.name = None
+    models = {m: i for i, m in enumerate(dict.fromkeys(merged["model"]))}
+    table = table.sort_values("model", key=lambda col: col.map(models), kind="stable")
+    return table.to_markdown(index=False)
+
+
 def _dataset_line(meta: dict[str, Any]) -> str:
     ds = meta.get("dataset", {})
     line = f"Dataset: `{ds.get('name', '?')}`, n = {ds.get('n', '?')} images."
@@ -80,6 +107,8 @@ def _dataset_line(meta: dict[str, Any]) -> str:
         line += (" These are 4 real photos (scikit-image, matplotlib) with their true ImageNet class, 4 views each"
                  " (full, flipped, two centre crops): views of one photo are not independent samples, so read"
                  " the rates as a demonstration, not an estimate of population accuracy.")
+    if ds.get("note"):
+        line += f" **{ds['note']}**"
     if ds.get("skipped"):
         line += f" {len(ds['skipped'])} unreadable image(s) were skipped: " + ", ".join(f"`{p}`" for p, _ in ds["skipped"][:10])
     return line

@@ -57,6 +57,8 @@ VOLATILE_COLUMNS = (
 )
 
 ROWS_FILE = "rows.jsonl"
+PREDICTIONS_FILE = "predictions.parquet"
+PREDICTIONS_KEY = "_predictions"
 TABLE_FILE = "results.parquet"
 RUN_FILE = "run.json"
 
@@ -65,6 +67,20 @@ def to_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
     """Rows → a typed table with exactly the contract's columns, in order."""
     df = pd.DataFrame(list(rows), columns=list(COLUMNS))
     return df.astype(COLUMNS)
+
+
+def predictions_frame(rows: Iterable[dict[str, Any]], labels: list[int]) -> pd.DataFrame:
+    """Per-image predictions of every ok cell, long format: cell_id, image, label, clean_pred, robust_pred."""
+    parts = []
+    for row in rows:
+        pred = row.get(PREDICTIONS_KEY)
+        if pred:
+            parts.append(pd.DataFrame({"cell_id": row["cell_id"], "image": range(len(labels)), "label": labels,
+                                       "clean_pred": pred["clean"], "robust_pred": pred["robust"]}))
+    columns = {"cell_id": "string", "image": "int64", "label": "int64", "clean_pred": "int64", "robust_pred": "int64"}
+    if not parts:
+        return pd.DataFrame({c: pd.Series(dtype=t) for c, t in columns.items()})
+    return pd.concat(parts, ignore_index=True).astype(columns)
 
 
 class RowLog:
@@ -123,6 +139,11 @@ def load_run(run_dir: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     table = run_dir / TABLE_FILE
     df = pd.read_parquet(table) if table.exists() else to_frame(read_rows(run_dir))
     return df, meta
+
+
+def load_predictions(run_dir: Path) -> pd.DataFrame | None:
+    path = Path(run_dir) / PREDICTIONS_FILE
+    return pd.read_parquet(path) if path.exists() else None
 
 
 # ---------------------------------------------------------------------------------------------

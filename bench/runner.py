@@ -28,7 +28,20 @@ from bench import defenses as defense_registry
 from bench.data import Dataset, load_dataset
 from bench.fastpath import GradientUnderflow, Levers, prepare
 from bench.models import CheckpointError, ModelUnavailable, create_model
-from bench.results import COLUMNS, ROWS_FILE, RUN_FILE, TABLE_FILE, RowLog, environment, to_frame, write_json, write_table
+from bench.results import (
+    COLUMNS,
+    PREDICTIONS_FILE,
+    PREDICTIONS_KEY,
+    ROWS_FILE,
+    RUN_FILE,
+    TABLE_FILE,
+    RowLog,
+    environment,
+    predictions_frame,
+    to_frame,
+    write_json,
+    write_table,
+)
 from bench.suite import CellSpec, Suite
 from bench.timing import Stopwatch, peak_memory_mb, reset_peak_memory
 
@@ -239,6 +252,8 @@ def _measure(cell: CellSpec, ws: Workspace, prep: Prepared) -> dict[str, Any]:
         "defense_images_per_s": _per_s(n, defense_seconds) if cell.defense.type != "none" else math.nan,
         "warmup_seconds": prep.warmup_seconds,
         "peak_mem_mb": adv.peak_mem_mb,
+        # per-image predictions: not table columns, kept in predictions.parquet for per-class views
+        PREDICTIONS_KEY: {"clean": clean_pred.tolist(), "robust": robust_pred.tolist()},
     }
 
 
@@ -342,7 +357,9 @@ def run_suite(
         "suite_file": suite.path,
         "suite_digest": suite.digest(),
         "resolved_suite": suite.raw,
-        "dataset": {"name": dataset.name, "n": len(dataset), "ids": dataset.ids, "skipped": dataset.skipped},
+        "dataset": {"name": dataset.name, "n": len(dataset), "ids": dataset.ids, "labels": dataset.labels.tolist(),
+                    "class_names": dataset.class_names if dataset.class_names and len(dataset.class_names) <= 100 else None,
+                    "skipped": dataset.skipped, "note": dataset.note},
         "environment": env,
         "cells": len(cells),
         "started_at": _now(),
@@ -385,6 +402,7 @@ def run_suite(
             progress.stop()
         meta.update(status="complete" if complete else "interrupted", finished_at=_now(), wall_seconds=time.perf_counter() - t0)
         write_table(to_frame(rows), run_dir / TABLE_FILE)
+        write_table(predictions_frame(rows, dataset.labels.tolist()), run_dir / PREDICTIONS_FILE)
         write_json(meta, run_dir / RUN_FILE)
         report = write_report(run_dir, reports_root)
     return RunResult(run_dir, report, rows, complete)

@@ -413,12 +413,17 @@ class _Validator:
         out, seen = [], set()
         for i, item in enumerate(items):
             key = f"models[{i}]"
-            item = self.mapping(item, key, ("name", "arch", "weights", "checkpoint", "num_classes", "input_size", "compile"), ("arch",))
-            arch = item["arch"]
+            item = self.mapping(item, key, ("name", "arch", "weights", "checkpoint", "num_classes", "input_size", "compile"))
+            checkpoint, card = None, {}
+            if "checkpoint" in item:
+                checkpoint, card = self.checkpoint(item["checkpoint"], f"{key}.checkpoint")
+            arch = item.get("arch", card.get("arch"))
+            if arch is None:
+                raise self.fail(f"{key}.arch", "is required (or a checkpoint with its card beside it); allowed: " + ", ".join(archs))
             if arch not in archs:
                 raise self.fail(f"{key}.arch", f"unknown model {arch!r}; allowed: {', '.join(archs)}")
             info = archs[arch]
-            name = self.name(item.get("name", arch), f"{key}.name")
+            name = self.name(item.get("name", Path(checkpoint).stem if checkpoint else arch), f"{key}.name")
             if name in seen:
                 raise self.fail(f"{key}.name", f"duplicate model name {name!r}; names must be unique")
             seen.add(name)
@@ -426,17 +431,14 @@ class _Validator:
             if weights not in info.weights:
                 allowed = ", ".join("null" if w is None else w for w in info.weights)
                 raise self.fail(f"{key}.weights", f"{weights!r} is not available for {arch}; allowed: {allowed}")
-            checkpoint = None
-            if "checkpoint" in item:
-                if weights is not None:
-                    raise self.fail(f"{key}.checkpoint", "give either weights or checkpoint, not both")
-                checkpoint = str(self.existing_path(item["checkpoint"], f"{key}.checkpoint", "file"))
-            num_classes = item.get("num_classes")
+            if checkpoint and weights is not None:
+                raise self.fail(f"{key}.checkpoint", "give either weights or checkpoint, not both")
+            num_classes = item.get("num_classes", card.get("num_classes"))
             if num_classes is not None:
                 num_classes = self.integer(num_classes, f"{key}.num_classes", lo=2)
                 if weights is not None and num_classes != info.num_classes:
                     raise self.fail(f"{key}.num_classes", f"{weights} weights have {info.num_classes} classes, got {num_classes}")
-            input_size = item.get("input_size")
+            input_size = item.get("input_size", card.get("input_size"))
             if input_size is not None:
                 input_size = self.integer(input_size, f"{key}.input_size", lo=16, hi=4096)
                 if input_size != data.image_size:
@@ -514,6 +516,29 @@ class _Validator:
                 variants.append(spec)
             out.append(tuple(variants))
         return tuple(out)
+
+    def checkpoint(self, value: Any, key: str) -> tuple[str, dict]:
+        """A checkpoint path (resolved) and the card beside it, if any (``X.pt`` → ``X.json``)."""
+        if not isinstance(value, str) or not value:
+            raise self.fail(key, f"must be a path string, got {_kind(value)}")
+        p = Path(value)
+        p = (p if p.is_absolute() else self.base / p).resolve()
+        if not p.is_file():
+            from bench.train import RECIPES
+
+            hint = (f"; make it with `bench train {p.stem} --data <faces data folder> --out {p.parent}` (or `make faces`)"
+                    if p.stem in RECIPES else "")
+            raise self.fail(key, f"checkpoint not found: {p}{hint}")
+        card = {}
+        card_file = p.with_suffix(".json")
+        if card_file.is_file():
+            try:
+                card = json.loads(card_file.read_text())
+            except (OSError, ValueError) as exc:
+                raise self.fail(key, f"the card {card_file} is not valid JSON ({exc})") from None
+            if not isinstance(card, dict):
+                raise self.fail(key, f"the card {card_file} must be a JSON object")
+        return str(p), card
 
     def param(self, value: Any, key: str, default: Any) -> Any:
         """An attack argument, typed after its default; numbers may be written as fractions."""
