@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
+import torch.nn as nn
 from PIL import Image
 
 if TYPE_CHECKING:
@@ -69,18 +70,75 @@ class JPEG:
         return torch.stack(decoded).float().div_(255)
 
 
+@dataclass
+class DiffJPEG:
+    """kornia's differentiable JPEG (Reich et al. 2024; Shin & Song 2017): forward and backward
+    through a smooth model of the codec. Used only to craft adaptive attacks; evaluation always
+    goes through the real JPEG."""
+
+    quality: int = 75
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        from kornia.enhance import jpeg_codec_differentiable
+
+        quality = torch.tensor([float(self.quality)], device=x.device, dtype=x.dtype)
+        return jpeg_codec_differentiable(x, quality)
+
+
+def straight_through(defense: Defense) -> Defense:
+    """BPDA with the identity as the backward approximation (Athalye et al. 2018): the forward
+    pass runs the real defense, the backward pass treats it as if it were not there."""
+
+    def bpda(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            y = defense(x.detach())
+        return x + (y - x).detach()
+
+    return bpda
+
+
 @dataclass(frozen=True)
 class DefenseInfo:
     build: Callable[..., Defense]
     params: dict[str, Any]  # suite keys and their defaults
+    differentiable: Callable[..., Defense] | None = None  # a smooth stand-in for adaptive attacks
 
 
 DEFENSES: dict[str, DefenseInfo] = {
-    "none": DefenseInfo(lambda: identity, {}),
-    "jpeg": DefenseInfo(lambda quality=75: JPEG(quality), {"quality": 75}),
+    "none": DefenseInfo(lambda: identity, {}, lambda: identity),
+    "jpeg": DefenseInfo(lambda quality=75: JPEG(quality), {"quality": 75}, lambda quality=75: DiffJPEG(quality)),
 }
+ADAPTIVE_METHODS = ("bpda", "diffjpeg")
+
+
+def _kwargs(spec: "DefenseSpec") -> dict[str, Any]:
+    return {} if spec.quality is None else {"quality": spec.quality}
 
 
 def build(spec: "DefenseSpec") -> Defense:
-    kwargs = {} if spec.quality is None else {"quality": spec.quality}
-    return DEFENSES[spec.type].build(**kwargs)
+    """The real defense, as used for every evaluation."""
+    return DEFENSES[spec.type].build(**_kwargs(spec))
+
+
+def attack_path(spec: "DefenseSpec", eval_mode: str) -> Defense:
+    """What an attack in ``eval_mode`` sees of the defense while it crafts: nothing (oblivious),
+    the real defense with an identity backward (adaptive-bpda), or a differentiable model of it
+    (adaptive-diffjpeg)."""
+    if eval_mode == "oblivious":
+        return identity
+    if eval_mode == "adaptive-bpda":
+        return straight_through(build(spec))
+    if eval_mode == "adaptive-diffjpeg":
+        return DEFENSES[spec.type].differentiable(**_kwargs(spec))
+    raise ValueError(f"unknown eval_mode {eval_mode!r}")
+
+
+class Defended(nn.Module):
+    """model ∘ transform: the classifier an adaptive attack optimises against."""
+
+    def __init__(self, model: nn.Module, transform: Defense):
+        super().__init__()
+        self.model, self.transform = model, transform
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(self.transform(x))

@@ -24,15 +24,15 @@ def write_report(run_dir: str | Path, reports_root: str | Path = "reports") -> P
     df, meta = load_run(Path(run_dir))
     out_dir = Path(reports_root) / meta["suite"]
     out_dir.mkdir(parents=True, exist_ok=True)
-    plot = _plot(df, out_dir / f"{meta['run_id']}-robust.png")
-    text = render(df, meta, plot.name if plot else None, load_predictions(Path(run_dir)))
+    plots = [_plot(df, out_dir / f"{meta['run_id']}-robust.png"), _plot_quality(df, out_dir / f"{meta['run_id']}-quality.png")]
+    text = render(df, meta, [p.name for p in plots if p], load_predictions(Path(run_dir)))
     path = out_dir / f"{meta['run_id']}.md"
     write_atomic(path, text.encode())
     write_atomic(out_dir / "latest.md", text.encode())
     return path
 
 
-def render(df: pd.DataFrame, meta: dict[str, Any], plot_name: str | None = None, predictions: pd.DataFrame | None = None) -> str:
+def render(df: pd.DataFrame, meta: dict[str, Any], plot_names: list[str] | None = None, predictions: pd.DataFrame | None = None) -> str:
     ok = df[df["status"] == "ok"].copy()
     counts = df["status"].value_counts().to_dict()
     lines = [
@@ -45,15 +45,19 @@ def render(df: pd.DataFrame, meta: dict[str, Any], plot_name: str | None = None,
         "",
         _dataset_line(meta),
         "",
-        "Attacks are crafted on the undefended model (oblivious), quantised to 8 bits, then defended and classified. "
-        "ε is the L∞ budget in pixel space of images in [0, 1]. Rates are shares of the n images.",
+        "Oblivious attacks are crafted on the undefended model; adaptive ones through the defense (bpda: the real "
+        "defense forward, identity backward; diffjpeg: a differentiable JPEG both ways). Adversarial images are "
+        "quantised to 8 bits, then defended (always the real defense) and classified. ε is the L∞ budget in pixel "
+        "space of images in [0, 1]. Rates are shares of the n images, with 95 % Wilson intervals in brackets.",
     ]
     if meta.get("status") != "complete":
         lines += ["", f"**This run is {meta.get('status', 'incomplete')}: tables show only the cells that finished.**"]
     if len(ok):
         ok["ε"] = ok["eps"].map(format_eps)
+        ok["column"] = [d if m == "oblivious" else f"{d} ({m.removeprefix('adaptive-')})" for d, m in zip(ok["defense"], ok["eval_mode"])]
         extra = [c for c in ("device", "precision") if ok[c].nunique() > 1]
-        lines += ["", "## Clean accuracy (defense applied, no attack)", "", _pivot(ok.drop_duplicates(["model", "defense", *extra]), ["model", *extra], "clean_acc")]
+        clean = ok[ok["eval_mode"] == "oblivious"].drop_duplicates(["model", "defense", *extra])
+        lines += ["", "## Clean accuracy (defense applied, no attack)", "", _pivot(clean, ["model", *extra], "clean_acc")]
         for col, title in RATE_COLUMNS.items():
             part = ok[ok[col].notna()]
             if len(part):
@@ -61,9 +65,14 @@ def render(df: pd.DataFrame, meta: dict[str, Any], plot_name: str | None = None,
         accepted = _fakes_accepted(ok, meta, predictions, ["model", "attack", "ε", *extra])
         if accepted:
             lines += ["", "## Fakes accepted as real (share of fake images the detector calls real)", "", accepted]
-        if plot_name:
-            lines += ["", "## Robust accuracy against ε", "", f"![robust accuracy against ε]({plot_name})"]
+        comparison = _defense_comparison(ok, extra)
+        if comparison:
+            lines += ["", "## Defense comparison", "", comparison]
+        for name in plot_names or []:
+            title = "Accuracy against JPEG quality" if "quality" in name else "Robust accuracy against ε"
+            lines += ["", f"## {title}", "", f"![{title.lower()}]({name})"]
         lines += ["", "## Perturbation and cost", "", _cost_table(ok, extra)]
+    lines += ["", "## Sanity flags", "", _flags_section(df)]
     not_ok = df[df["status"] != "ok"]
     if len(not_ok):
         lines += ["", "## Skipped and failed cells", ""]
@@ -88,11 +97,12 @@ def _fakes_accepted(ok: pd.DataFrame, meta: dict[str, Any], predictions: pd.Data
         return None
     rates = fakes.assign(r=fakes["robust_pred"] == real, c=fakes["clean_pred"] == real).groupby("cell_id")[["r", "c"]].mean()
     merged = ok.merge(rates, left_on="cell_id", right_index=True)
-    clean = merged.drop_duplicates(["model", "defense", *index[3:]]).assign(attack="(no attack)", r=lambda d: d["c"])
+    clean = merged[merged["eval_mode"] == "oblivious"].drop_duplicates(["model", "defense", *index[3:]])
+    clean = clean.assign(attack="(no attack)", r=clean["c"], column=clean["defense"])
     clean["ε"] = "-"
     both = pd.concat([clean, merged])
-    order = list(dict.fromkeys(merged["defense"]))
-    table = both.pivot_table(index=index, columns="defense", values="r", aggfunc="first", sort=False)
+    order = _group_by_defense(list(dict.fromkeys(merged["column"])))
+    table = both.pivot_table(index=index, columns="column", values="r", aggfunc="first", sort=False)
     table = table[[d for d in order if d in table.columns]].map(_pct).reset_index()
     table.columns.name = None
     models = {m: i for i, m in enumerate(dict.fromkeys(merged["model"]))}
@@ -118,18 +128,84 @@ def _pct(x: float) -> str:
     return "–" if pd.isna(x) else f"{100 * x:.1f} %"
 
 
+def _with_ci(df: pd.DataFrame, value: str) -> pd.Series:
+    lo, hi = f"{value}_ci_low", f"{value}_ci_high"
+    if lo not in df:
+        return df[value].map(_pct)
+    return pd.Series([_pct(v) if pd.isna(v) or pd.isna(a) else f"{100 * v:.1f} % [{100 * a:.0f}–{100 * b:.0f}]"
+                      for v, a, b in zip(df[value], df[lo], df[hi])], index=df.index)
+
+
 def _pivot(df: pd.DataFrame, index: list[str], value: str) -> str:
-    order = list(dict.fromkeys(df["defense"]))
-    table = df.pivot_table(index=index, columns="defense", values=value, aggfunc="first", sort=False)
-    table = table[[d for d in order if d in table.columns]]
-    table = table.map(_pct).reset_index()
+    df = df.assign(_cell=_with_ci(df, value))
+    column = "column" if "column" in df else "defense"
+    order = list(dict.fromkeys(df.sort_values("eval_mode", key=lambda m: m != "oblivious", kind="stable")[column])) if "eval_mode" in df else list(dict.fromkeys(df[column]))
+    order = _group_by_defense(order)
+    table = df.pivot_table(index=index, columns=column, values="_cell", aggfunc="first", sort=False)
+    table = table[[d for d in order if d in table.columns]].fillna("–").reset_index()
     table.columns.name = None
     return table.to_markdown(index=False)
 
 
+def _group_by_defense(columns: list[str]) -> list[str]:
+    """Each defense's oblivious column followed by its adaptive ones."""
+    bases = list(dict.fromkeys(c.split(" (")[0] for c in columns))
+    return [c for b in bases for c in columns if c.split(" (")[0] == b]
+
+
+def _defense_comparison(ok: pd.DataFrame, extra: list[str]) -> str | None:
+    """Per model and defense: what it costs on clean images, what it buys back against each mode
+    of attack (mean over attacks and ε, in accuracy points), and its throughput."""
+    if not (ok["defense"] == "none").any() or ok["defense"].nunique() < 2:
+        return None
+    keys = ["model", *extra]
+    rows = []
+    for key, group in ok.groupby(keys, sort=False):
+        key = key if isinstance(key, tuple) else (key,)
+        base = group[group["defense"] == "none"]
+        if base.empty:
+            continue
+        clean0 = base["clean_acc"].iloc[0]
+        robust0 = base.set_index(["attack", "eps"])["robust_acc"]
+        for defense, d in group[group["defense"] != "none"].groupby("defense", sort=False):
+            row = dict(zip(keys, key))
+            row["defense"] = defense
+            row["clean acc cost"] = f"{100 * (clean0 - d['clean_acc'].iloc[0]):+.1f}"
+            for mode, m in d.groupby("eval_mode", sort=False):
+                gained = m.set_index(["attack", "eps"])["robust_acc"] - robust0.reindex(m.set_index(["attack", "eps"]).index)
+                row[f"robust gained, {mode}"] = f"{100 * gained.mean():+.1f}"
+            speed = d["defense_images_per_s"].dropna()
+            row["defense img/s"] = f"{speed.iloc[0]:.1f}" if len(speed) else "–"
+            rows.append(row)
+    if not rows:
+        return None
+    table = pd.DataFrame(rows).fillna("–")
+    return (table.to_markdown(index=False) + "\n\nAccuracy points: clean cost = clean accuracy without the defense minus "
+            "with it; robust gained = robust accuracy with the defense minus without, averaged over attacks and ε. "
+            "A defense that gains only against oblivious attacks buys nothing against an attacker who knows it.")
+
+
+def _flags_section(df: pd.DataFrame) -> str:
+    from bench.flags import FLAGS, split
+
+    found: dict[str, list[str]] = {}
+    for cell_id, text in zip(df["cell_id"], df["flags"] if "flags" in df else []):
+        for code in split(text if isinstance(text, str) else None):
+            found.setdefault(code, []).append(cell_id)
+    if not found:
+        return "No sanity flag was raised."
+    lines = []
+    for code, cells in found.items():
+        flag = FLAGS[code]
+        shown = ", ".join(f"`{c}`" for c in cells[:3]) + (f", … {len(cells) - 3} more" if len(cells) > 3 else "")
+        lines.append(f"- **{code}** ({len(cells)} cells: {shown}). Suspect: {flag.suspects}. Try: {flag.remedy}.")
+    return "\n".join(lines)
+
+
 def _cost_table(ok: pd.DataFrame, extra: list[str]) -> str:
-    keys = ["model", "attack", "ε", *extra]
-    rows = ok.drop_duplicates(keys)  # crafting is shared by all defenses of a (model, attack, ε)
+    ok = ok.assign(crafted=[("–" if m == "oblivious" else c) for m, c in zip(ok["eval_mode"], ok["column"])])
+    keys = ["model", "attack", "ε", "crafted", *extra]
+    rows = ok.drop_duplicates(keys)  # an oblivious crafting is shared by all defenses of a (model, attack, ε)
     table = pd.DataFrame(
         {
             **{k: rows[k] for k in keys},
@@ -145,7 +221,8 @@ def _cost_table(ok: pd.DataFrame, extra: list[str]) -> str:
         }
     )
     note = (
-        "\n\nAttack time covers crafting for all n images (one crafting serves every defense); img·steps/s counts "
+        "\n\n'crafted' is the defense an adaptive attack was crafted through (– for oblivious). Attack time covers "
+        "crafting for all n images (one oblivious crafting serves every defense); img·steps/s counts "
         "images × gradient steps; clean img/s is the model's forward pass on clean images; warm-up (model preparation, "
         "compilation, first pass) is never part of a throughput; batch is the size actually used (halved after a GPU "
         "out-of-memory); peak memory is CUDA allocated memory on GPU, the process's peak resident set so far on CPU."
@@ -167,9 +244,42 @@ def _environment(meta: dict[str, Any]) -> str:
 
 
 def _plot(df: pd.DataFrame, path: Path) -> Path | None:
+    """Robust accuracy against ε: a panel per (model, attack), a line per defense and mode
+    (adaptive dashed)."""
     ok = df[(df["status"] == "ok") & df["eps"].notna()]
     if ok.empty:
         return None
+    many = ok[["device", "precision"]].drop_duplicates().shape[0] > 1
+
+    def lines(part):
+        for label, g in part.groupby(["defense", "eval_mode", "device", "precision"], sort=False):
+            g = g.sort_values("eps")
+            name = label[0] if label[1] == "oblivious" else f"{label[0]} ({label[1].removeprefix('adaptive-')})"
+            name += f" {label[2]} {label[3]}" if many else ""
+            yield g["eps"] * 255, g["robust_acc"], name, "--" if label[1] != "oblivious" else "-"
+
+    return _panels(ok, path, "ε (×1/255)", "robust accuracy (%)", lines)
+
+
+def _plot_quality(df: pd.DataFrame, path: Path) -> Path | None:
+    """Accuracy against JPEG quality: a panel per (model, attack), a line per ε and mode, and the
+    clean accuracy for reference."""
+    ok = df[(df["status"] == "ok") & df["defense"].str.startswith("jpeg-q")].copy()
+    if ok.empty or ok["defense"].nunique() < 2:
+        return None
+    ok["quality"] = ok["defense"].str.removeprefix("jpeg-q").astype(int)
+
+    def lines(part):
+        clean = part[part["eval_mode"] == "oblivious"].drop_duplicates("quality").sort_values("quality")
+        yield clean["quality"], clean["clean_acc"], "clean", ":"
+        for (eps, mode), g in part.groupby(["eps", "eval_mode"], sort=False):
+            g = g.sort_values("quality")
+            yield g["quality"], g["robust_acc"], f"ε {format_eps(eps)}" + ("" if mode == "oblivious" else f" ({mode.removeprefix('adaptive-')})"), "--" if mode != "oblivious" else "-"
+
+    return _panels(ok, path, "JPEG quality", "accuracy (%)", lines)
+
+
+def _panels(ok: pd.DataFrame, path: Path, xlabel: str, ylabel: str, lines) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -180,20 +290,17 @@ def _plot(df: pd.DataFrame, path: Path) -> Path | None:
     rows = -(-len(panels) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False, sharey=True)
     for ax, (model, attack) in zip(axes.flat, panels):
-        part = ok[(ok["model"] == model) & (ok["attack"] == attack)]
-        for label, g in part.groupby(["defense", "device", "precision"], sort=False):
-            g = g.sort_values("eps")
-            name = label[0] if part[["device", "precision"]].drop_duplicates().shape[0] == 1 else " ".join(label)
-            ax.plot(g["eps"] * 255, 100 * g["robust_acc"], marker="o", label=name)
+        for x, y, name, style in lines(ok[(ok["model"] == model) & (ok["attack"] == attack)]):
+            ax.plot(x, 100 * y, marker="o", linestyle=style, label=name)
         ax.set_title(f"{model} · {attack}", fontsize=10)
-        ax.set_xlabel("ε (×1/255)")
+        ax.set_xlabel(xlabel)
         ax.set_ylim(-3, 103)
         ax.grid(alpha=0.3)
     for ax in axes[:, 0]:
-        ax.set_ylabel("robust accuracy (%)")
+        ax.set_ylabel(ylabel)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
-    axes.flat[0].legend(fontsize=8)
+    axes.flat[0].legend(fontsize=7)
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=110)

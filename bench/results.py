@@ -34,6 +34,16 @@ COLUMNS: dict[str, str] = {
     "robust_acc": "float64",
     "attack_success_rate": "float64",
     "targeted_success_rate": "float64",
+    # 95 % Wilson intervals of the four rates above
+    "clean_acc_ci_low": "float64",
+    "clean_acc_ci_high": "float64",
+    "robust_acc_ci_low": "float64",
+    "robust_acc_ci_high": "float64",
+    "attack_success_rate_ci_low": "float64",
+    "attack_success_rate_ci_high": "float64",
+    "targeted_success_rate_ci_low": "float64",
+    "targeted_success_rate_ci_high": "float64",
+    "flags": "string",  # comma-separated sanity flags (bench/flags.py), empty when none
     "linf_max": "float64",
     "l2_mean": "float64",
     "attack_seconds": "float64",

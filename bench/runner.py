@@ -15,7 +15,7 @@ import logging
 import math
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -26,7 +26,11 @@ import torch.nn as nn
 from bench import attacks as attack_registry
 from bench import defenses as defense_registry
 from bench.data import Dataset, load_dataset
-from bench.fastpath import GradientUnderflow, Levers, prepare
+from bench.defenses import Defended, attack_path
+from bench.fastpath import GradientUnderflow, Levers, input_gradient, prepare
+from bench.flags import apply_cross_cell, cell_flags
+from bench.flags import join as join_flags
+from bench.stats import wilson
 from bench.models import CheckpointError, ModelUnavailable, create_model
 from bench.results import (
     COLUMNS,
@@ -42,7 +46,7 @@ from bench.results import (
     write_json,
     write_table,
 )
-from bench.suite import CellSpec, Suite
+from bench.suite import CellSpec, DefenseSpec, Suite
 from bench.timing import Stopwatch, peak_memory_mb, reset_peak_memory
 
 log = logging.getLogger(__name__)
@@ -62,6 +66,7 @@ class CellSkipped(RuntimeError):
 @dataclass
 class Adversarial:
     images: torch.Tensor  # uint8, quantised as a saved image would be
+    zero_grad: bool  # the attacked model's input gradient on the first batch was all zero
     seconds: float
     steps: int  # images × gradient steps: forward passes with autograd on, summed over images
     peak_mem_mb: float
@@ -154,8 +159,11 @@ class Workspace:
         return torch.cat(preds), watch.seconds
 
     def adversarial(self, cell: CellSpec, prep: Prepared) -> Adversarial:
-        """The cell's adversarial images (crafted on the undefended model), reused across defenses."""
+        """The cell's adversarial images. Oblivious ones are crafted on the undefended model and
+        reused across defenses; adaptive ones are crafted against this cell's defense."""
         key = (cell.model, cell.attack, cell.device, cell.precision)
+        if cell.eval_mode != "oblivious":
+            key += (cell.defense, cell.eval_mode)
         if key != self._adv_key:
             self._adv, self._adv_key = None, None  # free the previous group's images first
             self._adv = _shrink_on_oom(prep, lambda bs: self._craft(cell, prep.model, bs))
@@ -163,9 +171,13 @@ class Workspace:
         return self._adv
 
     def _craft(self, cell: CellSpec, model: nn.Module, batch_size: int) -> Adversarial:
-        torch.manual_seed(cell.attack_seed)
         counter = StepCounter(model)
-        attack = attack_registry.build(cell.attack, counter)
+        attacked = counter if cell.eval_mode == "oblivious" else Defended(counter, attack_path(cell.defense, cell.eval_mode))
+        first = next(self.dataset.batches(batch_size))[0].to(cell.device)
+        zero_grad = not bool((input_gradient(attacked, first) != 0).any())  # untimed, not counted as steps
+        counter.images = 0
+        torch.manual_seed(cell.attack_seed)
+        attack = attack_registry.build(cell.attack, attacked)
         watch = Stopwatch(cell.device)
         reset_peak_memory(cell.device)
         out = []
@@ -175,7 +187,7 @@ class Workspace:
                 adv = attack(x, y)
             out.append(defense_registry.to_uint8(adv).cpu())
             self.on_batch(1)
-        return Adversarial(torch.cat(out), watch.seconds, counter.images, peak_memory_mb(cell.device), batch_size)
+        return Adversarial(torch.cat(out), zero_grad, watch.seconds, counter.images, peak_memory_mb(cell.device), batch_size)
 
 
 def _shrink_on_oom(prep: Prepared, run: Callable[[int], Any]) -> Any:
@@ -211,7 +223,7 @@ def run_cell(cell: CellSpec, ws: Workspace) -> dict[str, Any]:
     except CellSkipped as exc:
         row.update(status="skipped", reason=str(exc))
     except CellFailure as exc:
-        row.update(status="failed", reason=str(exc))
+        row.update(status="failed", reason=str(exc), flags="non-finite" if "non-finite" in str(exc) else "")
     return row
 
 
@@ -219,6 +231,7 @@ def _measure(cell: CellSpec, ws: Workspace, prep: Prepared) -> dict[str, Any]:
     ds = ws.dataset
     n = len(ds)
     clean_pred, clean_seconds = ws.clean(cell, prep)
+    undefended_pred, _ = ws.clean(replace(cell, defense=DefenseSpec("none")), prep)
     adv = ws.adversarial(cell, prep)
     defense = defense_registry.build(cell.defense)
     model_watch, defense_watch = Stopwatch(cell.device), Stopwatch(cell.device)
@@ -238,10 +251,13 @@ def _measure(cell: CellSpec, ws: Workspace, prep: Prepared) -> dict[str, Any]:
             f"measured L-inf perturbation {linf:.6f} exceeds eps {cell.attack.eps:.6f} + 1/510: the attack broke its budget"
         )
     defense_seconds = defense_watch.seconds
+    flags = cell_flags(zero_grad=adv.zero_grad, linf=linf, eps=cell.attack.eps,
+                       clean_changed=(clean_pred != undefended_pred).float().mean().item())
     return {
         "n": n,
         "batch_size": adv.batch_size,
         **rates(ds.labels, clean_pred, robust_pred, cell.attack.target),
+        "flags": join_flags(flags),
         "linf_max": linf,
         "l2_mean": l2,
         "attack_seconds": adv.seconds,
@@ -262,16 +278,21 @@ def _per_s(count: float, seconds: float) -> float:
 
 
 def rates(labels: torch.Tensor, clean_pred: torch.Tensor, robust_pred: torch.Tensor, target: int | None) -> dict[str, float]:
-    """The accuracy metrics of one cell (definitions in the README)."""
+    """The accuracy metrics of one cell with their 95 % Wilson intervals (definitions in the README)."""
     clean_ok, robust_ok = clean_pred == labels, robust_pred == labels
-    n_clean_ok = int(clean_ok.sum())
-    return {
-        "clean_acc": clean_ok.float().mean().item(),
-        "robust_acc": robust_ok.float().mean().item(),
+    n, n_clean_ok = len(labels), int(clean_ok.sum())
+    counts = {
+        "clean_acc": (n_clean_ok, n),
+        "robust_acc": (int(robust_ok.sum()), n),
         # among images the defended model got right without attack, the share the attack flips
-        "attack_success_rate": float((clean_ok & ~robust_ok).sum()) / n_clean_ok if n_clean_ok else math.nan,
-        "targeted_success_rate": (robust_pred == target).float().mean().item() if target is not None else math.nan,
+        "attack_success_rate": (int((clean_ok & ~robust_ok).sum()), n_clean_ok),
+        "targeted_success_rate": (int((robust_pred == target).sum()), n) if target is not None else (0, 0),
     }
+    out: dict[str, float] = {}
+    for name, (k, m) in counts.items():
+        out[name] = k / m if m else math.nan
+        out[f"{name}_ci_low"], out[f"{name}_ci_high"] = wilson(k, m)
+    return out
 
 
 def base_row(cell: CellSpec, ws: Workspace) -> dict[str, Any]:
@@ -401,6 +422,7 @@ def run_suite(
         if progress is not None:
             progress.stop()
         meta.update(status="complete" if complete else "interrupted", finished_at=_now(), wall_seconds=time.perf_counter() - t0)
+        apply_cross_cell(rows, to_frame(rows))
         write_table(to_frame(rows), run_dir / TABLE_FILE)
         write_table(predictions_frame(rows, dataset.labels.tolist()), run_dir / PREDICTIONS_FILE)
         write_json(meta, run_dir / RUN_FILE)

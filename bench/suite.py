@@ -26,7 +26,8 @@ from bench import defenses as defense_registry
 from bench import models as model_registry
 
 PRECISIONS = ("fp32", "bf16", "fp16")
-EVAL_MODES = ("oblivious",)
+EVAL_MODES = ("oblivious", "adaptive")
+ADAPTIVE_METHODS = ("bpda", "diffjpeg", "both")
 TOP_KEYS = {
     "name": "suite name (letters, digits, '-', '_', '.')",
     "seed": "integer",
@@ -38,11 +39,13 @@ TOP_KEYS = {
     "precisions": f"list of {', '.join(PRECISIONS)}",
     "batch_size": "integer >= 1",
     "compile": "true or false: torch.compile every model (a model's own `compile` wins)",
+    "eval_mode": "list of oblivious, adaptive",
+    "adaptive_method": "bpda, diffjpeg or both",
     "include": "list of rules",
     "exclude": "list of rules",
 }
 REQUIRED_TOP = ("name", "data", "models", "attacks")
-RULE_KEYS = ("model", "attack", "eps", "defense", "device", "precision")
+RULE_KEYS = ("model", "attack", "eps", "defense", "eval_mode", "device", "precision")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 _FRACTION_RE = re.compile(r"^\s*([+-]?\d+(?:\.\d*)?|[+-]?\.\d+)\s*/\s*([+-]?\d+(?:\.\d*)?|[+-]?\.\d+)\s*$")
 _DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?)$")
@@ -140,9 +143,12 @@ class CellSpec:
     @property
     def attack_seed(self) -> int:
         """Seed for crafting this cell's adversarial images. It depends on the model, attack, ε,
-        device and precision but not the defense (oblivious attacks never see the defense), and
-        not on which cells ran before."""
-        key = "/".join([self.model.name, self.attack.name, format_eps(self.attack.eps), self.device, self.precision])
+        device and precision, on the defense and mode only for adaptive attacks (oblivious ones
+        never see the defense), and not on which cells ran before."""
+        parts = [self.model.name, self.attack.name, format_eps(self.attack.eps), self.device, self.precision]
+        if self.eval_mode != "oblivious":  # an adaptive attack crafts against this defense
+            parts += [self.defense.label, self.eval_mode]
+        key = "/".join(parts)
         digest = hashlib.sha256(f"{self.seed}:{key}".encode()).digest()
         return int.from_bytes(digest[:4], "little")
 
@@ -161,6 +167,7 @@ class Suite:
     devices: tuple[str, ...]
     precisions: tuple[str, ...]
     batch_size: int
+    eval_modes: tuple[str, ...] = ("oblivious",)  # concrete: oblivious, adaptive-bpda, adaptive-diffjpeg
     include: tuple[dict[str, Any], ...] = ()
     exclude: tuple[dict[str, Any], ...] = ()
     path: str = "<memory>"
@@ -175,18 +182,22 @@ class Suite:
                     for variants in self.attacks:
                         for attack in variants:
                             for defense in self.defenses:
-                                cell = CellSpec(
-                                    suite=self.name,
-                                    seed=self.seed,
-                                    model=model,
-                                    attack=attack,
-                                    defense=defense,
-                                    device=device,
-                                    precision=precision,
-                                    batch_size=self.batch_size,
-                                )
-                                if self._keep(cell):
-                                    out.append(cell)
+                                for mode in self.eval_modes:
+                                    if mode != "oblivious" and defense.type == "none":
+                                        continue  # adapting to no defense is the oblivious cell again
+                                    cell = CellSpec(
+                                        suite=self.name,
+                                        seed=self.seed,
+                                        model=model,
+                                        attack=attack,
+                                        defense=defense,
+                                        device=device,
+                                        precision=precision,
+                                        batch_size=self.batch_size,
+                                        eval_mode=mode,
+                                    )
+                                    if self._keep(cell):
+                                        out.append(cell)
         return out
 
     def _keep(self, cell: CellSpec) -> bool:
@@ -204,6 +215,7 @@ def _rule_matches(rule: dict[str, Any], cell: CellSpec) -> bool:
         "model": {cell.model.name},
         "attack": {cell.attack.name},
         "defense": {cell.defense.type, cell.defense.label},
+        "eval_mode": {cell.eval_mode, cell.eval_mode.split("-")[0]},
         "device": {cell.device},
         "precision": {cell.precision},
     }
@@ -346,6 +358,12 @@ class _Validator:
         defenses = self.defenses(doc.get("defenses", ["none"]))
         devices = self.choices(doc.get("devices", ["cpu"]), "devices", None, _DEVICE_RE)
         precisions = self.choices(doc.get("precisions", ["fp32"]), "precisions", PRECISIONS)
+        modes = self.choices(doc.get("eval_mode", ["oblivious"]), "eval_mode", EVAL_MODES)
+        method = doc.get("adaptive_method", "both")
+        if method not in ADAPTIVE_METHODS:
+            raise self.fail("adaptive_method", f"{method!r} is not allowed; allowed: {', '.join(ADAPTIVE_METHODS)}")
+        methods = ("bpda", "diffjpeg") if method == "both" else (method,)
+        eval_modes = tuple(m2 for m in modes for m2 in (["oblivious"] if m == "oblivious" else [f"adaptive-{x}" for x in methods]))
         include = self.rules(doc.get("include", []), "include")
         exclude = self.rules(doc.get("exclude", []), "exclude")
         suite = Suite(
@@ -358,6 +376,7 @@ class _Validator:
             devices=devices,
             precisions=precisions,
             batch_size=batch_size,
+            eval_modes=eval_modes,
             include=include,
             exclude=exclude,
             path=str(self.path),
@@ -373,6 +392,7 @@ class _Validator:
             "defenses": [dataclasses.asdict(d) for d in defenses],
             "devices": list(devices),
             "precisions": list(precisions),
+            "eval_modes": list(eval_modes),
             "include": list(include),
             "exclude": list(exclude),
         }
@@ -591,7 +611,7 @@ class _Validator:
         return tuple(out)
 
     def choices(self, value: Any, key: str, allowed: tuple[str, ...] | None, pattern: re.Pattern | None = None) -> tuple[str, ...]:
-        items = self.listof(value, key)
+        items = self.listof([value] if isinstance(value, str) else value, key)
         text = ", ".join(allowed) if allowed else TOP_KEYS[key].removeprefix("list of ")
         for i, item in enumerate(items):
             ok = isinstance(item, str) and (item in allowed if allowed else bool(pattern.match(item)))

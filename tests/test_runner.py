@@ -90,6 +90,7 @@ def test_non_finite_logits_fail_the_cell_with_a_reason(run, tiny_suite, tmp_path
     tiny_suite["models"] = [{"name": "nan", "arch": "custom_cnn", "num_classes": 2, "checkpoint": str(tmp_path / "nan.pt")}]
     _, result, df = run(tiny_suite)
     assert (df["status"] == "failed").all() and df["reason"].str.contains("non-finite logits").all()
+    assert (df["flags"] == "non-finite").all()
 
 
 def test_bf16_runs_on_cpu_with_float32_perturbations(run, tiny_suite):
@@ -156,3 +157,20 @@ def test_cuda_cells_run_in_every_precision(run, tiny_suite):
     assert (df["status"] == "ok").all(), df[["cell_id", "reason"]]
     assert (df["linf_max"] <= df["eps"] + 1 / 510 + 1e-9).all()
     assert (df["peak_mem_mb"] > 0).all()
+
+
+def test_every_rate_comes_with_its_wilson_interval(run):
+    _, _, df = run()
+    for rate in ("clean_acc", "robust_acc", "attack_success_rate"):
+        ok = df[df[rate].notna()]
+        assert (ok[f"{rate}_ci_low"] <= ok[rate]).all() and (ok[rate] <= ok[f"{rate}_ci_high"]).all()
+    assert df["targeted_success_rate_ci_low"].isna().all()  # no targeted attack in this suite
+
+
+def test_same_suite_with_adaptive_cells_is_reproducible(run, tiny_suite):
+    tiny_suite["eval_mode"] = ["oblivious", "adaptive"]
+    _, _, a = run(tiny_suite)
+    _, _, b = run(tiny_suite)
+    assert set(a["eval_mode"]) == {"oblivious", "adaptive-bpda", "adaptive-diffjpeg"}
+    cols = [c for c in COLUMNS if c not in VOLATILE_COLUMNS]
+    pd.testing.assert_frame_equal(a[cols], b[cols])

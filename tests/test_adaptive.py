@@ -1,0 +1,95 @@
+"""Adaptive evaluation: gradients through the defense exist and point uphill; the grid and the
+report put oblivious and adaptive side by side; and on the bundled ImageNet model JPEG looks
+strong only against attacks that ignore it."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bench.data import load_dataset
+from bench.defenses import JPEG, Defended, attack_path, straight_through
+from bench.fastpath import input_gradient
+from bench.models import create_model
+from bench.runner import run_suite
+from bench.suite import DataSpec, DefenseSpec, ModelSpec, load_suite
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    return create_model(ModelSpec("lite0", "efficientnet_lite0", "imagenet", num_classes=1000, input_size=224))
+
+
+@pytest.fixture(scope="module")
+def photos():
+    ds = load_dataset(DataSpec("samples", limit=4))
+    return ds.images.float() / 255, ds.labels
+
+
+@pytest.mark.parametrize("mode", ["adaptive-bpda", "adaptive-diffjpeg"])
+def test_gradient_through_the_defense_is_nonzero_and_raises_the_defended_loss(lite0, photos, mode):
+    x, y = photos
+    spec = DefenseSpec("jpeg", 50)
+    attacked = Defended(lite0, attack_path(spec, mode))
+    x_req = x.clone().requires_grad_(True)
+    loss = F.cross_entropy(attacked(x_req), y, reduction="sum")
+    (g,) = torch.autograd.grad(loss, x_req)
+    assert (g != 0).float().mean() > 0.5
+    real = JPEG(50)
+    step = (x + 2 / 255 * g.sign()).clamp(0, 1)
+    with torch.no_grad():
+        before = F.cross_entropy(lite0(real(x)), y, reduction="sum")
+        after = F.cross_entropy(lite0(real(step)), y, reduction="sum")
+    assert after > before  # measured on the real defense, not the surrogate
+
+
+def test_bpda_runs_the_real_defense_forward_and_the_identity_backward():
+    x = torch.rand(2, 3, 32, 32, requires_grad=True)
+    out = straight_through(JPEG(30))(x)
+    assert torch.allclose(out, JPEG(30)(x.detach()), atol=1e-6)
+    (g,) = torch.autograd.grad(out.sum(), x)
+    assert torch.equal(g, torch.ones_like(x))
+
+
+def test_oblivious_mode_attacks_the_bare_model():
+    x = torch.rand(1, 3, 8, 8)
+    assert torch.equal(attack_path(DefenseSpec("jpeg", 50), "oblivious")(x), x)
+
+
+def test_adaptive_cells_exist_only_for_real_defenses(write_suite, tiny_suite):
+    tiny_suite["eval_mode"] = ["oblivious", "adaptive"]
+    cells = load_suite(write_suite(tiny_suite)).cells()
+    modes = {(c.defense.label, c.eval_mode) for c in cells}
+    assert modes == {("none", "oblivious"), ("jpeg-q50", "oblivious"), ("jpeg-q50", "adaptive-bpda"), ("jpeg-q50", "adaptive-diffjpeg")}
+    tiny_suite["adaptive_method"] = "bpda"
+    assert {c.eval_mode for c in load_suite(write_suite(tiny_suite)).cells()} == {"oblivious", "adaptive-bpda"}
+
+
+def test_adaptive_seeds_differ_per_defense_but_oblivious_ones_do_not(write_suite, tiny_suite):
+    tiny_suite["eval_mode"] = ["oblivious", "adaptive"]
+    tiny_suite["defenses"] = ["none", {"type": "jpeg", "quality": [50, 75]}]
+    cells = [c for c in load_suite(write_suite(tiny_suite)).cells() if c.attack.name == "pgd"]
+    oblivious = {c.attack_seed for c in cells if c.eval_mode == "oblivious"}
+    adaptive = [c.attack_seed for c in cells if c.eval_mode != "oblivious"]
+    assert len(oblivious) == 1 and len(set(adaptive)) == len(adaptive) == 4
+
+
+def test_jpeg_helps_against_oblivious_attacks_and_adaptive_attacks_take_it_back(tmp_path, write_suite):
+    doc = {
+        "name": "shape", "seed": 0, "data": {"source": "samples"},
+        "models": [{"name": "lite0", "arch": "efficientnet_lite0", "weights": "imagenet"}],
+        "attacks": [{"name": "pgd", "type": "pgd", "eps": "2/255", "steps": 5, "alpha": "1/255"}],
+        "defenses": ["none", {"type": "jpeg", "quality": 25}],
+        "eval_mode": ["oblivious", "adaptive"], "batch_size": 16,
+    }
+    result = run_suite(load_suite(write_suite(doc)), tmp_path / "r", tmp_path / "p")
+    df = pd.read_parquet(result.run_dir / "results.parquet").set_index(["defense", "eval_mode"])["robust_acc"]
+    undefended, oblivious = df[("none", "oblivious")], df[("jpeg-q25", "oblivious")]
+    assert oblivious >= undefended + 3 / 16  # JPEG recovers accuracy against the oblivious attack
+    for mode in ("adaptive-bpda", "adaptive-diffjpeg"):
+        assert df[("jpeg-q25", mode)] <= undefended + (oblivious - undefended) / 2  # and most of it is taken back
+    report = result.report_path.read_text()
+    assert "| jpeg-q25 (bpda)" in report or "jpeg-q25 (bpda) |" in report
+    assert "## Defense comparison" in report and "robust gained, adaptive-bpda" in report

@@ -1,0 +1,93 @@
+"""Training recipes: each one runs, writes a safe checkpoint and an honest card; the faces
+suite runs end to end on what they make."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from bench.faces import split_protocol
+from bench.runner import run_suite
+from bench.suite import SuiteError, load_suite
+from bench.train import RECIPES, train
+from tests.conftest import write_images
+
+
+@pytest.fixture(scope="module")
+def faces_data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("faces")
+    write_images(root / "src", {"fake": 10, "real": 10}, size=96)
+    split_protocol(root / "src", root / "data", seed=0, train_per_class=6)
+    return root / "data"
+
+
+@pytest.fixture(scope="module")
+def trained(faces_data, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("models")
+    for name in RECIPES:
+        train(name, faces_data, out, epochs=1, batch_size=4)
+    return out
+
+
+@pytest.mark.parametrize("recipe", list(RECIPES))
+def test_each_recipe_writes_a_loadable_checkpoint_and_its_card(trained, faces_data, recipe):
+    card = json.loads((trained / f"{recipe}.json").read_text())
+    state = torch.load(trained / f"{recipe}.pt", weights_only=True)
+    assert isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())
+    assert card["classes"] == ["fake", "real"] and card["num_classes"] == 2 and card["input_size"] == 96
+    assert card["epochs"] == 1 and card["train_images"] == 12 and card["test_images"] == 8
+    assert 0 <= card["test_acc"] <= 1 and card["train_seconds"] >= 0
+    assert card["data_hash"] == json.loads((faces_data / "split.json").read_text())["split_hash"]
+    assert len(card["mean"]) == 3 and len(card["std"]) == 3
+
+
+def test_pretrained_recipes_say_where_their_weights_came_from(trained):
+    for recipe in ("resnet18_frozen", "resnet18_finetune"):
+        card = json.loads((trained / f"{recipe}.json").read_text())
+        if card["arch"] == "efficientnet_lite0":  # offline: the bundled ImageNet model stands in
+            assert "instead of resnet18" in card["weights_from"]
+        else:
+            assert card["arch"] == "resnet18" and "IMAGENET1K_V1" in card["weights_from"]
+
+
+def test_the_frozen_recipe_trains_only_the_head(faces_data, trained):
+    from bench.models import create_model
+    from bench.suite import ModelSpec
+
+    card = json.loads((trained / "resnet18_frozen.json").read_text())
+    trained_state = torch.load(trained / "resnet18_frozen.pt", weights_only=True)
+    pretrained = create_model(ModelSpec("x", card["arch"], "imagenet", num_classes=1000, input_size=96)).net.state_dict()
+    head = "fc" if card["arch"] == "resnet18" else "_fc"
+    for key, value in trained_state.items():
+        if not key.startswith(head):
+            assert torch.equal(value, pretrained[key]), key
+
+
+def test_faces_suite_runs_end_to_end_on_the_trained_detectors(trained, faces_data, tmp_path):
+    suite = yaml.safe_load((Path(__file__).resolve().parents[1] / "suites" / "faces.yaml").read_text())
+    suite["data"]["path"] = str(faces_data / "test")
+    for m in suite["models"]:
+        m["checkpoint"] = str(trained / Path(m["checkpoint"]).name)
+    suite["attacks"] = [{**a, "eps": "8/255", **({"steps": 2} if "steps" in a else {})} for a in suite["attacks"]]
+    suite["defenses"] = ["none", {"type": "jpeg", "quality": 75}]
+    path = tmp_path / "faces.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    result = run_suite(load_suite(path), tmp_path / "results", tmp_path / "reports")
+    assert result.counts == {"ok": 3 * 3 * 2}
+    report = result.report_path.read_text()
+    assert "## Fakes accepted as real" in report and "(no attack)" in report
+    assert "| custom-cnn" in report and "| finetuned" in report
+
+
+def test_a_missing_detector_checkpoint_says_which_command_makes_it(tmp_path):
+    suite = yaml.safe_load((Path(__file__).resolve().parents[1] / "suites" / "faces.yaml").read_text())
+    suite["data"] = {"source": "samples"}
+    suite["models"] = [{"checkpoint": str(tmp_path / "resnet18_frozen.pt")}]
+    path = tmp_path / "faces.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    with pytest.raises(SuiteError, match=r"models\[0\].checkpoint: checkpoint not found: .*bench train resnet18_frozen --data"):
+        load_suite(path)
