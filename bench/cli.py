@@ -93,6 +93,13 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--image-size", type=int, default=None, help="default: the data's own size")
     tr.add_argument("--batch-size", type=int, default=16)
     tr.add_argument("--seed", type=int, default=0)
+    cmp_ = sub.add_parser("compare", help="compare two runs cell by cell; exit 1 on regression")
+    cmp_.add_argument("baseline", type=Path, help="run folder (results/<suite>/<run_id>) or results .parquet")
+    cmp_.add_argument("candidate", type=Path)
+    cmp_.add_argument("--abs-threshold", type=float, default=None,
+                      help="also a regression: a rate moving the bad way by more than this (0.05 = 5 points)")
+    cmp_.add_argument("--min-throughput-ratio", type=float, default=0.9, help="throughput regression below this ratio")
+    cmp_.add_argument("--out", type=Path, default=None, help="also write the markdown here")
     rep = sub.add_parser("report", help="rebuild the report of a run")
     rep.add_argument("run_dir", type=Path, help="results/<suite>/<run_id>")
     rep.add_argument("--reports-dir", type=Path, default=Path("reports"))
@@ -115,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run(args, console)
         if args.command == "perf":
             return _perf(args)
+        if args.command == "compare":
+            return _compare(args)
         if args.command == "data":
             return _data(args)
         if args.command == "train":
@@ -126,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, console: Console) -> int:
-    from bench.data import DataError, load_dataset
+    from bench.data import DataError
     from bench.suite import SuiteError, format_eps, load_suite
 
     try:
@@ -141,16 +150,16 @@ def _run(args: argparse.Namespace, console: Console) -> int:
             print(f"  {c.model.name:<16} {c.attack.name:<14} eps={format_eps(c.attack.eps):<8} {c.defense.label:<9} "
                   f"{c.eval_mode:<10} {c.device:<6} {c.precision}")
         return EXIT_OK
+    from bench.runner import load_datasets, run_suite
+
     try:
-        dataset = load_dataset(suite.data)
+        datasets = load_datasets(suite)
     except DataError as exc:
         print(f"error: {args.suite}: data: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    from bench.runner import run_suite
-
-    log.info("suite %s: %d cells on %d images", suite.name, len(cells), len(dataset))
+    log.info("suite %s: %d cells on %s images", suite.name, len(cells), " + ".join(str(len(d)) for d in datasets.values()))
     progress = None if args.no_progress else RichProgress(console)
-    result = run_suite(suite, args.results_dir, args.reports_dir, progress=progress, dataset=dataset)
+    result = run_suite(suite, args.results_dir, args.reports_dir, progress=progress, datasets=datasets)
     counts = result.counts
     print(f"cells: {counts.get('ok', 0)} ok, {counts.get('skipped', 0)} skipped, {counts.get('failed', 0)} failed")
     print(f"table:  {result.run_dir / 'results.parquet'}")
@@ -252,6 +261,21 @@ def _train(args: argparse.Namespace, console: Console) -> int:
               f"{card['train_seconds']:.0f} s, {card['arch']} from {card['weights_from'].split(' instead of')[0]}; "
               f"{args.out / card['checkpoint']}")
     return EXIT_OK
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from bench.compare import compare
+
+    try:
+        result = compare(args.baseline, args.candidate, args.abs_threshold, args.min_throughput_ratio)
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(result.markdown)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(result.markdown)
+    return EXIT_FAILED_CELLS if result.regressions else EXIT_OK
 
 
 def _report(args: argparse.Namespace) -> int:

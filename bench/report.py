@@ -43,7 +43,7 @@ def render(df: pd.DataFrame, meta: dict[str, Any], plot_names: list[str] | None 
         + ", ".join(f"{counts.get(s, 0)} {s}" for s in ("ok", "skipped", "failed"))
         + ".",
         "",
-        _dataset_line(meta),
+        _dataset_lines(meta),
         "",
         "Oblivious attacks are crafted on the undefended model; adaptive ones through the defense (bpda: the real "
         "defense forward, identity backward; diffjpeg: a differentiable JPEG both ways). Adversarial images are "
@@ -88,11 +88,14 @@ def render(df: pd.DataFrame, meta: dict[str, Any], plot_names: list[str] | None 
 def _fakes_accepted(ok: pd.DataFrame, meta: dict[str, Any], predictions: pd.DataFrame | None, index: list[str]) -> str | None:
     """For a real-vs-fake data set: per detector, attack and defense, the share of fakes the
     attacker gets accepted as real; the "no attack" rows are the detector's own miss rate."""
-    names = (meta.get("dataset") or {}).get("class_names") or []
-    if predictions is None or not {"fake", "real"} <= set(names):
+    datasets = meta.get("datasets") or {meta.get("dataset", {}).get("name"): meta.get("dataset", {})}
+    faces = {name: d["class_names"] for name, d in datasets.items() if {"fake", "real"} <= set(d.get("class_names") or [])}
+    if predictions is None or not faces:
         return None
+    ok = ok[ok["dataset"].isin(list(faces))]
+    names = next(iter(faces.values()))  # `bench data faces` always orders the classes fake, real
     fake, real = names.index("fake"), names.index("real")
-    fakes = predictions[predictions["label"] == fake]
+    fakes = predictions[(predictions["label"] == fake) & predictions["cell_id"].isin(ok["cell_id"])]
     if fakes.empty:
         return None
     rates = fakes.assign(r=fakes["robust_pred"] == real, c=fakes["clean_pred"] == real).groupby("cell_id")[["r", "c"]].mean()
@@ -110,8 +113,12 @@ def _fakes_accepted(ok: pd.DataFrame, meta: dict[str, Any], predictions: pd.Data
     return table.to_markdown(index=False)
 
 
-def _dataset_line(meta: dict[str, Any]) -> str:
-    ds = meta.get("dataset", {})
+def _dataset_lines(meta: dict[str, Any]) -> str:
+    datasets = list((meta.get("datasets") or {}).values()) or [meta.get("dataset", {})]
+    return "\n\n".join(_dataset_line(ds) for ds in datasets)
+
+
+def _dataset_line(ds: dict[str, Any]) -> str:
     line = f"Dataset: `{ds.get('name', '?')}`, n = {ds.get('n', '?')} images."
     if ds.get("name") == "samples":
         line += (" These are 4 real photos (scikit-image, matplotlib) with their true ImageNet class, 4 views each"

@@ -79,12 +79,13 @@ def to_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
     return df.astype(COLUMNS)
 
 
-def predictions_frame(rows: Iterable[dict[str, Any]], labels: list[int]) -> pd.DataFrame:
+def predictions_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
     """Per-image predictions of every ok cell, long format: cell_id, image, label, clean_pred, robust_pred."""
     parts = []
     for row in rows:
         pred = row.get(PREDICTIONS_KEY)
         if pred:
+            labels = pred["labels"]
             parts.append(pd.DataFrame({"cell_id": row["cell_id"], "image": range(len(labels)), "label": labels,
                                        "clean_pred": pred["clean"], "robust_pred": pred["robust"]}))
     columns = {"cell_id": "string", "image": "int64", "label": "int64", "clean_pred": "int64", "robust_pred": "int64"}

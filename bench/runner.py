@@ -46,7 +46,7 @@ from bench.results import (
     write_json,
     write_table,
 )
-from bench.suite import CellSpec, DefenseSpec, Suite
+from bench.suite import CellSpec, DataSpec, DefenseSpec, Suite
 from bench.timing import Stopwatch, peak_memory_mb, reset_peak_memory
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ class Prepared:
 @dataclass
 class Workspace:
     suite: Suite
-    dataset: Dataset
+    datasets: dict[DataSpec, Dataset]  # the suite's data and any model's own, loaded once per run
     run_id: str
     env: dict[str, Any]
     on_batch: Callable[[int], None] = lambda n: None  # progress hook: n batches done
@@ -105,6 +105,9 @@ class Workspace:
     _clean: dict = field(default_factory=dict)
     _adv_key: Any = None
     _adv: Adversarial | None = None
+
+    def data(self, cell: CellSpec) -> Dataset:
+        return self.datasets[cell.model.data or self.suite.data]
 
     def model(self, cell: CellSpec) -> Prepared:
         """The cell's model on its device and precision with the fast-path levers; built once per run."""
@@ -123,7 +126,7 @@ class Workspace:
         key = (cell.model, cell.device, cell.precision)
         if key not in self._prepared:
             t0 = time.perf_counter()
-            sample = next(self.dataset.batches(cell.batch_size))[0]
+            sample = next(self.data(cell).batches(cell.batch_size))[0]
             try:
                 model = prepare(base, cell.device, cell.precision, Levers(compile=cell.model.compile), sample=sample)
                 self._warm_up(model, sample.to(cell.device))
@@ -154,7 +157,7 @@ class Workspace:
     def _clean_pass(self, cell: CellSpec, model: nn.Module, defense, batch_size: int) -> tuple[torch.Tensor, float]:
         watch = Stopwatch(cell.device)
         preds = []
-        for x, _ in self.dataset.batches(batch_size):
+        for x, _ in self.data(cell).batches(batch_size):
             preds.append(_predict(model, defense(x.to(cell.device)), watch))
         return torch.cat(preds), watch.seconds
 
@@ -173,7 +176,7 @@ class Workspace:
     def _craft(self, cell: CellSpec, model: nn.Module, batch_size: int) -> Adversarial:
         counter = StepCounter(model)
         attacked = counter if cell.eval_mode == "oblivious" else Defended(counter, attack_path(cell.defense, cell.eval_mode))
-        first = next(self.dataset.batches(batch_size))[0].to(cell.device)
+        first = next(self.data(cell).batches(batch_size))[0].to(cell.device)
         zero_grad = not bool((input_gradient(attacked, first) != 0).any())  # untimed, not counted as steps
         counter.images = 0
         torch.manual_seed(cell.attack_seed)
@@ -181,7 +184,7 @@ class Workspace:
         watch = Stopwatch(cell.device)
         reset_peak_memory(cell.device)
         out = []
-        for x, y in self.dataset.batches(batch_size):
+        for x, y in self.data(cell).batches(batch_size):
             x, y = x.to(cell.device), y.to(cell.device)
             with watch.region():
                 adv = attack(x, y)
@@ -228,7 +231,7 @@ def run_cell(cell: CellSpec, ws: Workspace) -> dict[str, Any]:
 
 
 def _measure(cell: CellSpec, ws: Workspace, prep: Prepared) -> dict[str, Any]:
-    ds = ws.dataset
+    ds = ws.data(cell)
     n = len(ds)
     clean_pred, clean_seconds = ws.clean(cell, prep)
     undefended_pred, _ = ws.clean(replace(cell, defense=DefenseSpec("none")), prep)
@@ -269,7 +272,7 @@ def _measure(cell: CellSpec, ws: Workspace, prep: Prepared) -> dict[str, Any]:
         "warmup_seconds": prep.warmup_seconds,
         "peak_mem_mb": adv.peak_mem_mb,
         # per-image predictions: not table columns, kept in predictions.parquet for per-class views
-        PREDICTIONS_KEY: {"clean": clean_pred.tolist(), "robust": robust_pred.tolist()},
+        PREDICTIONS_KEY: {"labels": ds.labels.tolist(), "clean": clean_pred.tolist(), "robust": robust_pred.tolist()},
     }
 
 
@@ -304,7 +307,7 @@ def base_row(cell: CellSpec, ws: Workspace) -> dict[str, Any]:
         status="failed",
         reason="",
         model=cell.model.name,
-        dataset=ws.dataset.name,
+        dataset=ws.data(cell).name,
         attack=cell.attack.name,
         eps=cell.attack.eps if cell.attack.eps is not None else math.nan,
         defense=cell.defense.label,
@@ -312,7 +315,7 @@ def base_row(cell: CellSpec, ws: Workspace) -> dict[str, Any]:
         device=cell.device,
         precision=cell.precision,
         batch_size=cell.batch_size,
-        n=len(ws.dataset),
+        n=len(ws.data(cell)),
         seed=cell.seed,
         git_sha=ws.env["git_sha"],
         torch_version=ws.env["torch"],
@@ -351,22 +354,34 @@ class RunResult:
         return out
 
 
+def load_datasets(suite: Suite) -> dict[DataSpec, Dataset]:
+    """Every data source the suite uses (its own and any model's), decoded once."""
+    specs = [suite.data, *(m.data for m in suite.models if m.data is not None)]
+    return {spec: load_dataset(spec) for spec in dict.fromkeys(specs)}
+
+
+def _describe(dataset: Dataset) -> dict[str, Any]:
+    return {"name": dataset.name, "n": len(dataset), "ids": dataset.ids, "labels": dataset.labels.tolist(),
+            "class_names": dataset.class_names if dataset.class_names and len(dataset.class_names) <= 100 else None,
+            "skipped": dataset.skipped, "note": dataset.note}
+
+
 def run_suite(
     suite: Suite,
     results_root: str | Path = "results",
     reports_root: str | Path = "reports",
     progress: Any = None,
-    dataset: Dataset | None = None,
+    datasets: dict[DataSpec, Dataset] | None = None,
 ) -> RunResult:
     """Run every cell of ``suite`` and write the table, run.json and the report.
 
     ``progress`` is an optional object with ``start(total_cells, total_batches)``, ``cell(cell)``,
-    ``cell_done()``, ``batch(n)`` and ``stop()`` (the CLI passes a rich progress bar). On Ctrl-C the rows finished so
-    far are kept and written, and KeyboardInterrupt propagates.
+    ``cell_done()``, ``batch(n)`` and ``stop()`` (the CLI passes a rich progress bar). On Ctrl-C the
+    rows finished so far are kept and written, and KeyboardInterrupt propagates.
     """
     from bench.report import write_report
 
-    dataset = dataset if dataset is not None else load_dataset(suite.data)
+    datasets = datasets if datasets is not None else load_datasets(suite)
     cells = suite.cells()
     run_id = new_run_id()
     run_dir = Path(results_root) / suite.name / run_id
@@ -378,9 +393,8 @@ def run_suite(
         "suite_file": suite.path,
         "suite_digest": suite.digest(),
         "resolved_suite": suite.raw,
-        "dataset": {"name": dataset.name, "n": len(dataset), "ids": dataset.ids, "labels": dataset.labels.tolist(),
-                    "class_names": dataset.class_names if dataset.class_names and len(dataset.class_names) <= 100 else None,
-                    "skipped": dataset.skipped, "note": dataset.note},
+        "dataset": _describe(datasets[suite.data]),
+        "datasets": {d.name: _describe(d) for d in datasets.values()},
         "environment": env,
         "cells": len(cells),
         "started_at": _now(),
@@ -388,11 +402,12 @@ def run_suite(
     }
     write_json(meta, run_dir / RUN_FILE)
 
-    ws = Workspace(suite, dataset, run_id, env)
-    n_batches = math.ceil(len(dataset) / suite.batch_size)
-    groups = {(c.model, c.attack, c.device, c.precision) for c in cells}
+    ws = Workspace(suite, datasets, run_id, env)
+    groups = {(c.model, c.attack, c.device, c.precision, c.defense if c.eval_mode != "oblivious" else None, c.eval_mode)
+              for c in cells}
+    batches_of = {g: math.ceil(len(datasets[g[0].data or suite.data]) / suite.batch_size) for g in groups}
     if progress is not None:
-        progress.start(len(cells), len(groups) * n_batches)
+        progress.start(len(cells), sum(batches_of.values()))
         ws.on_batch = progress.batch
     rows: list[dict[str, Any]] = []
     rowlog = RowLog(run_dir / ROWS_FILE)
@@ -407,11 +422,12 @@ def run_suite(
             row = run_cell(cell, ws)
             rowlog.append(row)
             rows.append(row)
-            group = (cell.model, cell.attack, cell.device, cell.precision)
+            group = (cell.model, cell.attack, cell.device, cell.precision,
+                     cell.defense if cell.eval_mode != "oblivious" else None, cell.eval_mode)
             if progress is not None:
                 progress.cell_done()
                 if group not in seen_groups and row["status"] != "ok":
-                    progress.batch(n_batches)  # nothing to craft for a group that cannot run
+                    progress.batch(batches_of[group])  # nothing to craft for a group that cannot run
             seen_groups.add(group)
             if row["status"] != "ok" and (row["status"], row["reason"]) not in seen_reasons:
                 seen_reasons.add((row["status"], row["reason"]))
@@ -424,7 +440,7 @@ def run_suite(
         meta.update(status="complete" if complete else "interrupted", finished_at=_now(), wall_seconds=time.perf_counter() - t0)
         apply_cross_cell(rows, to_frame(rows))
         write_table(to_frame(rows), run_dir / TABLE_FILE)
-        write_table(predictions_frame(rows, dataset.labels.tolist()), run_dir / PREDICTIONS_FILE)
+        write_table(predictions_frame(rows), run_dir / PREDICTIONS_FILE)
         write_json(meta, run_dir / RUN_FILE)
         report = write_report(run_dir, reports_root)
     return RunResult(run_dir, report, rows, complete)

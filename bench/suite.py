@@ -81,6 +81,7 @@ class ModelSpec:
     num_classes: int | None = None
     input_size: int | None = None
     compile: bool = False
+    data: DataSpec | None = None  # this model's own data; None = the suite's
 
 
 @dataclass(frozen=True)
@@ -400,40 +401,47 @@ class _Validator:
             raise self.fail("include/exclude", "the rules leave an empty grid: no cell would run")
         return suite
 
-    def data(self, value: Any) -> DataSpec:
+    def data(self, value: Any, key: str = "data") -> DataSpec:
+        """A data source; sets ``self.num_labels`` to the number of classes its labels need."""
         sources = data_registry.SOURCES
-        value = self.mapping(value, "data", ("source", "path", "limit", "image_size"), ("source",))
+        value = self.mapping(value, key, ("source", "path", "limit", "image_size"), ("source",))
         source = value["source"]
         if source not in sources:
-            raise self.fail("data.source", f"unknown source {source!r}; allowed: {', '.join(sources)}")
+            raise self.fail(f"{key}.source", f"unknown source {source!r}; allowed: {', '.join(sources)}")
         needs_path = sources[source].needs_path
         path = None
         if needs_path:
             if "path" not in value:
-                raise self.fail("data.path", f"is required for source {source!r}")
-            path = str(self.existing_path(value["path"], "data.path", needs_path))
+                raise self.fail(f"{key}.path", f"is required for source {source!r}")
+            path = str(self.existing_path(value["path"], f"{key}.path", needs_path))
         elif "path" in value:
-            raise self.fail("data.path", f"source {source!r} takes no path")
+            raise self.fail(f"{key}.path", f"source {source!r} takes no path")
         limit = value.get("limit")
         if limit is not None:
-            limit = self.integer(limit, "data.limit", lo=1)
-        image_size = self.integer(value.get("image_size", 224), "data.image_size", lo=16, hi=4096)
+            limit = self.integer(limit, f"{key}.limit", lo=1)
+        image_size = self.integer(value.get("image_size", 224), f"{key}.image_size", lo=16, hi=4096)
         spec = DataSpec(source=source, path=path, limit=limit, image_size=image_size)
         try:
             count, self.num_labels = data_registry.describe(spec)
         except data_registry.DataError as exc:
-            raise self.fail(f"data.{exc.key or 'path'}", str(exc)) from None
+            raise self.fail(f"{key}.{exc.key or 'path'}", str(exc)) from None
         if count == 0:
-            raise self.fail("data", f"the dataset is empty: source {source!r}" + (f" at {path}" if path else "") + " has no images")
+            raise self.fail(key, f"the dataset is empty: source {source!r}" + (f" at {path}" if path else "") + " has no images")
         return spec
 
     def models(self, value: Any, data: DataSpec) -> tuple[ModelSpec, ...]:
         items = self.listof(value, "models")
+        suite_labels = self.num_labels
         archs = model_registry.ARCHS
         out, seen = [], set()
         for i, item in enumerate(items):
             key = f"models[{i}]"
-            item = self.mapping(item, key, ("name", "arch", "weights", "checkpoint", "num_classes", "input_size", "compile"))
+            item = self.mapping(item, key, ("name", "arch", "weights", "checkpoint", "num_classes", "input_size", "compile", "data"))
+            model_data = data
+            if "data" in item:  # this model's own data (a suite may mix ImageNet models and detectors)
+                model_data = self.data(item["data"], f"{key}.data")
+            else:
+                self.num_labels = suite_labels
             checkpoint, card = None, {}
             if "checkpoint" in item:
                 checkpoint, card = self.checkpoint(item["checkpoint"], f"{key}.checkpoint")
@@ -461,8 +469,8 @@ class _Validator:
             input_size = item.get("input_size", card.get("input_size"))
             if input_size is not None:
                 input_size = self.integer(input_size, f"{key}.input_size", lo=16, hi=4096)
-                if input_size != data.image_size:
-                    raise self.fail(f"{key}.input_size", f"{input_size} differs from data.image_size {data.image_size}; they must match")
+                if input_size != model_data.image_size:
+                    raise self.fail(f"{key}.input_size", f"{input_size} differs from the data's image_size {model_data.image_size}; they must match")
             n_classes = num_classes if num_classes is not None else info.num_classes
             if n_classes < self.num_labels:
                 raise self.fail(f"{key}.num_classes", f"model {name!r} has {n_classes} classes but the data has labels up to {self.num_labels - 1}")
@@ -474,7 +482,8 @@ class _Validator:
                     checkpoint=checkpoint,
                     num_classes=n_classes,
                     compile=self.boolean(item.get("compile", self.compile_default), f"{key}.compile"),
-                    input_size=input_size if input_size is not None else data.image_size,
+                    input_size=input_size if input_size is not None else model_data.image_size,
+                    data=model_data if model_data != data else None,
                 )
             )
         return tuple(out)
