@@ -10,7 +10,17 @@ FACES_DATA ?= data/faces-proxy
 FACES_MODELS ?= models/faces
 RECIPES := custom_cnn resnet18_frozen resnet18_finetune
 
-.PHONY: bench test install clean-results faces
+# Perf gate: baselines live per device (GPU model, or CPU model and core count) so an H100 is never
+# compared with an A100. Commit benchmarks/baselines/<device>/ from the machine that gates.
+PERF_FAIL ?= median:10%
+PERF_STORAGE = benchmarks/baselines/$(shell $(BIN)/python -c "from bench.results import machine_slug; print(machine_slug())" 2>/dev/null)
+PERF_ARGS = tests/benchmarks -m benchmark_suite --benchmark-only --benchmark-warmup=on \
+	--benchmark-timer=bench.timing.synchronized_timer --benchmark-storage=file://$(CURDIR)/$(PERF_STORAGE)
+
+NIGHTLY_SUITE ?= suites/nightly-gpu.yaml
+NIGHTLY_BASELINE = benchmarks/nightly/$(shell $(BIN)/python -c "from bench.results import machine_slug; print(machine_slug())" 2>/dev/null)/results.parquet
+
+.PHONY: bench test install clean-results faces perf-baseline perf-gate nightly nightly-baseline
 
 install: $(STAMP)
 
@@ -38,6 +48,32 @@ $(FACES_DATA)/split.json: | $(STAMP)
 
 $(FACES_MODELS)/%.pt: $(FACES_DATA)/split.json
 	$(BIN)/bench train $* --data $(FACES_DATA) --out $(FACES_MODELS)
+
+perf-baseline: $(STAMP)
+	$(BIN)/python -m pytest $(PERF_ARGS) --benchmark-save=baseline
+	@echo "baseline saved under $(PERF_STORAGE)"
+
+perf-gate: $(STAMP)
+	@if ! ls $(PERF_STORAGE)/*/*_baseline.json >/dev/null 2>&1; then \
+		echo "perf-gate: no baseline for this device in $(PERF_STORAGE); run 'make perf-baseline' on this machine first"; \
+		exit 2; fi
+	$(BIN)/python -m pytest $(PERF_ARGS) --benchmark-compare --benchmark-compare-fail=$(PERF_FAIL)
+
+# Nightly: run the GPU suite, compare with this device's stored baseline run, exit 1 on regression.
+nightly: $(STAMP) $(foreach r,$(RECIPES),$(FACES_MODELS)/$(r).pt)
+	$(BIN)/bench run $(NIGHTLY_SUITE) --no-progress
+	@latest=$$(ls -1d results/nightly-gpu/*/ | sort | tail -n 1); \
+	if [ ! -f $(NIGHTLY_BASELINE) ]; then \
+		echo "nightly: no baseline for this device yet; storing $$latest as $(NIGHTLY_BASELINE)"; \
+		mkdir -p $$(dirname $(NIGHTLY_BASELINE)) && cp $$latest/results.parquet $(NIGHTLY_BASELINE); \
+	else \
+		$(BIN)/bench compare $(NIGHTLY_BASELINE) $$latest --out reports/nightly-gpu/compare-latest.md; \
+	fi
+
+nightly-baseline: $(STAMP)
+	@latest=$$(ls -1d results/nightly-gpu/*/ | sort | tail -n 1); \
+	mkdir -p $$(dirname $(NIGHTLY_BASELINE)) && cp $$latest/results.parquet $(NIGHTLY_BASELINE) && \
+	echo "nightly baseline is now $$latest"
 
 clean-results:
 	rm -rf results/*/ reports/*/

@@ -185,6 +185,15 @@ def device_name(device: str) -> str:
     return cpu_name() if device == "cpu" else "unavailable"
 
 
+def machine_slug() -> str:
+    """A file-name-safe name for this machine's benchmark device: the GPU when there is one,
+    else the CPU, so baselines of different hardware never meet."""
+    import re
+
+    name = f"cuda-{torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else f"cpu-{cpu_name()}-{os.cpu_count()}"
+    return re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower()
+
+
 def environment() -> dict[str, Any]:
     import torchvision
 

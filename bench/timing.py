@@ -61,3 +61,11 @@ def peak_memory_mb(device: torch.device | str) -> float:
         return torch.cuda.max_memory_allocated(device) / 2**20
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 2**20 if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KiB on Linux
+
+
+def synchronized_timer() -> float:
+    """``time.perf_counter`` after waiting for queued CUDA work: a timer pytest-benchmark can use
+    (``--benchmark-timer bench.timing.synchronized_timer``) so GPU kernels are timed to completion."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+    return time.perf_counter()

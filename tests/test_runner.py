@@ -174,3 +174,17 @@ def test_same_suite_with_adaptive_cells_is_reproducible(run, tiny_suite):
     assert set(a["eval_mode"]) == {"oblivious", "adaptive-bpda", "adaptive-diffjpeg"}
     cols = [c for c in COLUMNS if c not in VOLATILE_COLUMNS]
     pd.testing.assert_frame_equal(a[cols], b[cols])
+
+
+def test_a_model_can_bring_its_own_data(run, tiny_suite, tmp_path):
+    from tests.conftest import write_images
+
+    other = write_images(tmp_path / "other", {"a": 2, "b": 2, "c": 2}, size=100)
+    tiny_suite["models"].append({"name": "cnn3", "arch": "custom_cnn", "num_classes": 3,
+                                 "data": {"source": "imagefolder", "path": str(other), "image_size": 112}})
+    tiny_suite["attacks"] = tiny_suite["attacks"][:1]
+    _, result, df = run(tiny_suite)
+    assert (df["status"] == "ok").all()
+    assert set(df[df["model"] == "cnn3"]["dataset"]) == {f"imagefolder:{other.parent.name}/other"}
+    assert set(df[df["model"] == "cnn"]["n"]) == {6} and set(df[df["model"] == "cnn3"]["n"]) == {6}
+    assert "imagefolder:" in result.report_path.read_text()

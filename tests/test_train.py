@@ -91,3 +91,19 @@ def test_a_missing_detector_checkpoint_says_which_command_makes_it(tmp_path):
     path.write_text(yaml.safe_dump(suite))
     with pytest.raises(SuiteError, match=r"models\[0\].checkpoint: checkpoint not found: .*bench train resnet18_frozen --data"):
         load_suite(path)
+
+
+def test_nightly_suite_mixes_an_imagenet_model_and_the_detectors_each_on_its_own_data(trained, faces_data, tmp_path):
+    suite = yaml.safe_load((Path(__file__).resolve().parents[1] / "suites" / "nightly-gpu.yaml").read_text())
+    suite["data"]["path"] = str(faces_data / "test")
+    for m in suite["models"]:
+        if "checkpoint" in m:
+            m["checkpoint"] = str(trained / Path(m["checkpoint"]).name)
+    path = tmp_path / "nightly.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    loaded = load_suite(path)
+    by_name = {m.name: m for m in loaded.models}
+    assert by_name["resnet18"].data.source == "samples" and by_name["custom-cnn"].data is None
+    assert {c.device for c in loaded.cells()} == {"cuda"} and {c.precision for c in loaded.cells()} == {"fp32", "bf16"}
+    # 4 models x (2 + 2 + 1 attack cells) x 3 defenses x 2 precisions
+    assert len(loaded.cells()) == 4 * 5 * 3 * 2
