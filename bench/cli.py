@@ -7,8 +7,11 @@ Exit status: 0 all cells ran (ok or skipped), 1 some cell failed, 2 bad input (n
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from rich.console import Console
@@ -62,6 +65,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--results-dir", type=Path, default=Path("results"))
     run.add_argument("--reports-dir", type=Path, default=Path("reports"))
     run.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+    run.add_argument("--resume", nargs="?", const="latest", default=None, metavar="RUN_DIR",
+                     help="finish an interrupted run: only cells without a row run (default: the suite's latest run)")
     perf = sub.add_parser("perf", help="plain torchattacks PGD against the harness fast path, side by side")
     perf.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     perf.add_argument("--model", default="resnet18", help="architecture from the model registry (default: resnet18)")
@@ -157,14 +162,49 @@ def _run(args: argparse.Namespace, console: Console) -> int:
     except DataError as exc:
         print(f"error: {args.suite}: data: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    from bench.runner import ResumeError, latest_run
+
+    resume = None
+    if args.resume:
+        resume = latest_run(args.results_dir, suite.name) if args.resume == "latest" else Path(args.resume)
+        if resume is None:
+            print(f"error: --resume: no run of suite {suite.name!r} under {args.results_dir}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        log.info("resuming %s", resume)
     log.info("suite %s: %d cells on %s images", suite.name, len(cells), " + ".join(str(len(d)) for d in datasets.values()))
     progress = None if args.no_progress else RichProgress(console)
-    result = run_suite(suite, args.results_dir, args.reports_dir, progress=progress, datasets=datasets)
+    with _stop_on_ctrl_c() as stop:
+        try:
+            result = run_suite(suite, args.results_dir, args.reports_dir, progress=progress, datasets=datasets,
+                               resume=resume, stop=stop.is_set)
+        except ResumeError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
     counts = result.counts
     print(f"cells: {counts.get('ok', 0)} ok, {counts.get('skipped', 0)} skipped, {counts.get('failed', 0)} failed")
     print(f"table:  {result.run_dir / 'results.parquet'}")
     print(f"report: {result.report_path}")
     return EXIT_FAILED_CELLS if counts.get("failed") else EXIT_OK
+
+
+@contextlib.contextmanager
+def _stop_on_ctrl_c():
+    """First Ctrl-C: finish the current batch, keep every finished cell, write table and report.
+    Second Ctrl-C: stop at once (finished cells are still on disk)."""
+    stop = threading.Event()
+
+    def handler(signum, frame):
+        if stop.is_set():
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            raise KeyboardInterrupt
+        stop.set()
+        log.warning("stopping after the current batch (Ctrl-C again to stop now); resume with --resume")
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _perf(args: argparse.Namespace) -> int:
@@ -285,7 +325,11 @@ def _report(args: argparse.Namespace) -> int:
     if not (args.run_dir / RUN_FILE).is_file():
         print(f"error: {args.run_dir}: not a run folder (no {RUN_FILE})", file=sys.stderr)
         return EXIT_BAD_INPUT
-    print(f"report: {write_report(args.run_dir, args.reports_dir)}")
+    try:
+        print(f"report: {write_report(args.run_dir, args.reports_dir)}")
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     return EXIT_OK
 
 

@@ -4,6 +4,7 @@ with their reasons, and the environment. Built only from the run's table and run
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,8 @@ import pandas as pd
 
 from bench.results import load_predictions, load_run, write_atomic
 from bench.suite import format_eps
+
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 RATE_COLUMNS = {
     "robust_acc": "Robust accuracy (attacked, then defended)",
@@ -22,6 +25,9 @@ RATE_COLUMNS = {
 def write_report(run_dir: str | Path, reports_root: str | Path = "reports") -> Path:
     """Write ``reports/<suite>/<run_id>.md`` (+ plot) and refresh ``reports/<suite>/latest.md``."""
     df, meta = load_run(Path(run_dir))
+    for key in ("suite", "run_id"):  # these name files: a doctored run.json must not write elsewhere
+        if not isinstance(meta.get(key), str) or not _SAFE_NAME.match(meta[key]):
+            raise ValueError(f"{Path(run_dir) / 'run.json'}: {key} {meta.get(key)!r} is not a plain name")
     out_dir = Path(reports_root) / meta["suite"]
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = [_plot(df, out_dir / f"{meta['run_id']}-robust.png"), _plot_quality(df, out_dir / f"{meta['run_id']}-quality.png")]

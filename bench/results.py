@@ -30,6 +30,7 @@ COLUMNS: dict[str, str] = {
     "precision": "string",
     "batch_size": "Int64",
     "n": "Int64",
+    "n_skipped": "Int64",  # unreadable images left out of n (named in run.json and the report)
     "clean_acc": "float64",
     "robust_acc": "float64",
     "attack_success_rate": "float64",

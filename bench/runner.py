@@ -11,6 +11,7 @@ which cells ran before it.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import secrets
@@ -34,6 +35,7 @@ from bench.stats import wilson
 from bench.models import CheckpointError, ModelUnavailable, create_model
 from bench.results import (
     COLUMNS,
+    read_rows,
     PREDICTIONS_FILE,
     PREDICTIONS_KEY,
     ROWS_FILE,
@@ -100,6 +102,7 @@ class Workspace:
     run_id: str
     env: dict[str, Any]
     on_batch: Callable[[int], None] = lambda n: None  # progress hook: n batches done
+    should_stop: Callable[[], bool] = lambda: False  # polled between batches (Ctrl-C)
     _base: dict = field(default_factory=dict)
     _prepared: dict = field(default_factory=dict)
     _clean: dict = field(default_factory=dict)
@@ -190,6 +193,8 @@ class Workspace:
                 adv = attack(x, y)
             out.append(defense_registry.to_uint8(adv).cpu())
             self.on_batch(1)
+            if self.should_stop():
+                raise Interrupted()
         return Adversarial(torch.cat(out), zero_grad, watch.seconds, counter.images, peak_memory_mb(cell.device), batch_size)
 
 
@@ -316,6 +321,7 @@ def base_row(cell: CellSpec, ws: Workspace) -> dict[str, Any]:
         precision=cell.precision,
         batch_size=cell.batch_size,
         n=len(ws.data(cell)),
+        n_skipped=len(ws.data(cell).skipped),
         seed=cell.seed,
         git_sha=ws.env["git_sha"],
         torch_version=ws.env["torch"],
@@ -366,64 +372,100 @@ def _describe(dataset: Dataset) -> dict[str, Any]:
             "skipped": dataset.skipped, "note": dataset.note}
 
 
+class Interrupted(KeyboardInterrupt):
+    """Stopped on request (Ctrl-C) at a safe point: between batches or cells."""
+
+
+class ResumeError(ValueError):
+    """A run that cannot be resumed with this suite; the message says why."""
+
+
+def latest_run(results_root: str | Path, suite_name: str) -> Path | None:
+    """The newest run folder of a suite (run ids start with a UTC timestamp, so names sort by time)."""
+    folder = Path(results_root) / suite_name
+    runs = sorted(p for p in folder.iterdir() if (p / RUN_FILE).is_file()) if folder.is_dir() else []
+    return runs[-1] if runs else None
+
+
 def run_suite(
     suite: Suite,
     results_root: str | Path = "results",
     reports_root: str | Path = "reports",
     progress: Any = None,
     datasets: dict[DataSpec, Dataset] | None = None,
+    resume: str | Path | None = None,
+    stop: Callable[[], bool] = lambda: False,
 ) -> RunResult:
     """Run every cell of ``suite`` and write the table, run.json and the report.
 
-    ``progress`` is an optional object with ``start(total_cells, total_batches)``, ``cell(cell)``,
-    ``cell_done()``, ``batch(n)`` and ``stop()`` (the CLI passes a rich progress bar). On Ctrl-C the
-    rows finished so far are kept and written, and KeyboardInterrupt propagates.
+    Each finished row is appended to ``rows.jsonl`` and fsynced before the next cell starts, so a
+    run killed at any moment loses at most the cell in progress. ``resume`` (a run folder of the
+    same suite, unchanged) runs only the cells that have no row yet. ``stop()`` is polled between
+    batches and cells; when it turns true the run stops there, keeps its rows, writes the table and
+    report, and raises :class:`Interrupted`. ``progress`` is an optional object with
+    ``start(total_cells, total_batches)``, ``cell(cell)``, ``cell_done()``, ``batch(n)``, ``stop()``.
     """
     from bench.report import write_report
 
-    datasets = datasets if datasets is not None else load_datasets(suite)
     cells = suite.cells()
-    run_id = new_run_id()
-    run_dir = Path(results_root) / suite.name / run_id
-    run_dir.mkdir(parents=True, exist_ok=False)
-    env = environment()
-    meta = {
-        "suite": suite.name,
-        "run_id": run_id,
-        "suite_file": suite.path,
-        "suite_digest": suite.digest(),
-        "resolved_suite": suite.raw,
-        "dataset": _describe(datasets[suite.data]),
-        "datasets": {d.name: _describe(d) for d in datasets.values()},
-        "environment": env,
-        "cells": len(cells),
-        "started_at": _now(),
-        "status": "running",
-    }
+    done_rows: list[dict[str, Any]] = []
+    if resume is not None:
+        run_dir = Path(resume)
+        if not (run_dir / RUN_FILE).is_file():
+            raise ResumeError(f"{run_dir}: not a run folder (no {RUN_FILE})")
+        meta = json.loads((run_dir / RUN_FILE).read_text())
+        if meta.get("suite_digest") != suite.digest():
+            raise ResumeError(f"{run_dir}: the suite changed since this run started (its resolved content differs); "
+                              "resume needs the same suite: restore it, or start a new run")
+        by_id = {r["cell_id"]: r for r in read_rows(run_dir)}  # a cell logged twice keeps its last row
+        wanted = {c.cell_id for c in cells}
+        done_rows = [r for cid, r in by_id.items() if cid in wanted]
+        run_id = meta["run_id"]
+        meta.setdefault("resumed_at", []).append(_now())
+    datasets = datasets if datasets is not None else load_datasets(suite)
+    if resume is None:
+        run_id = new_run_id()
+        run_dir = Path(results_root) / suite.name / run_id
+        run_dir.mkdir(parents=True, exist_ok=False)
+        meta = {
+            "suite": suite.name,
+            "run_id": run_id,
+            "suite_file": suite.path,
+            "suite_digest": suite.digest(),
+            "resolved_suite": suite.raw,
+            "dataset": _describe(datasets[suite.data]),
+            "datasets": {d.name: _describe(d) for d in datasets.values()},
+            "environment": environment(),
+            "cells": len(cells),
+            "started_at": _now(),
+        }
+    meta["status"] = "running"
     write_json(meta, run_dir / RUN_FILE)
 
-    ws = Workspace(suite, datasets, run_id, env)
-    groups = {(c.model, c.attack, c.device, c.precision, c.defense if c.eval_mode != "oblivious" else None, c.eval_mode)
-              for c in cells}
+    done = {r["cell_id"] for r in done_rows}
+    todo = [c for c in cells if c.cell_id not in done]
+    ws = Workspace(suite, datasets, run_id, meta["environment"], should_stop=stop)
+    groups = {_group(c) for c in todo}
     batches_of = {g: math.ceil(len(datasets[g[0].data or suite.data]) / suite.batch_size) for g in groups}
     if progress is not None:
-        progress.start(len(cells), sum(batches_of.values()))
+        progress.start(len(todo), sum(batches_of.values()))
         ws.on_batch = progress.batch
-    rows: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = list(done_rows)
     rowlog = RowLog(run_dir / ROWS_FILE)
     t0 = time.perf_counter()
     complete = False
     seen_groups: set = set()
     seen_reasons: set = set()
     try:
-        for cell in cells:
+        for cell in todo:
+            if stop():
+                raise Interrupted()
             if progress is not None:
                 progress.cell(cell)
             row = run_cell(cell, ws)
             rowlog.append(row)
             rows.append(row)
-            group = (cell.model, cell.attack, cell.device, cell.precision,
-                     cell.defense if cell.eval_mode != "oblivious" else None, cell.eval_mode)
+            group = _group(cell)
             if progress is not None:
                 progress.cell_done()
                 if group not in seen_groups and row["status"] != "ok":
@@ -437,10 +479,19 @@ def run_suite(
         rowlog.close()
         if progress is not None:
             progress.stop()
-        meta.update(status="complete" if complete else "interrupted", finished_at=_now(), wall_seconds=time.perf_counter() - t0)
+        order = {c.cell_id: i for i, c in enumerate(cells)}
+        rows.sort(key=lambda r: order.get(r["cell_id"], len(order)))
+        meta.update(status="complete" if complete else "interrupted", finished_at=_now(),
+                    wall_seconds=meta.get("wall_seconds", 0.0) + time.perf_counter() - t0)
         apply_cross_cell(rows, to_frame(rows))
         write_table(to_frame(rows), run_dir / TABLE_FILE)
         write_table(predictions_frame(rows), run_dir / PREDICTIONS_FILE)
         write_json(meta, run_dir / RUN_FILE)
         report = write_report(run_dir, reports_root)
     return RunResult(run_dir, report, rows, complete)
+
+
+def _group(cell: CellSpec) -> tuple:
+    """The cells that share one crafting of adversarial images."""
+    return (cell.model, cell.attack, cell.device, cell.precision,
+            cell.defense if cell.eval_mode != "oblivious" else None, cell.eval_mode)

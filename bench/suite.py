@@ -52,12 +52,37 @@ _DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 
 
 class SuiteError(ValueError):
-    """A suite that cannot run. ``str()`` is the one-line message shown to the user."""
+    """A suite that cannot run. ``str()`` is the one-line message shown to the user:
+    ``FILE[:LINE]: KEY: what is wrong and what is allowed``."""
 
-    def __init__(self, file: str | Path, key: str, message: str):
-        self.file, self.key, self.message = str(file), key, message
-        where = f"{self.file}: {key}: " if key else f"{self.file}: "
-        super().__init__(where + message)
+    def __init__(self, file: str | Path, key: str, message: str, line: int | None = None):
+        self.file, self.key, self.message, self.line = str(file), key, message, line
+        where = self.file + (f":{line}" if line else "")
+        super().__init__(f"{where}: {key}: {message}" if key else f"{where}: {message}")
+
+
+def _key_lines(text: str) -> dict[str, int]:
+    """Line (1-based) of every key path in a YAML document, e.g. ``attacks[1].eps[0]`` → 12."""
+    lines: dict[str, int] = {}
+
+    def walk(node, path: str) -> None:
+        lines.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                key = k.value if isinstance(k, yaml.ScalarNode) else "?"
+                lines.setdefault(_join(path, str(key)), k.start_mark.line + 1)
+                walk(v, _join(path, str(key)))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, v in enumerate(node.value):
+                walk(v, f"{path}[{i}]")
+
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return lines
+    if root is not None:
+        walk(root, "")
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------
@@ -259,22 +284,28 @@ def load_suite(path: str | Path) -> Suite:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise SuiteError(path, "", f"invalid YAML{where}: {problem}") from None
-    return parse_suite(doc, path)
+    return parse_suite(doc, path, _key_lines(text))
 
 
-def parse_suite(doc: Any, path: str | Path = "<memory>") -> Suite:
-    """Validate a parsed YAML document. Relative paths resolve against the suite file's folder."""
-    v = _Validator(Path(path))
+def parse_suite(doc: Any, path: str | Path = "<memory>", lines: dict[str, int] | None = None) -> Suite:
+    """Validate a parsed YAML document. Relative paths resolve against the suite file's folder;
+    ``lines`` (key path → line) lets errors point at the line."""
+    v = _Validator(Path(path), lines or {})
     return v.suite(doc)
 
 
 class _Validator:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, lines: dict[str, int]):
         self.path = path
+        self.lines = lines
         self.base = path.parent if path.name != "<memory>" else Path.cwd()
 
     def fail(self, key: str, message: str) -> SuiteError:
-        return SuiteError(self.path, key, message)
+        # the key's own line, else its nearest parent's (a missing key is reported at its mapping)
+        probe = key
+        while probe and probe not in self.lines:
+            probe = re.sub(r"(\.[^.\[]*|\[\d+\])$", "", probe) if re.search(r"(\.[^.\[]*|\[\d+\])$", probe) else ""
+        return SuiteError(self.path, key, message, self.lines.get(probe) if probe else None)
 
     # -- generic helpers -------------------------------------------------------------------
 
@@ -540,8 +571,8 @@ class _Validator:
                 spec = AttackSpec(name=name, type=info.name, eps=eps, params=tuple(sorted(params.items())), target=target)
                 try:
                     attack_registry.check(spec)
-                except (TypeError, ValueError) as exc:
-                    raise self.fail(key, f"invalid arguments for {info.name}: {exc}") from None
+                except Exception as exc:  # whatever the attack's constructor raises for bad arguments
+                    raise self.fail(key, f"invalid arguments for {info.name}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
                 variants.append(spec)
             out.append(tuple(variants))
         return tuple(out)

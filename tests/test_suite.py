@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -98,7 +99,7 @@ def test_bad_input_names_the_file_the_key_and_what_is_allowed(write_suite, tiny_
     with pytest.raises(SuiteError) as err:
         load_suite(path)
     msg = str(err.value)
-    assert msg.startswith(f"{path}: {key}: "), msg
+    assert re.match(rf"{re.escape(str(path))}(:\d+)?: {re.escape(key)}: ", msg), msg
     assert words in msg, msg
     assert "\n" not in msg
 
@@ -141,3 +142,12 @@ def test_compile_is_set_for_the_suite_and_overridden_per_model(write_suite, tiny
     tiny_suite["compile"] = "yes"
     with pytest.raises(SuiteError, match="compile: must be true or false"):
         load_suite(write_suite(tiny_suite))
+
+
+def test_errors_point_at_the_line_of_the_key(write_suite):
+    text = (TUTORIAL.read_text()).replace("eps: [2/255, 10/255]}", "eps: [2/255, 10/0]}", 1)
+    path = write_suite(text)
+    with pytest.raises(SuiteError) as err:
+        load_suite(path)
+    line = next(i for i, l in enumerate(text.splitlines(), 1) if "10/0" in l)
+    assert str(err.value).startswith(f"{path}:{line}: attacks[1].eps[1]: division by zero")  # the fgsm line
