@@ -188,3 +188,14 @@ def test_a_model_can_bring_its_own_data(run, tiny_suite, tmp_path):
     assert set(df[df["model"] == "cnn3"]["dataset"]) == {f"imagefolder:{other.parent.name}/other"}
     assert set(df[df["model"] == "cnn"]["n"]) == {6} and set(df[df["model"] == "cnn3"]["n"]) == {6}
     assert "imagefolder:" in result.report_path.read_text()
+
+
+def test_unreadable_and_truncated_images_are_counted_in_the_row_and_named_in_the_report(run, tiny_suite, image_folder):
+    good = (image_folder / "real" / "000.png").read_bytes()
+    (image_folder / "real" / "cut.png").write_bytes(good[: len(good) // 2])  # truncated
+    (image_folder / "fake" / "junk.jpg").write_bytes(b"not an image at all")
+    tiny_suite["attacks"] = tiny_suite["attacks"][:1]
+    _, result, df = run(tiny_suite)
+    assert (df["n_skipped"] == 2).all() and (df["n"] == 6).all() and (df["status"] == "ok").all()
+    report = result.report_path.read_text()
+    assert "2 unreadable image(s) were skipped" in report and "cut.png" in report and "junk.jpg" in report
