@@ -413,21 +413,11 @@ class _Validator:
             exclude=exclude,
             path=str(self.path),
         )
-        suite.raw = {
-            "name": name,
-            "seed": seed,
-            "batch_size": batch_size,
-            "compile": self.compile_default,
-            "data": dataclasses.asdict(data),
-            "models": [dataclasses.asdict(m) for m in models],
-            "attacks": [[dataclasses.asdict(a) for a in variants] for variants in attacks],
-            "defenses": [dataclasses.asdict(d) for d in defenses],
-            "devices": list(devices),
-            "precisions": list(precisions),
-            "eval_modes": list(eval_modes),
-            "include": list(include),
-            "exclude": list(exclude),
-        }
+        # the resolved suite as plain JSON: recorded in run.json, and hashed for --resume
+        raw = dataclasses.asdict(suite)
+        for key in ("path", "raw"):
+            raw.pop(key)
+        suite.raw = json.loads(json.dumps(raw, default=str))
         if not suite.cells():
             raise self.fail("include/exclude", "the rules leave an empty grid: no cell would run")
         return suite
