@@ -50,7 +50,7 @@ def compare(baseline: str | Path, candidate: str | Path, abs_threshold: float | 
     base = base[base["status"] == "ok"].set_index("cell_id")
     cand_all = cand.set_index("cell_id")
     cand = cand_all[cand_all["status"] == "ok"]
-    lines = [f"# bench compare", "", f"Baseline `{baseline}`, candidate `{candidate}`.", ""]
+    lines = ["# bench compare", "", f"Baseline `{baseline}`, candidate `{candidate}`.", ""]
     rows, regressions = [], 0
     for cell_id in base.index.intersection(cand.index):
         b, c = base.loc[cell_id], cand.loc[cell_id]
