@@ -14,10 +14,10 @@ def test_stopwatch_adds_up_its_regions_and_nothing_outside_them():
     watch = Stopwatch("cpu")
     with watch.region():
         time.sleep(0.05)
-    time.sleep(0.1)  # outside: not counted
+    time.sleep(0.5)  # outside: not counted
     with watch.region():
         time.sleep(0.05)
-    assert 0.1 <= watch.seconds < 0.2
+    assert 0.1 <= watch.seconds < 0.5
 
 
 def test_cpu_peak_memory_is_the_process_resident_peak_in_mb():
