@@ -207,8 +207,9 @@ class Suite:
                 for precision in self.precisions:
                     for variants in self.attacks:
                         for attack in variants:
-                            for defense in self.defenses:
-                                for mode in self.eval_modes:
+                            # modes outside defenses: an oblivious crafting serves all defenses in a row
+                            for mode in self.eval_modes:
+                                for defense in self.defenses:
                                     if mode != "oblivious" and defense.type == "none":
                                         continue  # adapting to no defense is the oblivious cell again
                                     cell = CellSpec(

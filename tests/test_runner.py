@@ -199,3 +199,22 @@ def test_unreadable_and_truncated_images_are_counted_in_the_row_and_named_in_the
     assert (df["n_skipped"] == 2).all() and (df["n"] == 6).all() and (df["status"] == "ok").all()
     report = result.report_path.read_text()
     assert "2 unreadable image(s) were skipped" in report and "cut.png" in report and "junk.jpg" in report
+
+
+def test_each_adversarial_batch_is_crafted_once(run, tiny_suite, monkeypatch):
+    from bench.runner import Workspace
+
+    crafted = []
+    real = Workspace._craft
+
+    def counting(self, cell, model, batch_size):
+        crafted.append((cell.attack.name, cell.attack.eps, cell.eval_mode, cell.defense.label if cell.eval_mode != "oblivious" else None))
+        return real(self, cell, model, batch_size)
+
+    monkeypatch.setattr(Workspace, "_craft", counting)
+    tiny_suite["eval_mode"] = ["oblivious", "adaptive"]
+    tiny_suite["defenses"] = ["none", {"type": "jpeg", "quality": [50, 75]}]
+    _, _, df = run(tiny_suite)
+    assert len(crafted) == len(set(crafted))  # never the same crafting twice
+    # 3 attack settings: one oblivious crafting each, plus 2 methods x 2 JPEG qualities adaptive
+    assert len(crafted) == 3 * (1 + 2 * 2)
