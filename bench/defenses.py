@@ -139,6 +139,7 @@ class Defended(nn.Module):
     def __init__(self, model: nn.Module, transform: Defense):
         super().__init__()
         self.model, self.transform = model, transform
+        self.train(model.training)  # torchattacks restores train() on models it finds training
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(self.transform(x))

@@ -79,6 +79,7 @@ class ChannelsLast(nn.Module):
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model.to(memory_format=torch.channels_last)
+        self.train(model.training)  # a new Module starts in training mode; keep the model's
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x.contiguous(memory_format=torch.channels_last))
@@ -109,6 +110,7 @@ class Autocast(nn.Module):
     def __init__(self, model: nn.Module, device_type: str, dtype: torch.dtype, grad_scale: float = 1.0):
         super().__init__()
         self.model, self.device_type, self.dtype, self.grad_scale = model, device_type, dtype, grad_scale
+        self.train(model.training)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = self.grad_scale
@@ -170,4 +172,6 @@ def prepare(model: nn.Module, device: str, precision: str = "fp32", levers: Leve
                 raise ValueError("fp16 needs a sample batch to calibrate its gradient scale")
             scale = calibrate_fp16(model, sample.to(device))
             log.debug("fp16 gradient scale %g", scale)
-    return model
+    # Eval mode on every wrapper too: torchattacks calls model.train() after an attack if it found
+    # the model in training mode, which would turn dropout and BatchNorm batch statistics back on.
+    return model.eval()

@@ -81,6 +81,7 @@ class StepCounter(nn.Module):
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model, self.images = model, 0
+        self.train(model.training)  # see fastpath.prepare: never let torchattacks switch to train()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled():
@@ -174,6 +175,8 @@ class Workspace:
             self._adv, self._adv_key = None, None  # free the previous group's images first
             self._adv = _shrink_on_oom(prep, lambda bs: self._craft(cell, prep.model, bs))
             self._adv_key = key
+            if any(m.training for m in prep.model.modules()):  # dropout or batch statistics would now be live
+                raise CellFailure("the attack left the model in training mode; its predictions cannot be trusted")
         return self._adv
 
     def _craft(self, cell: CellSpec, model: nn.Module, batch_size: int) -> Adversarial:

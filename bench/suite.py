@@ -58,7 +58,9 @@ class SuiteError(ValueError):
     def __init__(self, file: str | Path, key: str, message: str, line: int | None = None):
         self.file, self.key, self.message, self.line = str(file), key, message, line
         where = self.file + (f":{line}" if line else "")
-        super().__init__(f"{where}: {key}: {message}" if key else f"{where}: {message}")
+        text = f"{where}: {key}: {message}" if key else f"{where}: {message}"
+        # one line whatever the YAML held (a key may itself contain a line break)
+        super().__init__(text.replace("\r", "\\r").replace("\n", "\\n"))
 
 
 def _key_lines(text: str) -> dict[str, int]:

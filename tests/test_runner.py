@@ -218,3 +218,33 @@ def test_each_adversarial_batch_is_crafted_once(run, tiny_suite, monkeypatch):
     assert len(crafted) == len(set(crafted))  # never the same crafting twice
     # 3 attack settings: one oblivious crafting each, plus 2 methods x 2 JPEG qualities adaptive
     assert len(crafted) == 3 * (1 + 2 * 2)
+
+
+def test_attacks_leave_the_model_in_eval_mode_and_predictions_match_a_plain_forward(tmp_path, write_suite):
+    """torchattacks calls model.train() after an attack on a model it found training; every wrapper
+    must start in eval mode, or dropout (Lite0 has some) would leak into clean and robust accuracy."""
+    from bench.data import load_dataset
+    from bench.defenses import JPEG
+    from bench.models import create_model
+    from bench.runner import Workspace, load_datasets
+    from bench.suite import ModelSpec
+
+    doc = {"name": "evalmode", "seed": 0, "data": {"source": "samples", "limit": 8, "image_size": 64},
+           "models": [{"name": "lite0", "arch": "efficientnet_lite0", "weights": "imagenet"}],
+           "attacks": [{"name": "fgsm", "type": "fgsm", "eps": "2/255"}, {"name": "sgd", "type": "sgd", "eps": "2/255", "steps": 2}],
+           "defenses": ["none", {"type": "jpeg", "quality": 50}], "batch_size": 4}
+    suite = load_suite(write_suite(doc))
+    ws = Workspace(suite, load_datasets(suite), "r", {"git_sha": "x", "torch": "x"})
+    for cell in suite.cells():
+        prep = ws.model(cell)
+        ws.adversarial(cell, prep)
+        assert not any(m.training for m in prep.model.modules())
+
+    df = pd.read_parquet(run_suite(suite, tmp_path / "r", tmp_path / "p").run_dir / "results.parquet")
+    model = create_model(ModelSpec("lite0", "efficientnet_lite0", "imagenet", num_classes=1000, input_size=64))
+    ds = load_dataset(suite.data)
+    x = ds.images.float() / 255
+    with torch.no_grad():
+        for label, defense in (("none", lambda t: t), ("jpeg-q50", JPEG(50))):
+            expected = (model(defense(x)).argmax(1) == ds.labels).float().mean().item()
+            assert set(df[df["defense"] == label]["clean_acc"]) == {expected}
