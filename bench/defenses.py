@@ -18,6 +18,8 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
+from bench.fastpath import Wrapper
+
 if TYPE_CHECKING:
     from bench.suite import DefenseSpec
 
@@ -133,13 +135,12 @@ def attack_path(spec: "DefenseSpec", eval_mode: str) -> Defense:
     raise ValueError(f"unknown eval_mode {eval_mode!r}")
 
 
-class Defended(nn.Module):
+class Defended(Wrapper):
     """model ∘ transform: the classifier an adaptive attack optimises against."""
 
     def __init__(self, model: nn.Module, transform: Defense):
-        super().__init__()
-        self.model, self.transform = model, transform
-        self.train(model.training)  # torchattacks restores train() on models it finds training
+        super().__init__(model)
+        self.transform = transform
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(self.transform(x))

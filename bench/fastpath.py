@@ -73,13 +73,22 @@ def _fold(net: nn.Module) -> nn.Module:
         return net
 
 
-class ChannelsLast(nn.Module):
-    """Feeds the wrapped model NHWC inputs (the conv weights are converted once)."""
+class Wrapper(nn.Module):
+    """A module around a model that keeps the model's train/eval mode. A new nn.Module starts in
+    training mode, and torchattacks calls ``model.train()`` after an attack on a model it found
+    training, which would switch dropout and BatchNorm batch statistics back on."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
-        self.model = model.to(memory_format=torch.channels_last)
-        self.train(model.training)  # a new Module starts in training mode; keep the model's
+        self.model = model
+        self.train(model.training)
+
+
+class ChannelsLast(Wrapper):
+    """Feeds the wrapped model NHWC inputs (the conv weights are converted once)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__(model.to(memory_format=torch.channels_last))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x.contiguous(memory_format=torch.channels_last))
@@ -98,7 +107,7 @@ class _ScaleGrad(torch.autograd.Function):
         return grad * ctx.scale, None
 
 
-class Autocast(nn.Module):
+class Autocast(Wrapper):
     """Runs the model's forward under ``torch.autocast`` and returns float32 logits.
 
     ``grad_scale`` > 1 multiplies the gradient entering the low-precision network and divides it
@@ -108,9 +117,8 @@ class Autocast(nn.Module):
     """
 
     def __init__(self, model: nn.Module, device_type: str, dtype: torch.dtype, grad_scale: float = 1.0):
-        super().__init__()
-        self.model, self.device_type, self.dtype, self.grad_scale = model, device_type, dtype, grad_scale
-        self.train(model.training)
+        super().__init__(model)
+        self.device_type, self.dtype, self.grad_scale = device_type, dtype, grad_scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = self.grad_scale
@@ -172,6 +180,4 @@ def prepare(model: nn.Module, device: str, precision: str = "fp32", levers: Leve
                 raise ValueError("fp16 needs a sample batch to calibrate its gradient scale")
             scale = calibrate_fp16(model, sample.to(device))
             log.debug("fp16 gradient scale %g", scale)
-    # Eval mode on every wrapper too: torchattacks calls model.train() after an attack if it found
-    # the model in training mode, which would turn dropout and BatchNorm batch statistics back on.
-    return model.eval()
+    return model.eval()  # torch.compile's wrapper too (see Wrapper)

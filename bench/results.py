@@ -3,6 +3,7 @@ durable writing (rows are appended and fsynced one by one; the Parquet table is 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -170,6 +171,7 @@ def git_sha(cwd: Path | None = None) -> str:
     return out.stdout.strip() if out.returncode == 0 else "unknown"
 
 
+@functools.cache
 def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

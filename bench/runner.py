@@ -28,7 +28,7 @@ from bench import attacks as attack_registry
 from bench import defenses as defense_registry
 from bench.data import Dataset, load_dataset
 from bench.defenses import Defended, attack_path
-from bench.fastpath import GradientUnderflow, Levers, input_gradient, prepare
+from bench.fastpath import GradientUnderflow, Levers, Wrapper, input_gradient, prepare
 from bench.flags import apply_cross_cell, cell_flags
 from bench.flags import join as join_flags
 from bench.stats import wilson
@@ -60,6 +60,10 @@ QUANT_SLACK = 1 / 510 + 1e-6
 class CellFailure(RuntimeError):
     """The cell ran but its result cannot be trusted (non-finite logits, a budget violation)."""
 
+    def __init__(self, message: str, flag: str = ""):
+        super().__init__(message)
+        self.flag = flag  # a sanity flag (bench/flags.py) the failure also raises
+
 
 class CellSkipped(RuntimeError):
     """The cell cannot run on this machine; the message says why and how to fix it."""
@@ -75,13 +79,12 @@ class Adversarial:
     batch_size: int  # the batch size actually used (smaller than asked after a GPU out-of-memory)
 
 
-class StepCounter(nn.Module):
+class StepCounter(Wrapper):
     """Counts the images the attack pushes through the model with autograd on (its steps)."""
 
     def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model, self.images = model, 0
-        self.train(model.training)  # see fastpath.prepare: never let torchattacks switch to train()
+        super().__init__(model)
+        self.images = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled():
@@ -219,7 +222,7 @@ def _predict(model: nn.Module, x: torch.Tensor, watch: Stopwatch) -> torch.Tenso
     with torch.no_grad(), watch.region():
         logits = model(x)
     if not torch.isfinite(logits).all():
-        raise CellFailure("the model returned non-finite logits (NaN or inf); check the weights and the precision")
+        raise CellFailure("the model returned non-finite logits (NaN or inf); check the weights and the precision", flag="non-finite")
     return logits.argmax(1).cpu()
 
 
@@ -234,7 +237,7 @@ def run_cell(cell: CellSpec, ws: Workspace) -> dict[str, Any]:
     except CellSkipped as exc:
         row.update(status="skipped", reason=str(exc))
     except CellFailure as exc:
-        row.update(status="failed", reason=str(exc), flags="non-finite" if "non-finite" in str(exc) else "")
+        row.update(status="failed", reason=str(exc), flags=exc.flag)
     return row
 
 
