@@ -29,7 +29,7 @@ install: $(STAMP)
 # numpy, scipy) come from pyproject.toml.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --disable-pip-version-check -q -e '.[test]'
+	$(BIN)/python -m pip install --disable-pip-version-check -q -e '.[test,timm]'
 	$(BIN)/python -m pip install --disable-pip-version-check -q --no-deps 'torchattacks>=3.5.1,<4'
 	touch $(STAMP)
 
@@ -65,14 +65,14 @@ nightly: $(STAMP) $(foreach r,$(RECIPES),$(FACES_MODELS)/$(r).pt)
 	@latest=$$(ls -1d results/nightly-gpu/*/ | sort | tail -n 1); \
 	if [ ! -f $(NIGHTLY_BASELINE) ]; then \
 		echo "nightly: no baseline for this device yet; storing $$latest as $(NIGHTLY_BASELINE)"; \
-		mkdir -p $$(dirname $(NIGHTLY_BASELINE)) && cp $$latest/results.parquet $(NIGHTLY_BASELINE); \
+		mkdir -p $$(dirname $(NIGHTLY_BASELINE)) && cp $$latest/results.parquet $$latest/run.json $$(dirname $(NIGHTLY_BASELINE))/; \
 	else \
 		$(BIN)/bench compare $(NIGHTLY_BASELINE) $$latest --out reports/nightly-gpu/compare-latest.md; \
 	fi
 
 nightly-baseline: $(STAMP)
 	@latest=$$(ls -1d results/nightly-gpu/*/ | sort | tail -n 1); \
-	mkdir -p $$(dirname $(NIGHTLY_BASELINE)) && cp $$latest/results.parquet $(NIGHTLY_BASELINE) && \
+	mkdir -p $$(dirname $(NIGHTLY_BASELINE)) && cp $$latest/results.parquet $$latest/run.json $$(dirname $(NIGHTLY_BASELINE))/ && \
 	echo "nightly baseline is now $$latest"
 
 clean-results:

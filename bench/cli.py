@@ -69,7 +69,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="finish an interrupted run: only cells without a row run (default: the suite's latest run)")
     perf = sub.add_parser("perf", help="plain torchattacks PGD against the harness fast path, side by side")
     perf.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
-    perf.add_argument("--model", default="resnet18", help="architecture from the model registry (default: resnet18)")
+    perf.add_argument("--model", default="resnet18", help="any model a suite can name: resnet18 (default), "
+                      "torchvision/<name>, timm/<name>, file.py:function, model.pt2")
     perf.add_argument("--batch", type=int, default=None, help="images per batch (default: 16 on cpu, 256 on cuda)")
     perf.add_argument("--steps", type=int, default=10, help="PGD steps (default: 10)")
     perf.add_argument("--eps", default="4/255", help="L-inf budget, e.g. 4/255 (default)")
@@ -77,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
                       help="precision of the last configurations (default: bf16 on cuda, fp32 on cpu)")
     perf.add_argument("--compile", action="store_true", help="add a torch.compile configuration")
     perf.add_argument("--repeats", type=int, default=None, help="timed runs per configuration (median; default 2 cpu, 5 cuda)")
-    perf.add_argument("--image-size", type=int, default=224)
+    perf.add_argument("--image-size", type=int, default=None, help="input size (default: the model's own; builtin 224)")
     perf.add_argument("--reports-dir", type=Path, default=Path("reports"))
     data = sub.add_parser("data", help="build data sets")
     data_sub = data.add_subparsers(dest="dataset", required=True)
@@ -103,8 +104,12 @@ def _parser() -> argparse.ArgumentParser:
     cmp_.add_argument("candidate", type=Path)
     cmp_.add_argument("--abs-threshold", type=float, default=None,
                       help="also a regression: a rate moving the bad way by more than this (0.05 = 5 points)")
-    cmp_.add_argument("--min-throughput-ratio", type=float, default=0.9, help="throughput regression below this ratio")
+    cmp_.add_argument("--min-throughput-ratio", type=float, default=None,
+                      help="throughput regression below this ratio on every device (default: per device, see bench/compare.py)")
     cmp_.add_argument("--out", type=Path, default=None, help="also write the markdown here")
+    mod = sub.add_parser("models", help="list the models a suite may name, with the weights on this machine")
+    mod.add_argument("--source", choices=("builtin", "torchvision", "timm"), default=None, help="one source only")
+    mod.add_argument("--filter", default=None, metavar="TEXT", help="names containing TEXT (case-insensitive)")
     rep = sub.add_parser("report", help="rebuild the report of a run")
     rep.add_argument("run_dir", type=Path, help="results/<suite>/<run_id>")
     rep.add_argument("--reports-dir", type=Path, default=Path("reports"))
@@ -133,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
             return _data(args)
         if args.command == "train":
             return _train(args, console)
+        if args.command == "models":
+            return _models(args)
         return _report(args)
     except KeyboardInterrupt:
         log.warning("interrupted: finished cells are kept")
@@ -165,7 +172,7 @@ def _run(args: argparse.Namespace, console: Console) -> int:
     except DataError as exc:
         print(f"error: {args.suite}: data: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    from bench.runner import ResumeError, latest_run
+    from bench.runner import ResumeError, RunError, latest_run
 
     resume = None
     if args.resume:
@@ -183,6 +190,9 @@ def _run(args: argparse.Namespace, console: Console) -> int:
         except ResumeError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_BAD_INPUT
+        except RunError as exc:  # the run itself broke (its folder, say): one line, the log has the traceback
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_FAILED_CELLS
     counts = result.counts
     print(f"cells: {counts.get('ok', 0)} ok, {counts.get('skipped', 0)} skipped, {counts.get('failed', 0)} failed")
     print(f"table:  {result.run_dir / 'results.parquet'}")
@@ -211,13 +221,15 @@ def _stop_on_ctrl_c():
 
 
 def _perf(args: argparse.Namespace) -> int:
-    from bench.models import ARCHS
     from bench.perf import parse_eps, run_perf
+    from bench.sources import from_name
 
     cuda = args.device.startswith("cuda")
     problems = []
-    if args.model not in ARCHS:
-        problems.append(f"--model {args.model!r} is unknown; allowed: {', '.join(ARCHS)}")
+    try:
+        from_name(args.model, input_size=args.image_size)
+    except (ValueError, ImportError) as exc:
+        problems.append(f"--model {args.model!r} is unknown or cannot be used: {exc}")
     if args.device != "cpu" and not cuda:
         problems.append(f"--device {args.device!r} is not allowed; allowed: cpu, cuda, cuda:N")
     try:
@@ -319,6 +331,27 @@ def _compare(args: argparse.Namespace) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(result.markdown)
     return EXIT_FAILED_CELLS if result.regressions else EXIT_OK
+
+
+def _models(args: argparse.Namespace) -> int:
+    from bench.sources import catalogue
+
+    if args.source == "timm":
+        from bench.sources.timm_models import INSTALL_HINT
+
+        try:
+            import timm  # noqa: F401
+        except ImportError:
+            print(f"error: {INSTALL_HINT}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+    entries = catalogue(args.source, args.filter)
+    print("| arch (as a suite names it) | weights: | pretrained weights on this machine |")
+    print("|---|---|---|")
+    for e in entries:
+        print(f"| {e.name} | {e.weights} | {e.available} |")
+    print(f"\n{len(entries)} model(s). Weights not on this machine: a suite may still name them; their cells are "
+          "skipped with the file to put where. Your own models: `factory:` or `file:` (see the README).")
+    return EXIT_OK
 
 
 def _report(args: argparse.Namespace) -> int:

@@ -2,25 +2,75 @@
 
 Cells are matched by their spec (the cell id names model, attack, ε, defense, mode, device and
 precision). A rate regresses when it moves the bad way and its 95 % Wilson intervals no longer
-overlap, or when it moves the bad way by more than an absolute threshold the user sets. A
-throughput regresses when candidate / baseline falls below a ratio (default 0.9). Cells missing
-from the candidate count as regressions (a nightly that silently loses cells must shout); added
-cells are listed.
+overlap, or when it moves the bad way by more than an absolute threshold the user sets. Cells
+missing from the candidate count as regressions (a nightly that silently loses cells must shout);
+added cells are listed.
+
+Throughput (``attack_images_per_s``, ``clean_images_per_s``) is judged so that machine noise does
+not cry wolf while a real slowdown still does. Noise on a shared CPU is load from other processes:
+it only ever slows a timed region, it comes in bursts that hit some cells of a run and not others,
+and between identical runs of the tutorial suite on a busy 2-core CPU it moved single cells from
+×0.16 to ×6 and whole groups' medians down to ×0.51. A real slowdown (code, build, environment)
+moves every cell the same way. Hence, per device kind (``THROUGHPUT_RULES``):
+
+- cells are judged per group, not one by one: the cells of one (model, device, precision) and
+  metric; the group regresses when at least a *share* of its cells fall below the *threshold*
+  ratio candidate / baseline. CUDA: half of them below ×0.85 (the median; CUDA events on a GPU
+  the run has to itself are expected to repeat far more closely than CPU timers, an assumption the
+  CPU measurements above do not test).
+  CPU and any other device: three quarters below ×0.6 (a burst of load slows a few cells, or a
+  single phase of a run, not three quarters of the group; a 2× slowdown, ×0.5, puts every cell
+  below). Slow cells of a group that did not regress are listed, but do not count.
+- a cell whose timed region is shorter than ``min_seconds`` in either run (``attack_seconds`` for
+  attack throughput, n / throughput for clean throughput) is left out: there one preemption or
+  timer tick is a large share of the time. A group with no cell left is reported as not judged.
+- ``min_throughput_ratio`` (``--min-throughput-ratio``) replaces the threshold on every device;
+  the share and the short-region rule stay.
+
+Each run's ``run.json`` (in the run folder, or beside a results .parquet) records the resolved
+suite and its digest. When the digests differ the markdown opens with a warning naming the keys
+that changed (``attacks[2][0].params.steps: 10 → 20``): numbers across a suite change may not be
+comparable. Without a run.json the markdown says the suite could not be checked.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
-from bench.results import TABLE_FILE, load_run
+from bench.results import RUN_FILE, TABLE_FILE, load_run
 
 # rate → +1 when higher is better for the defender, -1 when higher is worse
 RATES = {"clean_acc": +1, "robust_acc": +1, "attack_success_rate": -1, "targeted_success_rate": -1}
 THROUGHPUTS = ("attack_images_per_s", "clean_images_per_s")
+
+MAX_LISTED = 10  # slow cells / changed suite keys listed before "… and N more"
+
+
+@dataclass(frozen=True)
+class ThroughputRule:
+    """A (model, device, precision) group's throughput regresses when at least ``share`` of its
+    judged cells run below ``min_ratio`` × the baseline; cells timed under ``min_seconds`` are not judged."""
+
+    min_ratio: float
+    share: float
+    min_seconds: float
+
+
+# Per device kind: "cuda" = cuda and cuda:N, "cpu" = everything else. CUDA: tight, the median
+# decides. CPU: five identical tutorial runs on a busy shared 2-core CPU never put more than 2/3 of
+# a group below ×0.6 (their worst group median was ×0.51), and a 2× slowdown puts all of it there.
+# A region under 0.2 s on a CPU is a few dozen scheduler ticks; CUDA events time 10 ms exactly.
+THROUGHPUT_RULES = {
+    "cuda": ThroughputRule(min_ratio=0.85, share=0.5, min_seconds=0.01),
+    "cpu": ThroughputRule(min_ratio=0.6, share=0.75, min_seconds=0.2),
+}
 
 
 @dataclass
@@ -29,12 +79,15 @@ class Comparison:
     regressions: int
 
 
-def _load(path: str | Path) -> pd.DataFrame:
+def _load(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any] | None]:
+    """The table and the run.json (None when there is none: a bare .parquet)."""
     path = Path(path)
     if path.is_dir() and (path / TABLE_FILE).exists():
-        return load_run(path)[0]
+        return load_run(path)
     if path.suffix == ".parquet" and path.exists():
-        return pd.read_parquet(path)
+        meta_path = path.parent / RUN_FILE
+        meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else None
+        return pd.read_parquet(path), meta
     raise FileNotFoundError(f"{path}: not a run folder (with {TABLE_FILE}) or a results .parquet file")
 
 
@@ -44,15 +97,174 @@ def _fmt(x: float, pct: bool = True) -> str:
     return f"{100 * x:.1f} %" if pct else f"{x:.2f}"
 
 
+def _num(x: Any) -> float:
+    """A finite float, or NaN for missing / NA / non-numeric values."""
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return math.nan
+    return x if math.isfinite(x) else math.nan
+
+
+def device_kind(device: Any) -> str:
+    return "cuda" if isinstance(device, str) and device.startswith("cuda") else "cpu"
+
+
+# ---------------------------------------------------------------------------------------------
+# Suite check
+
+
+def _short(value: Any, width: int = 40) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _is_pairs(x: Any) -> bool:
+    """A list of [name, value] pairs (how attack params are recorded): diffed by name, not position."""
+    return (isinstance(x, list) and bool(x) and all(isinstance(p, list) and len(p) == 2 and isinstance(p[0], str) for p in x)
+            and len({p[0] for p in x}) == len(x))
+
+
+def suite_diff(a: Any, b: Any, path: str = "") -> list[tuple[str, str]]:
+    """Recursive diff of two resolved suites: (key path, "old → new") for every leaf that differs,
+    e.g. ``("attacks[2][0].params.steps", "10 → 20")``; added and removed keys say so."""
+    if _is_pairs(a) and _is_pairs(b):
+        a, b = dict(a), dict(b)
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for key in sorted(set(a) | set(b), key=str):
+            sub = f"{path}.{key}" if path else str(key)
+            if key not in a:
+                out.append((sub, f"added: {_short(b[key])}"))
+            elif key not in b:
+                out.append((sub, f"removed (was {_short(a[key])})"))
+            else:
+                out += suite_diff(a[key], b[key], sub)
+        return out
+    if isinstance(a, list) and isinstance(b, list):
+        out = []
+        for i in range(max(len(a), len(b))):
+            sub = f"{path}[{i}]"
+            if i >= len(a):
+                out.append((sub, f"added: {_short(b[i])}"))
+            elif i >= len(b):
+                out.append((sub, f"removed (was {_short(a[i])})"))
+            else:
+                out += suite_diff(a[i], b[i], sub)
+        return out
+    return [] if a == b else [(path or "(whole suite)", f"{_short(a)} → {_short(b)}")]
+
+
+def _suite_check(baseline: Path, candidate: Path, base_meta: dict | None, cand_meta: dict | None) -> list[str]:
+    """Markdown lines (empty when both runs ran the same suite)."""
+    missing = [str(p) for p, m in ((baseline, base_meta), (candidate, cand_meta)) if m is None or not m.get("suite_digest")]
+    if missing:
+        return ["> **The suite could not be checked:** no run.json with a suite digest for "
+                + ", ".join(f"`{p}`" for p in missing) + f" (a results .parquet is checked only with its run's {RUN_FILE} "
+                "beside it). The two runs may come from different suites, whose numbers may not be comparable.", ""]
+    if base_meta["suite_digest"] == cand_meta["suite_digest"]:
+        return []
+    lines = [f"> **Warning: the suites differ** (digest `{base_meta['suite_digest'][:12]}` → "
+             f"`{cand_meta['suite_digest'][:12]}`). Numbers across a suite change may not be comparable; cells "
+             "whose spec changed show up as missing and added."]
+    a, b = base_meta.get("resolved_suite"), cand_meta.get("resolved_suite")
+    if a is None or b is None:
+        lines.append("> The resolved suite is not recorded in both run.json files, so the changed keys cannot be named.")
+    else:
+        diff = suite_diff(a, b)
+        lines.append(f"> Changed keys ({len(diff)}):")
+        lines += [f"> - `{key}`: {change}" for key, change in diff[:MAX_LISTED]]
+        if len(diff) > MAX_LISTED:
+            lines.append(f"> - … and {len(diff) - MAX_LISTED} more")
+    return lines + [""]
+
+
+# ---------------------------------------------------------------------------------------------
+# Throughput
+
+
+def _timed_seconds(row: pd.Series, tp: str) -> float:
+    """Length of the timed region behind a throughput (NaN when the row cannot tell)."""
+    if tp == "attack_images_per_s" and not math.isnan(_num(row.get("attack_seconds"))):
+        return _num(row.get("attack_seconds"))
+    per_s = _num(row.get(tp))
+    return _num(row.get("n")) / per_s if per_s > 0 else math.nan
+
+
+def _share_text(share: float) -> str:
+    return {0.5: "half", 0.75: "3/4"}.get(share, f"{100 * share:.0f} %")
+
+
+def _throughput(base: pd.DataFrame, cand: pd.DataFrame, matched: list, min_ratio: float | None) -> tuple[list[dict], list[str], int]:
+    """Group verdicts (table rows), notes, and the number of regressed groups."""
+    groups: dict[tuple, list[tuple[str, float, float]]] = {}
+    for cell_id in matched:
+        b, c = base.loc[cell_id], cand.loc[cell_id]
+        device = c.get("device") if isinstance(c.get("device"), str) else b.get("device")
+        key = tuple(str(v) if isinstance(v, str) else "–" for v in (c.get("model"), device, c.get("precision")))
+        for tp in THROUGHPUTS:
+            bv, cv = _num(b.get(tp)), _num(c.get(tp))
+            if math.isnan(bv) or math.isnan(cv) or bv <= 0 or cv < 0:
+                continue
+            timed = min(_timed_seconds(b, tp), _timed_seconds(c, tp))  # NaN (unknown) compares False: judged
+            groups.setdefault(key + (tp,), []).append((cell_id, cv / bv, timed))
+    table, slow, regressions = [], [], 0
+    for (model, device, precision, tp), cells in groups.items():
+        rule = THROUGHPUT_RULES[device_kind(device)]
+        threshold = min_ratio if min_ratio is not None else rule.min_ratio
+        judged = [r for _, r, t in cells if not t < rule.min_seconds]
+        row = {"model": model, "device": device, "precision": precision, "metric": tp,
+               "cells judged": f"{len(judged)}/{len(cells)}", "median ratio": "–", "below threshold": "–",
+               "worst cell": f"×{min(r for _, r, _ in cells):.2f}",
+               "rule": f"{_share_text(rule.share)} below ×{threshold:.2f}"}
+        if not judged:
+            row["verdict"] = f"not judged (timed regions < {rule.min_seconds:g} s)"
+        else:
+            below = sum(r < threshold for r in judged)
+            regressed = below >= rule.share * len(judged)
+            row.update({"median ratio": f"×{statistics.median(judged):.2f}", "below threshold": f"{below}/{len(judged)}",
+                        "verdict": "regression" if regressed else "ok"})
+            regressions += regressed
+        table.append(row)
+        if row["verdict"] != "regression":  # slow cells of a regressed group are covered by its row
+            slow += [(r, cid, tp) for cid, r, _ in cells if r < threshold]
+    notes = []
+    if slow:
+        slow.sort()
+        notes = ["", f"{len(slow)} cell throughput(s) below the threshold in groups that did not regress "
+                 "(on their own they do not count: noise slows some cells, a real slowdown slows the group):", ""]
+        notes += [f"- `{cid}` {tp} ×{r:.2f}" for r, cid, tp in slow[:MAX_LISTED]]
+        if len(slow) > MAX_LISTED:
+            notes.append(f"- … and {len(slow) - MAX_LISTED} more")
+    return table, notes, regressions
+
+
+def _threshold_text(min_ratio: float | None) -> str:
+    rules = []
+    for kind, rule in THROUGHPUT_RULES.items():
+        threshold = min_ratio if min_ratio is not None else rule.min_ratio
+        rules.append(f"{'CUDA' if kind == 'cuda' else 'CPU'}: {_share_text(rule.share)} of them below "
+                     f"×{threshold:.2f}, cells timed under {rule.min_seconds:g} s not judged")
+    return ("throughput regresses per model/device/precision group when enough of its cells are slower ("
+            + "; ".join(rules) + ")" + (" — threshold set by the caller for every device" if min_ratio is not None else ""))
+
+
+# ---------------------------------------------------------------------------------------------
+
+
 def compare(baseline: str | Path, candidate: str | Path, abs_threshold: float | None = None,
-            min_throughput_ratio: float = 0.9) -> Comparison:
-    base, cand = _load(baseline), _load(candidate)
+            min_throughput_ratio: float | None = None) -> Comparison:
+    """Compare two runs. ``min_throughput_ratio`` None = the per-device default; a number applies
+    to every device."""
+    (base, base_meta), (cand, cand_meta) = _load(baseline), _load(candidate)
     base = base[base["status"] == "ok"].set_index("cell_id")
     cand_all = cand.set_index("cell_id")
     cand = cand_all[cand_all["status"] == "ok"]
     lines = ["# bench compare", "", f"Baseline `{baseline}`, candidate `{candidate}`.", ""]
+    lines += _suite_check(Path(baseline), Path(candidate), base_meta, cand_meta)
+    matched = list(base.index.intersection(cand.index))
     rows, regressions = [], 0
-    for cell_id in base.index.intersection(cand.index):
+    for cell_id in matched:
         b, c = base.loc[cell_id], cand.loc[cell_id]
         for rate, good in RATES.items():
             if pd.isna(b[rate]) or pd.isna(c[rate]):
@@ -68,28 +280,24 @@ def compare(baseline: str | Path, candidate: str | Path, abs_threshold: float | 
             regressions += verdict == "regression"
             rows.append({"cell": cell_id, "metric": rate, "baseline": _fmt(b[rate]), "candidate": _fmt(c[rate]),
                          "Δ (points)": f"{100 * delta:+.1f}", "verdict": verdict})
-        for tp in THROUGHPUTS:
-            if pd.isna(b.get(tp)) or pd.isna(c.get(tp)) or b[tp] <= 0:
-                continue
-            ratio = c[tp] / b[tp]
-            if ratio < min_throughput_ratio:
-                regressions += 1
-                rows.append({"cell": cell_id, "metric": tp, "baseline": _fmt(b[tp], False), "candidate": _fmt(c[tp], False),
-                             "Δ (points)": f"×{ratio:.2f}", "verdict": "regression"})
+    tp_table, tp_notes, tp_regressions = _throughput(base, cand, matched, min_throughput_ratio)
+    regressions += tp_regressions
     missing = sorted(set(base.index) - set(cand.index))
     missing_ok = [m for m in missing if m in cand_all.index]  # ran but is no longer ok
     added = sorted(set(cand.index) - set(base.index))
     regressions += len(missing)
     changed = [r for r in rows if r["verdict"] != "noise"]
-    lines.append(f"**{regressions} regression(s)** across {len(base.index.intersection(cand.index))} matched cells; "
+    lines.append(f"**{regressions} regression(s)** across {len(matched)} matched cells; "
                  f"{len(missing)} missing, {len(added)} added. Rates regress when their 95 % intervals separate"
                  + (f" or they move the bad way by more than {100 * abs_threshold:.1f} points" if abs_threshold is not None else "")
-                 + f"; throughput regresses below ×{min_throughput_ratio:.2f}.")
+                 + f"; {_threshold_text(min_throughput_ratio)}.")
     if changed:
         lines += ["", "## Changes beyond noise", "", pd.DataFrame(changed).to_markdown(index=False)]
     noise = [r for r in rows if r["verdict"] == "noise"]
     if noise:
         lines += ["", f"{len(noise)} other rate change(s) stay inside the intervals (noise)."]
+    if tp_table:
+        lines += ["", "## Throughput (candidate / baseline)", "", pd.DataFrame(tp_table).to_markdown(index=False)] + tp_notes
     if missing:
         lines += ["", "## Missing from the candidate", ""] + [
             f"- `{m}`" + (f" (now {cand_all.loc[m, 'status']}: {cand_all.loc[m, 'reason']})" if m in missing_ok else "") for m in missing]

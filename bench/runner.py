@@ -28,11 +28,12 @@ from bench import attacks as attack_registry
 from bench import defenses as defense_registry
 from bench.data import Dataset, load_dataset
 from bench.defenses import Defended, attack_path
-from bench.fastpath import GradientUnderflow, Levers, Wrapper, input_gradient, prepare
+from bench.fastpath import Levers, PrecisionError, Wrapper, backend_flags, input_gradient, prepare
 from bench.flags import apply_cross_cell, cell_flags
 from bench.flags import join as join_flags
 from bench.stats import wilson
-from bench.models import CheckpointError, ModelUnavailable, create_model
+from bench.models import CheckpointError, ModelUnavailable
+from bench.sources import create_model
 from bench.results import (
     COLUMNS,
     read_rows,
@@ -48,14 +49,15 @@ from bench.results import (
     write_json,
     write_table,
 )
-from bench.suite import CellSpec, DataSpec, DefenseSpec, Suite
+from bench.specs import CellSpec, DataSpec, DefenseSpec, ModelSpec, Preprocess
+from bench.suite import Suite
 from bench.timing import Stopwatch, peak_memory_mb, reset_peak_memory
 
 log = logging.getLogger(__name__)
-
-# |q(x_adv) - x|∞ can exceed ε by at most half a quantisation step; allow float round-off on top.
-QUANT_SLACK = 1 / 510 + 1e-6
-
+# Tracebacks of failed cells go to the run's log file only (run_suite attaches it), not the terminal.
+_trace = logging.getLogger("bench.trace")
+_trace.propagate = False
+LOG_FILE = "run.log"
 
 class CellFailure(RuntimeError):
     """The cell ran but its result cannot be trusted (non-finite logits, a budget violation)."""
@@ -95,14 +97,36 @@ class StepCounter(Wrapper):
 @dataclass
 class Prepared:
     model: nn.Module
-    warmup_seconds: float  # building, fp16 calibration, compilation and the first pass; never in throughput
-    batch_size: int  # shrinks for good after a GPU out-of-memory
+    warmup_seconds: float  # building, fp16 calibration, compilation and warm-up passes; never in throughput
+    warm: set[int] = field(default_factory=set)  # batch sizes already warmed up (grad and no-grad)
+
+
+def failure(exc: BaseException, cell: CellSpec | None = None) -> "CellFailure":
+    """A foreign exception as a cell failure: the reason names its type and message; the full
+    traceback goes to the run's log file."""
+    if isinstance(exc, CellFailure):
+        return exc
+    _trace.error("%s failed", cell.cell_id if cell else "cell", exc_info=(type(exc), exc, exc.__traceback__))
+    text = str(exc).strip().splitlines()
+    return CellFailure(f"{type(exc).__name__}: {text[0][:300]}" if text else type(exc).__name__)
+
+
+def cuda_unavailable(device: str) -> str | None:
+    """Why a CUDA device cannot be used here, or None when it can (always None for the CPU)."""
+    if not device.startswith("cuda"):
+        return None
+    if not torch.cuda.is_available():
+        return "CUDA is not available on this machine"
+    index, count = torch.device(device).index or 0, torch.cuda.device_count()
+    if index >= count:
+        return f"{device} does not exist: this machine has {count} GPU(s) (cuda:0 to cuda:{count - 1})"
+    return None
 
 
 @dataclass
 class Workspace:
     suite: Suite
-    datasets: dict[DataSpec, Dataset]  # the suite's data and any model's own, loaded once per run
+    datasets: dict[tuple[DataSpec, Preprocess], Dataset]  # decoded once per source and preprocessing
     run_id: str
     env: dict[str, Any]
     on_batch: Callable[[int], None] = lambda n: None  # progress hook: n batches done
@@ -114,58 +138,81 @@ class Workspace:
     _adv: Adversarial | None = None
 
     def data(self, cell: CellSpec) -> Dataset:
-        return self.datasets[cell.model.data or self.suite.data]
+        return self.datasets[data_key(self.suite, cell.model)]
 
     def model(self, cell: CellSpec) -> Prepared:
-        """The cell's model on its device and precision with the fast-path levers; built once per run."""
-        if cell.device.startswith("cuda") and not torch.cuda.is_available():
-            raise CellSkipped("CUDA is not available on this machine")
+        """The cell's model on its device and precision with the fast-path levers; built once per
+        run. A model that cannot be built or prepared fails (or skips) each of its cells alike."""
+        reason = cuda_unavailable(cell.device)
+        if reason:
+            raise CellSkipped(reason)
         if cell.model not in self._base:
             try:
                 self._base[cell.model] = create_model(cell.model, seed=self.suite.seed)
-            except (ModelUnavailable, CheckpointError) as exc:
-                self._base[cell.model] = exc
+            except ModelUnavailable as exc:
+                self._base[cell.model] = CellSkipped(str(exc))
+            except CheckpointError as exc:
+                self._base[cell.model] = CellFailure(str(exc))
+            except Exception as exc:
+                self._base[cell.model] = failure(exc, cell)
         base = self._base[cell.model]
-        if isinstance(base, ModelUnavailable):
-            raise CellSkipped(str(base))
         if isinstance(base, Exception):
-            raise CellFailure(str(base))
+            raise base
         key = (cell.model, cell.device, cell.precision)
         if key not in self._prepared:
             t0 = time.perf_counter()
             sample = next(self.data(cell).batches(cell.batch_size))[0]
             try:
                 model = prepare(base, cell.device, cell.precision, Levers(compile=cell.model.compile), sample=sample)
-                self._warm_up(model, sample.to(cell.device))
-            except GradientUnderflow as exc:
-                model = exc
-            self._prepared[key] = model if isinstance(model, Exception) else Prepared(model, time.perf_counter() - t0, cell.batch_size)
+                prep = Prepared(model, 0.0)
+                self.warm_up(cell, prep, cell.batch_size)
+                prep.warmup_seconds = time.perf_counter() - t0
+                self._prepared[key] = prep
+            except PrecisionError as exc:  # fp16 gradients that cannot be trusted: the reason says what to use
+                self._prepared[key] = CellFailure(str(exc))
+            except Exception as exc:  # out of memory while preparing, a compile error, fp16 calibration …
+                self._prepared[key] = failure(exc, cell)
         prepared = self._prepared[key]
         if isinstance(prepared, Exception):
-            raise CellFailure(str(prepared))
+            raise prepared
         return prepared
 
-    @staticmethod
-    def _warm_up(model: nn.Module, x: torch.Tensor) -> None:
-        """One untimed forward and backward: first-call overheads and compilation stay out of throughput."""
-        x = x.clone().requires_grad_(True)
-        torch.autograd.grad(model(x).sum(), x)
-        if x.is_cuda:
-            torch.cuda.synchronize(x.device)
+    def warm_up(self, cell: CellSpec, prep: Prepared, batch_size: int) -> None:
+        """Untimed passes at every shape the timed regions will see: the full batch and the last,
+        shorter one, each without and with gradients. First-call overheads, compilation (and
+        recompilation for a new shape or grad mode) and cuDNN autotuning stay out of throughput."""
+        n = len(self.data(cell))
+        sizes = {min(batch_size, n), n % batch_size or min(batch_size, n)} - prep.warm
+        if not sizes:
+            return
+        t0 = time.perf_counter()
+        images = next(self.data(cell).batches(batch_size))[0].to(cell.device)
+        for size in sorted(sizes, reverse=True):
+            x = images[:size]
+            with torch.no_grad():
+                prep.model(x)
+            xg = x.clone().requires_grad_(True)
+            torch.autograd.grad(prep.model(xg).sum(), xg)
+            prep.warm.add(size)
+        if images.is_cuda:
+            torch.cuda.synchronize(images.device)
+        prep.warmup_seconds += time.perf_counter() - t0
 
     def clean(self, cell: CellSpec, prep: Prepared) -> tuple[torch.Tensor, float]:
         """Predictions on defended clean images, and the model's clean-inference seconds."""
         key = (cell.model, cell.device, cell.precision, cell.defense)
         if key not in self._clean:
             defense = defense_registry.build(cell.defense)
-            self._clean[key] = _shrink_on_oom(prep, lambda bs: self._clean_pass(cell, prep.model, defense, bs))
+            self._clean[key] = _shrink_on_oom(cell.batch_size, lambda bs: self._clean_pass(cell, prep, defense, bs))
         return self._clean[key]
 
-    def _clean_pass(self, cell: CellSpec, model: nn.Module, defense, batch_size: int) -> tuple[torch.Tensor, float]:
+    def _clean_pass(self, cell: CellSpec, prep: Prepared, defense, batch_size: int) -> tuple[torch.Tensor, float]:
+        self.warm_up(cell, prep, batch_size)
         watch = Stopwatch(cell.device)
         preds = []
         for x, _ in self.data(cell).batches(batch_size):
-            preds.append(_predict(model, defense(x.to(cell.device)), watch))
+            # contiguous NCHW whatever the defense returns: one memory layout, one compiled graph
+            preds.append(_predict(prep.model, defense(x.to(cell.device)).contiguous(), watch))
         return torch.cat(preds), watch.seconds
 
     def adversarial(self, cell: CellSpec, prep: Prepared) -> Adversarial:
@@ -176,13 +223,20 @@ class Workspace:
             key += (cell.defense, cell.eval_mode)
         if key != self._adv_key:
             self._adv, self._adv_key = None, None  # free the previous group's images first
-            self._adv = _shrink_on_oom(prep, lambda bs: self._craft(cell, prep.model, bs))
+            try:
+                self._adv = _shrink_on_oom(cell.batch_size, lambda bs: self._craft(cell, prep, bs))
+                if any(m.training for m in prep.model.modules()):  # dropout or batch statistics would now be live
+                    self._adv = CellFailure("the attack left the model in training mode; its predictions cannot be trusted")
+            except Exception as exc:  # the attack's own error: every cell of this crafting fails alike
+                self._adv = failure(exc, cell)
             self._adv_key = key
-            if any(m.training for m in prep.model.modules()):  # dropout or batch statistics would now be live
-                raise CellFailure("the attack left the model in training mode; its predictions cannot be trusted")
+        if isinstance(self._adv, Exception):
+            raise self._adv
         return self._adv
 
-    def _craft(self, cell: CellSpec, model: nn.Module, batch_size: int) -> Adversarial:
+    def _craft(self, cell: CellSpec, prep: Prepared, batch_size: int) -> Adversarial:
+        self.warm_up(cell, prep, batch_size)
+        model = prep.model
         counter = StepCounter(model)
         attacked = counter if cell.eval_mode == "oblivious" else Defended(counter, attack_path(cell.defense, cell.eval_mode))
         first = next(self.data(cell).batches(batch_size))[0].to(cell.device)
@@ -204,17 +258,20 @@ class Workspace:
         return Adversarial(torch.cat(out), zero_grad, watch.seconds, counter.images, peak_memory_mb(cell.device), batch_size)
 
 
-def _shrink_on_oom(prep: Prepared, run: Callable[[int], Any]) -> Any:
+def _shrink_on_oom(batch_size: int, run: Callable[[int], Any]) -> Any:
     """Run ``run(batch_size)``; on a GPU out-of-memory halve the batch and start over, giving up
-    only at batch size 1. The smaller size sticks for the rest of the run."""
+    only at batch size 1. The smaller size holds for this crafting (or clean pass) only: one
+    greedy attack must not shrink every later cell."""
     while True:
         try:
-            return run(prep.batch_size)
+            return run(batch_size)
         except torch.cuda.OutOfMemoryError:
-            if prep.batch_size == 1:
+            if batch_size == 1:
                 raise CellFailure("GPU out of memory even at batch size 1") from None
-            prep.batch_size = max(1, prep.batch_size // 2)
-            log.warning("GPU out of memory: retrying with batch size %d", prep.batch_size)
+            batch_size = max(1, batch_size // 2)
+        # outside the except block, so the failed attempt's tensors (held by the traceback) are freed
+        log.warning("GPU out of memory: retrying with batch size %d", batch_size)
+        if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
 
@@ -231,12 +288,15 @@ def run_cell(cell: CellSpec, ws: Workspace) -> dict[str, Any]:
     a problem of the cell itself)."""
     row = base_row(cell, ws)
     try:
-        prep = ws.model(cell)
-        row.update(_measure(cell, ws, prep))
+        # process-wide backend flags (cudnn.benchmark) for this cell only, restored after it
+        with backend_flags(Levers(compile=cell.model.compile)):
+            prep = ws.model(cell)
+            row.update(_measure(cell, ws, prep))
         row["status"] = "ok"
     except CellSkipped as exc:
         row.update(status="skipped", reason=str(exc))
-    except CellFailure as exc:
+    except Exception as exc:  # anything a cell raises fails that cell alone; Ctrl-C is not an Exception
+        exc = failure(exc, cell)
         row.update(status="failed", reason=str(exc), flags=exc.flag)
     return row
 
@@ -253,27 +313,25 @@ def _measure(cell: CellSpec, ws: Workspace, prep: Prepared) -> dict[str, Any]:
     for i in range(0, n, adv.batch_size):
         x = adv.images[i : i + adv.batch_size].to(cell.device).float().div_(255)
         with defense_watch.region():
-            x = defense(x)
+            x = defense(x).contiguous()
         robust_pred.append(_predict(prep.model, x, model_watch))
     robust_pred = torch.cat(robust_pred)
 
-    diff = adv.images.to(torch.int16) - ds.images.to(torch.int16)
-    linf = diff.abs().amax().item() / 255
-    l2 = (diff.float() / 255).flatten(1).norm(dim=1).mean().item()
-    if cell.attack.eps is not None and linf > cell.attack.eps + QUANT_SLACK:
-        raise CellFailure(
-            f"measured L-inf perturbation {linf:.6f} exceeds eps {cell.attack.eps:.6f} + 1/510: the attack broke its budget"
-        )
+    norm = attack_registry.norm(cell.attack)
+    norms = perturbation_norms(adv.images, ds.images)
+    check_budget(norm, cell.attack.eps, norms)
+    linf, l2 = norms["linf"].max().item(), norms["l2"]
     defense_seconds = defense_watch.seconds
-    flags = cell_flags(zero_grad=adv.zero_grad, linf=linf, eps=cell.attack.eps,
-                       clean_changed=(clean_pred != undefended_pred).float().mean().item())
+    flags = cell_flags(zero_grad=adv.zero_grad, delta=norms[norm.lower()].max().item() if norm != "none" else linf,
+                       eps=cell.attack.eps, clean_changed=(clean_pred != undefended_pred).float().mean().item())
     return {
         "n": n,
         "batch_size": adv.batch_size,
         **rates(ds.labels, clean_pred, robust_pred, cell.attack.target),
         "flags": join_flags(flags),
         "linf_max": linf,
-        "l2_mean": l2,
+        "l2_mean": l2.mean().item(),
+        "l2_max": l2.max().item(),
         "attack_seconds": adv.seconds,
         "attack_images_per_s": _per_s(n, adv.seconds),
         "attack_steps_per_s": _per_s(adv.steps, adv.seconds),
@@ -285,6 +343,29 @@ def _measure(cell: CellSpec, ws: Workspace, prep: Prepared) -> dict[str, Any]:
         # per-image predictions: not table columns, kept in predictions.parquet for per-class views
         PREDICTIONS_KEY: {"labels": ds.labels.tolist(), "clean": clean_pred.tolist(), "robust": robust_pred.tolist()},
     }
+
+
+def perturbation_norms(adv: torch.Tensor, clean: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-image ‖x_adv − x‖ (L∞, L2, L1, pixel space of [0, 1] images) of 8-bit images, and the
+    number of values the attack changed (what quantisation can have moved)."""
+    diff = (adv.to(torch.int16) - clean.to(torch.int16)).flatten(1).float() / 255
+    return {"linf": diff.abs().amax(1), "l2": diff.norm(dim=1), "l1": diff.abs().sum(1), "changed": (diff != 0).sum(1).float()}
+
+
+def check_budget(norm: str, eps: float | None, norms: dict[str, torch.Tensor]) -> None:
+    """Fail the cell if any image's measured perturbation breaks the attack's budget. Rounding to
+    8 bits moves each changed value by at most 1/510, so with k changed values the quantised
+    perturbation may exceed ε by 1/510 (L∞), √k/510 (L2) or k/510 (L1), and by no more."""
+    if eps is None or norm == "none":
+        return
+    slack = {"Linf": torch.ones_like(norms["changed"]) / 510, "L2": norms["changed"].sqrt() / 510,
+             "L1": norms["changed"] / 510}[norm]
+    measured = norms[norm.lower()]
+    over = measured > eps + slack + 1e-6
+    if over.any():
+        i = int(over.nonzero()[0])
+        raise CellFailure(f"measured {norm} perturbation {measured[i].item():.6f} of image {i} exceeds eps {eps:.6f} "
+                          f"+ quantisation slack {slack[i].item():.6f}: the attack broke its budget")
 
 
 def _per_s(count: float, seconds: float) -> float:
@@ -318,9 +399,15 @@ def base_row(cell: CellSpec, ws: Workspace) -> dict[str, Any]:
         status="failed",
         reason="",
         model=cell.model.name,
+        model_source=cell.model.source,
+        weights=(f"checkpoint:{Path(cell.model.checkpoint).name}" if cell.model.checkpoint
+                 else cell.model.weights or "random"),
+        input_size=cell.model.input_size,
         dataset=ws.data(cell).name,
         attack=cell.attack.name,
+        attack_args=json.dumps(attack_registry.resolved_args(cell.attack), sort_keys=True, default=str),
         eps=cell.attack.eps if cell.attack.eps is not None else math.nan,
+        norm=attack_registry.norm(cell.attack),
         defense=cell.defense.label,
         eval_mode=cell.eval_mode,
         device=cell.device,
@@ -366,16 +453,26 @@ class RunResult:
         return out
 
 
-def load_datasets(suite: Suite) -> dict[DataSpec, Dataset]:
-    """Every data source the suite uses (its own and any model's), decoded once."""
-    specs = [suite.data, *(m.data for m in suite.models if m.data is not None)]
-    return {spec: load_dataset(spec) for spec in dict.fromkeys(specs)}
+def data_key(suite: Suite, model: ModelSpec) -> tuple[DataSpec, Preprocess]:
+    """Which decoded copy of which data a model reads: models with the same data and the same
+    preprocessing (resize, crop, interpolation) share one."""
+    return (model.data or suite.data, model.preprocess)
 
 
-def _describe(dataset: Dataset) -> dict[str, Any]:
-    return {"name": dataset.name, "n": len(dataset), "ids": dataset.ids, "labels": dataset.labels.tolist(),
-            "class_names": dataset.class_names if dataset.class_names and len(dataset.class_names) <= 100 else None,
-            "skipped": dataset.skipped, "note": dataset.note}
+def load_datasets(suite: Suite) -> dict[tuple[DataSpec, Preprocess], Dataset]:
+    """Every data source the suite uses (its own and any model's), decoded once per distinct preprocessing."""
+    keys = dict.fromkeys(data_key(suite, m) for m in suite.models)
+    return {key: load_dataset(*key) for key in keys}
+
+
+def _describe(dataset: Dataset, key: tuple[DataSpec, Preprocess] | None = None, models: list[str] | None = None) -> dict[str, Any]:
+    out = {"name": dataset.name, "n": len(dataset), "ids": dataset.ids, "labels": dataset.labels.tolist(),
+           "class_names": dataset.class_names if dataset.class_names and len(dataset.class_names) <= 100 else None,
+           "skipped": dataset.skipped, "note": dataset.note}
+    if key is not None:
+        out["preprocess"] = {"input_size": key[1].input_size, "resize_size": key[1].resize, "interpolation": key[1].interpolation}
+        out["models"] = models or []
+    return out
 
 
 class Interrupted(KeyboardInterrupt):
@@ -384,6 +481,15 @@ class Interrupted(KeyboardInterrupt):
 
 class ResumeError(ValueError):
     """A run that cannot be resumed with this suite; the message says why."""
+
+
+class RunError(RuntimeError):
+    """The run itself stopped (its results folder could not be written, say): not a cell's
+    problem. Rows that landed are kept; run.json says ``status: error`` and why."""
+
+    def __init__(self, run_dir: Path, reason: str):
+        super().__init__(f"the run stopped: {reason}; the rows that finished are kept in {run_dir}")
+        self.run_dir, self.reason = run_dir, reason
 
 
 def latest_run(results_root: str | Path, suite_name: str) -> Path | None:
@@ -439,8 +545,10 @@ def run_suite(
             "suite_file": suite.path,
             "suite_digest": suite.digest(),
             "resolved_suite": suite.raw,
-            "dataset": _describe(datasets[suite.data]),
-            "datasets": {d.name: _describe(d) for d in datasets.values()},
+            "dataset": _describe(next(iter(datasets.values()))),
+            # one entry per decoded copy: which models read it, at which preprocessing
+            "datasets": {f"{d.name} @ {key[1].label}": _describe(d, key, [m.name for m in suite.models if data_key(suite, m) == key])
+                         for key, d in datasets.items()},
             "environment": environment(),
             "cells": len(cells),
             "started_at": _now(),
@@ -452,16 +560,26 @@ def run_suite(
     todo = [c for c in cells if c.cell_id not in done]
     ws = Workspace(suite, datasets, run_id, meta["environment"], should_stop=stop)
     groups = {_group(c) for c in todo}
-    batches_of = {g: math.ceil(len(datasets[g[0].data or suite.data]) / suite.batch_size) for g in groups}
+    batches_of = {g: math.ceil(len(datasets[data_key(suite, g[0])]) / suite.batch_size) for g in groups}
     if progress is not None:
         progress.start(len(todo), sum(batches_of.values()))
         ws.on_batch = progress.batch
     rows: list[dict[str, Any]] = list(done_rows)
-    rowlog = RowLog(run_dir / ROWS_FILE)
+    handler = logging.FileHandler(run_dir / LOG_FILE, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for logger in (logging.getLogger("bench"), _trace):
+        logger.addHandler(handler)
     t0 = time.perf_counter()
-    complete = False
+    status, error = "interrupted", None
     seen_groups: set = set()
     seen_reasons: set = set()
+    try:
+        rowlog = RowLog(run_dir / ROWS_FILE)
+    except OSError as exc:
+        for logger in (logging.getLogger("bench"), _trace):
+            logger.removeHandler(handler)
+        handler.close()
+        raise RunError(run_dir, f"cannot open {ROWS_FILE} ({exc})") from exc
     try:
         for cell in todo:
             if stop():
@@ -480,21 +598,40 @@ def run_suite(
             if row["status"] != "ok" and (row["status"], row["reason"]) not in seen_reasons:
                 seen_reasons.add((row["status"], row["reason"]))
                 log.warning("%s %s: %s (same for the other cells with this reason)", cell.cell_id, row["status"], row["reason"])
-        complete = True
+        status = "complete"
+    except KeyboardInterrupt:  # Ctrl-C (Interrupted included): the only stop that is "interrupted"
+        raise
+    except Exception as exc:  # the run itself broke (a cell's own errors never get here): say so
+        status, error = "error", f"{type(exc).__name__}: {exc}"
+        _trace.error("the run stopped", exc_info=True)
+        raise RunError(run_dir, error) from exc
     finally:
-        rowlog.close()
-        if progress is not None:
-            progress.stop()
-        order = {c.cell_id: i for i, c in enumerate(cells)}
-        rows.sort(key=lambda r: order.get(r["cell_id"], len(order)))
-        meta.update(status="complete" if complete else "interrupted", finished_at=_now(),
-                    wall_seconds=meta.get("wall_seconds", 0.0) + time.perf_counter() - t0)
-        apply_cross_cell(rows, to_frame(rows))
-        write_table(to_frame(rows), run_dir / TABLE_FILE)
-        write_table(predictions_frame(rows), run_dir / PREDICTIONS_FILE)
-        write_json(meta, run_dir / RUN_FILE)
-        report = write_report(run_dir, reports_root)
-    return RunResult(run_dir, report, rows, complete)
+        try:
+            rowlog.close()
+            if progress is not None:
+                progress.stop()
+            order = {c.cell_id: i for i, c in enumerate(cells)}
+            rows.sort(key=lambda r: order.get(r["cell_id"], len(order)))
+            meta.update(status=status, finished_at=_now(), wall_seconds=meta.get("wall_seconds", 0.0) + time.perf_counter() - t0)
+            if error:
+                meta["error"] = error
+            else:
+                meta.pop("error", None)
+            apply_cross_cell(rows, to_frame(rows))
+            write_table(to_frame(rows), run_dir / TABLE_FILE)
+            write_table(predictions_frame(rows), run_dir / PREDICTIONS_FILE)
+            write_json(meta, run_dir / RUN_FILE)
+            report = write_report(run_dir, reports_root)
+        except Exception as exc:  # a results folder that cannot be written
+            if status == "error":  # already stopping with the first error: keep that one
+                _trace.error("writing the table and report failed too", exc_info=True)
+            else:
+                raise RunError(run_dir, f"cannot write the table and report ({type(exc).__name__}: {exc})") from exc
+        finally:
+            for logger in (logging.getLogger("bench"), _trace):
+                logger.removeHandler(handler)
+            handler.close()
+    return RunResult(run_dir, report, rows, status == "complete")
 
 
 def _group(cell: CellSpec) -> tuple:

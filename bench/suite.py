@@ -24,6 +24,8 @@ from bench import attacks as attack_registry
 from bench import data as data_registry
 from bench import defenses as defense_registry
 from bench import models as model_registry
+from bench import sources
+from bench.specs import AttackSpec, CellSpec, DataSpec, DefenseSpec, ModelSpec, format_eps  # noqa: F401 (re-exported)
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 EVAL_MODES = ("oblivious", "adaptive")
@@ -85,103 +87,6 @@ def _key_lines(text: str) -> dict[str, int]:
     if root is not None:
         walk(root, "")
     return lines
-
-
-# ---------------------------------------------------------------------------------------------
-# Typed specs. All frozen and built from plain values so they hash, compare and serialise.
-
-
-@dataclass(frozen=True)
-class DataSpec:
-    source: str
-    path: str | None = None  # resolved, absolute
-    limit: int | None = None
-    image_size: int = 224
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    name: str
-    arch: str
-    weights: str | None = None
-    checkpoint: str | None = None  # resolved, absolute
-    num_classes: int | None = None
-    input_size: int | None = None
-    compile: bool = False
-    data: DataSpec | None = None  # this model's own data; None = the suite's
-
-
-@dataclass(frozen=True)
-class AttackSpec:
-    """One attack at one ε: a single grid value of an attack entry."""
-
-    name: str
-    type: str
-    eps: float | None
-    params: tuple[tuple[str, Any], ...] = ()
-    target: int | None = None
-
-    @property
-    def kwargs(self) -> dict[str, Any]:
-        return dict(self.params)
-
-    @property
-    def targeted(self) -> bool:
-        return self.target is not None
-
-
-@dataclass(frozen=True)
-class DefenseSpec:
-    type: str
-    quality: int | None = None
-
-    @property
-    def label(self) -> str:
-        return self.type if self.quality is None else f"{self.type}-q{self.quality}"
-
-
-@dataclass(frozen=True)
-class CellSpec:
-    """One grid cell. Running it yields exactly one result row."""
-
-    suite: str
-    seed: int
-    model: ModelSpec
-    attack: AttackSpec
-    defense: DefenseSpec
-    device: str
-    precision: str
-    batch_size: int
-    eval_mode: str = "oblivious"
-
-    @property
-    def cell_id(self) -> str:
-        return "/".join(
-            [
-                self.model.name,
-                self.attack.name,
-                f"eps={format_eps(self.attack.eps)}",
-                self.defense.label,
-                self.eval_mode,
-                self.device,
-                self.precision,
-            ]
-        )
-
-    @property
-    def attack_seed(self) -> int:
-        """Seed for crafting this cell's adversarial images. It depends on the model, attack, ε,
-        device and precision, on the defense and mode only for adaptive attacks (oblivious ones
-        never see the defense), and not on which cells ran before."""
-        parts = [self.model.name, self.attack.name, format_eps(self.attack.eps), self.device, self.precision]
-        if self.eval_mode != "oblivious":  # an adaptive attack crafts against this defense
-            parts += [self.defense.label, self.eval_mode]
-        key = "/".join(parts)
-        digest = hashlib.sha256(f"{self.seed}:{key}".encode()).digest()
-        return int.from_bytes(digest[:4], "little")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 @dataclass
@@ -255,16 +160,6 @@ def _rule_matches(rule: dict[str, Any], cell: CellSpec) -> bool:
         elif not values[key] & set(wanted):
             return False
     return True
-
-
-def format_eps(eps: float | None) -> str:
-    """ε as a readable fraction of 255 where it is one (``10/255``), else a short decimal."""
-    if eps is None or (isinstance(eps, float) and math.isnan(eps)):
-        return "-"
-    k = eps * 255
-    if abs(k - round(k)) < 1e-6:
-        return f"{round(k)}/255"
-    return f"{eps:.6g}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -454,13 +349,17 @@ class _Validator:
         return spec
 
     def models(self, value: Any, data: DataSpec) -> tuple[ModelSpec, ...]:
+        """Each entry is resolved by its model source (bench/sources): this loader only handles the
+        keys every model has (name, checkpoint, compile, data) and the checks across the suite."""
         items = self.listof(value, "models")
         suite_labels = self.num_labels
-        archs = model_registry.ARCHS
         out, seen = [], set()
         for i, item in enumerate(items):
             key = f"models[{i}]"
-            item = self.mapping(item, key, ("name", "arch", "weights", "checkpoint", "num_classes", "input_size", "compile", "data"))
+            if not isinstance(item, dict):
+                raise self.fail(key, f"must be a mapping, got {_kind(item)}")
+            source = sources.source_of(item)
+            item = self.mapping(item, key, dict.fromkeys([*sources.COMMON_KEYS, *source.KEYS]))
             model_data = data
             if "data" in item:  # this model's own data (a suite may mix ImageNet models and detectors)
                 model_data = self.data(item["data"], f"{key}.data")
@@ -469,47 +368,26 @@ class _Validator:
             checkpoint, card = None, {}
             if "checkpoint" in item:
                 checkpoint, card = self.checkpoint(item["checkpoint"], f"{key}.checkpoint")
-            arch = item.get("arch", card.get("arch"))
-            if arch is None:
-                raise self.fail(f"{key}.arch", "is required (or a checkpoint with its card beside it); allowed: " + ", ".join(archs))
-            if arch not in archs:
-                raise self.fail(f"{key}.arch", f"unknown model {arch!r}; allowed: {', '.join(archs)}")
-            info = archs[arch]
-            name = self.name(item.get("name", Path(checkpoint).stem if checkpoint else arch), f"{key}.name")
+            ctx = sources.Context(key, self.base, model_data.image_size, self.fail, card)
+            default_name = Path(checkpoint).stem if checkpoint else _default_name(item)
+            name = self.name(item.get("name", default_name), f"{key}.name")
             if name in seen:
                 raise self.fail(f"{key}.name", f"duplicate model name {name!r}; names must be unique")
             seen.add(name)
-            weights = item.get("weights")
-            if weights not in info.weights:
-                allowed = ", ".join("null" if w is None else w for w in info.weights)
-                raise self.fail(f"{key}.weights", f"{weights!r} is not available for {arch}; allowed: {allowed}")
-            if checkpoint and weights is not None:
+            spec = sources.resolve(item, ctx, name=name, checkpoint=checkpoint,
+                                   compile=self.boolean(item.get("compile", self.compile_default), f"{key}.compile"),
+                                   data=model_data if model_data != data else None)
+            if checkpoint and spec.weights is not None:
                 raise self.fail(f"{key}.checkpoint", "give either weights or checkpoint, not both")
-            num_classes = item.get("num_classes", card.get("num_classes"))
-            if num_classes is not None:
-                num_classes = self.integer(num_classes, f"{key}.num_classes", lo=2)
-                if weights is not None and num_classes != info.num_classes:
-                    raise self.fail(f"{key}.num_classes", f"{weights} weights have {info.num_classes} classes, got {num_classes}")
-            input_size = item.get("input_size", card.get("input_size"))
-            if input_size is not None:
-                input_size = self.integer(input_size, f"{key}.input_size", lo=16, hi=4096)
-                if input_size != model_data.image_size:
-                    raise self.fail(f"{key}.input_size", f"{input_size} differs from the data's image_size {model_data.image_size}; they must match")
-            n_classes = num_classes if num_classes is not None else info.num_classes
-            if n_classes < self.num_labels:
-                raise self.fail(f"{key}.num_classes", f"model {name!r} has {n_classes} classes but the data has labels up to {self.num_labels - 1}")
-            out.append(
-                ModelSpec(
-                    name=name,
-                    arch=arch,
-                    weights=weights,
-                    checkpoint=checkpoint,
-                    num_classes=n_classes,
-                    compile=self.boolean(item.get("compile", self.compile_default), f"{key}.compile"),
-                    input_size=input_size if input_size is not None else model_data.image_size,
-                    data=model_data if model_data != data else None,
-                )
-            )
+            if spec.num_classes < self.num_labels:
+                raise self.fail(f"{key}.num_classes", f"model {name!r} has {spec.num_classes} classes but the data has labels up to {self.num_labels - 1}")
+            try:  # shape problems surface here, before anything runs (and in --dry-run)
+                sources.probe(spec)
+            except model_registry.ProbeError as exc:
+                size_key = (f"{key}.input_size" if "input_size" in item else f"{key}.data.image_size" if "data" in item
+                            else "data.image_size" if spec.source == "builtin" else key)
+                raise self.fail(size_key, f"model {name!r} ({spec.arch}) at {spec.input_size} px: {exc}") from None
+            out.append(spec)
         return tuple(out)
 
     def attacks(self, value: Any, models: tuple[ModelSpec, ...]) -> tuple[tuple[AttackSpec, ...], ...]:
@@ -539,11 +417,11 @@ class _Validator:
                 for m in models:
                     if target >= m.num_classes:
                         raise self.fail(f"{key}.target", f"class {target} does not exist for model {m.name!r} ({m.num_classes} classes)")
+            # every argument the attack runs with, defaults filled in: equal specs are the same attack
             params = {}
             for p, default in info.params.items():
-                if p == "eps" or p not in item:
-                    continue
-                params[p] = self.param(item[p], f"{key}.{p}", default)
+                if p != "eps":
+                    params[p] = self.param(item[p], f"{key}.{p}", default) if p in item else default
             if "eps" in info.params:
                 if "eps" not in item:
                     raise self.fail(f"{key}.eps", "is required (pixel-space L-inf budget for images in [0,1], e.g. 8/255)")
@@ -551,11 +429,14 @@ class _Validator:
                 if not raw:
                     raise self.fail(f"{key}.eps", "must not be empty")
                 eps_key = (lambda j: f"{key}.eps[{j}]") if isinstance(item["eps"], list) else (lambda j: f"{key}.eps")
+                norm = attack_registry.norm(AttackSpec(name, info.name, None, tuple(sorted(params.items()))))
                 epss = []
                 for j, e in enumerate(raw):
                     x = self.number(e, eps_key(j))
-                    if not 0 < x <= 1:
-                        raise self.fail(eps_key(j), f"must be in (0, 1] (pixel space, images in [0,1]), got {e!r}")
+                    if norm == "Linf" and not 0 < x <= 1:
+                        raise self.fail(eps_key(j), f"must be in (0, 1] for an L-inf attack (pixel space, images in [0,1]), got {e!r}")
+                    if x <= 0:
+                        raise self.fail(eps_key(j), f"must be > 0 ({norm} budget in pixel space, images in [0,1]), got {e!r}")
                     epss.append(x)
             else:
                 epss = [None]
@@ -615,6 +496,15 @@ class _Validator:
         items = self.listof(value, "defenses")
         types = defense_registry.DEFENSES
         out: list[DefenseSpec] = []
+
+        def values(item: dict, key: str, name: str, defaults: dict[str, Any]) -> list[tuple[Any, str]]:
+            """A parameter given as one value or a list: (value, key path) for each."""
+            raw = item.get(name, defaults[name])
+            many = isinstance(raw, list)
+            if many and not raw:
+                raise self.fail(f"{key}.{name}", "must not be empty")
+            return [(v, f"{key}.{name}[{j}]" if many else f"{key}.{name}") for j, v in enumerate(raw if many else [raw])]
+
         for i, item in enumerate(items):
             key = f"defenses[{i}]"
             if isinstance(item, str):
@@ -627,14 +517,18 @@ class _Validator:
             info = types[dtype]
             self.mapping(item, key, ("type", *info.params))
             if "quality" in info.params:
-                raw = item.get("quality", info.params["quality"])
-                many = isinstance(raw, list)
-                raw = raw if many else [raw]
-                if not raw:
-                    raise self.fail(f"{key}.quality", "must not be empty")
-                for j, q in enumerate(raw):
-                    qkey = f"{key}.quality[{j}]" if many else f"{key}.quality"
-                    out.append(DefenseSpec(dtype, self.integer(q, qkey, lo=1, hi=100)))
+                qualities = [self.integer(q, k, lo=1, hi=100) for q, k in values(item, key, "quality", info.params)]
+                subsamplings = [None]
+                if "subsampling" in info.params:
+                    subsamplings = []
+                    for s, skey in values(item, key, "subsampling", info.params):
+                        if isinstance(s, bool) or not isinstance(s, int) or s not in defense_registry.SUBSAMPLINGS:
+                            hint = " (write 420, not 4:2:0, which YAML reads as a base-60 number)" if isinstance(s, int) and s > 3600 else ""
+                            raise self.fail(skey, f"must be 420 or 444, got {s!r}{hint}; allowed: 420 (4:2:0 chroma, "
+                                                  "what PIL and libjpeg save), 444 (4:4:4, no chroma subsampling)")
+                        subsamplings.append(s)
+                # a list of either expands into one defense each: every quality with every subsampling
+                out.extend(DefenseSpec(dtype, q, s) for q in qualities for s in subsamplings)
             else:
                 out.append(DefenseSpec(dtype))
         labels = [d.label for d in out]
@@ -676,6 +570,13 @@ class _Validator:
                     parsed[k] = vals
             out.append(parsed)
         return tuple(out)
+
+
+def _default_name(item: dict[str, Any]) -> str:
+    """A model's name when the entry gives none: the last part of what it names, as a plain name."""
+    what = str(item.get("arch") or item.get("factory") or item.get("file") or "model")
+    tail = re.split(r"[/:\\]", what.rstrip("/"))[-1]
+    return re.sub(r"[^A-Za-z0-9_.\-]", "_", Path(tail).stem if "file" in item else tail) or "model"
 
 
 def _join(key: str, sub: str) -> str:

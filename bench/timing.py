@@ -1,8 +1,9 @@
 """Honest timing and memory.
 
 CPU regions are timed with ``time.perf_counter``. CUDA regions are timed with CUDA events
-recorded on the stream and read only after synchronising, so asynchronous kernel launches are
-never mistaken for finished work.
+recorded on the current stream *of the stopwatch's device* (not of whichever device is current)
+and read only after synchronising that device, so asynchronous kernel launches are never mistaken
+for finished work, and a stopwatch for ``cuda:1`` times ``cuda:1``.
 """
 
 from __future__ import annotations
@@ -28,10 +29,12 @@ class Stopwatch:
     @contextmanager
     def region(self) -> Iterator[None]:
         if self._cuda:
+            # the stopwatch's device's stream: Event.record() alone would use the current device's
+            stream = torch.cuda.current_stream(self.device)
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
+            start.record(stream)
             yield
-            end.record()
+            end.record(stream)
             self._events.append((start, end))
         else:
             t0 = time.perf_counter()

@@ -25,8 +25,9 @@ import torch.nn.functional as F
 
 from bench.data import Dataset, load_dataset
 from bench.faces import read_split
-from bench.models import Classifier, ModelUnavailable, create_model
-from bench.suite import DataSpec, ModelSpec
+from bench.models import Classifier, ModelUnavailable
+from bench.sources import create_model
+from bench.specs import DataSpec, ModelSpec
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from bench.data import load_dataset
 from bench.defenses import JPEG, Defended, attack_path, straight_through
-from bench.models import create_model
+from bench.sources import create_model
 from bench.runner import run_suite
 from bench.suite import DataSpec, DefenseSpec, ModelSpec, load_suite
 

@@ -100,3 +100,75 @@ def test_a_target_makes_a_torchattacks_attack_targeted(batch):
     x, y = batch
     attack = build(AttackSpec("f", "fgsm", 0.3, target=2), Linear())
     assert attack.targeted and attack.get_target_label(x, y).tolist() == [2] * 6
+
+
+# ---------------------------------------------------------------------------------------------
+# Every attack in the registry, through the runner with every CPU lever on
+
+
+class TinyNet(nn.Module):
+    """Conv → BatchNorm → ReLU → pool → linear at 16 px: BatchNorm folding and channels_last both
+    apply, and one attack step costs microseconds, so every attack's defaults fit in a test."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8 * 4 * 4, num_classes)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(torch.relu(self.bn(self.conv(x))), 4), 1))
+
+
+# Defaults kept except where one attack alone would take minutes (EAD: 9 binary searches × 100 steps).
+_CHEAPER = {"eadl1": {"binary_search_steps": 2, "max_iterations": 10}, "eaden": {"binary_search_steps": 2, "max_iterations": 10}}
+
+
+def _args(name: str) -> dict:
+    from bench.attacks import norm
+
+    args = dict(_CHEAPER.get(name, {}))
+    if "eps" in lookup(name).params:
+        args["eps"] = 0.5 if norm(AttackSpec(name, name, None)) == "L2" else "8/255"
+    return args
+
+
+@pytest.fixture(scope="module")
+def every_attack(tmp_path_factory):
+    """One run of a suite holding every registered attack at its defaults (10 classes, so the
+    attacks that target the other classes have some)."""
+    import pandas as pd
+    import yaml
+
+    from bench import models
+    from bench.models import ArchInfo
+    from bench.runner import run_suite
+    from bench.suite import load_suite
+    from tests.conftest import write_images
+
+    tmp = tmp_path_factory.mktemp("every_attack")
+    images = write_images(tmp / "imgs", {"a": 1, "b": 1}, size=16)
+    doc = {"name": "every-attack", "seed": 0, "data": {"source": "imagefolder", "path": str(images), "image_size": 16},
+           "models": [{"name": "tiny", "arch": "tiny", "num_classes": 10}],
+           "attacks": [{"name": n, "type": n, **_args(n)} for n in names()], "defenses": ["none"], "batch_size": 2}
+    (tmp / "suite.yaml").write_text(yaml.safe_dump(doc))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(models.ARCHS, "tiny", ArchInfo(lambda spec: TinyNet(spec.num_classes), (None,), 10, (0.5,) * 3, (0.25,) * 3))
+        result = run_suite(load_suite(tmp / "suite.yaml"), tmp / "results", tmp / "reports")  # must not raise
+    return pd.read_parquet(result.run_dir / "results.parquet").set_index("attack")
+
+
+@pytest.mark.parametrize("name", names())
+def test_every_registered_attack_gives_a_row_that_is_ok_or_failed_with_a_reason(every_attack, name):
+    row = every_attack.loc[name]
+    assert row["status"] in ("ok", "failed")
+    if row["status"] == "failed":
+        assert row["reason"] and ":" in row["reason"], row["reason"]  # "ExceptionType: message"
+    else:
+        assert row["n"] == 2 and 0 <= row["robust_acc"] <= 1
+
+
+def test_most_attacks_run_ok_on_the_fast_path(every_attack):
+    """channels_last and BatchNorm folding must not break attacks (PGDL2 did: it views the gradient)."""
+    assert every_attack.loc["pgdl2", "status"] == "ok", every_attack.loc["pgdl2", "reason"]
+    failed = every_attack[every_attack["status"] == "failed"]
+    assert len(failed) <= 3, failed["reason"].to_dict()

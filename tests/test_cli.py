@@ -33,7 +33,19 @@ def test_run_writes_the_table_run_json_and_report(tmp_path, suite_file):
     df = pd.read_parquet(run_dir / "results.parquet")
     assert list(df.columns) == list(COLUMNS) and len(df) == 6
     assert set(df["attack"]) == {"fgsm", "pgd"} and set(df["defense"]) == {"none", "jpeg-q50"}
-    assert df["robust_acc"].between(0, 1).all() and df["clean_acc"].between(0, 1).all()
+    # every rate is what the cell's own per-image predictions give (predictions.parquet)
+    preds = pd.read_parquet(run_dir / "predictions.parquet")
+    assert set(preds["cell_id"]) == set(df["cell_id"])
+    for row in df.itertuples():
+        p = preds[preds["cell_id"] == row.cell_id]
+        assert len(p) == row.n == 6
+        assert row.clean_acc == pytest.approx((p["clean_pred"] == p["label"]).mean())
+        assert row.robust_acc == pytest.approx((p["robust_pred"] == p["label"]).mean())
+        right = p["clean_pred"] == p["label"]
+        if right.any():
+            assert row.attack_success_rate == pytest.approx((p["robust_pred"] != p["label"])[right].mean())
+    # the same model and defense give the same clean accuracy whatever the attack
+    assert (df.groupby("defense")["clean_acc"].nunique() == 1).all()
     report = (tmp_path / "reports" / "tiny" / f"{run_dir.name}.md").read_text()
     assert report == (tmp_path / "reports" / "tiny" / "latest.md").read_text()
     for section in ("## Clean accuracy", "## Robust accuracy", "## Attack success rate", "## Perturbation and cost", "## Environment"):
@@ -64,7 +76,7 @@ def test_bad_input_exits_2_with_one_message_and_writes_nothing(tmp_path, tiny_su
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     (line,) = proc.stderr.strip().splitlines()
-    assert re.fullmatch(rf"error: {re.escape(str(path))}:\d+: attacks\[1\]\.eps: must be in \(0, 1\] \(pixel space, images in \[0,1\]\), got 2", line), line
+    assert re.fullmatch(rf"error: {re.escape(str(path))}:\d+: attacks\[1\]\.eps: must be in \(0, 1\] for an L-inf attack \(pixel space, images in \[0,1\]\), got 2", line), line
     assert not (tmp_path / "results").exists() and not (tmp_path / "reports").exists()
 
 
@@ -76,3 +88,54 @@ def test_missing_suite_file_exits_2(tmp_path):
 def test_report_of_a_folder_that_is_not_a_run_exits_2(tmp_path):
     proc = bench("report", str(tmp_path), cwd=tmp_path)
     assert proc.returncode == 2 and "not a run folder" in proc.stderr
+
+
+def test_custom_cnn_too_small_for_its_input_is_exit_2_at_dry_run(tmp_path, tiny_suite):
+    tiny_suite["data"]["image_size"] = 64
+    path = tmp_path / "small.yaml"
+    path.write_text(yaml.safe_dump(tiny_suite, sort_keys=False))
+    proc = bench("run", str(path), "--dry-run", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert re.fullmatch(rf"error: {re.escape(str(path))}:\d+: data\.image_size: model 'cnn' \(custom_cnn\) at 64 px: "
+                        r"a 1×3×64×64 probe batch fails: ValueError: input_size 64 is too small for custom_cnn.*\n", proc.stderr)
+    assert proc.stdout == "" and not (tmp_path / "results").exists()
+
+
+def test_a_broken_attack_fails_its_cell_and_every_other_cell_runs(tmp_path, tiny_suite, monkeypatch, capsys):
+    """The issue's bar: pgdl2, deepfool, cw, fgsm and one attack made to raise: one row per cell,
+    the broken one failed with its reason, exit 1, the rest ok, no traceback on the terminal."""
+    import bench.attacks as registry
+    from bench.cli import main
+
+    real_build = registry.build
+
+    def build(spec, model):
+        attack = real_build(spec, model)
+        if spec.name == "broken":
+            def forward(images, labels):
+                raise RuntimeError("boom inside the attack")
+            attack.forward = forward
+        return attack
+
+    monkeypatch.setattr(registry, "build", build)
+    tiny_suite["attacks"] = [
+        {"name": "pgdl2", "type": "pgdl2", "eps": 0.5, "steps": 5},
+        {"name": "deepfool", "type": "deepfool", "steps": 3},
+        {"name": "cw", "type": "cw", "steps": 3},
+        {"name": "fgsm", "type": "fgsm", "eps": "2/255"},
+        {"name": "broken", "type": "fgsm", "eps": "2/255"},
+    ]
+    tiny_suite["defenses"] = ["none"]
+    path = tmp_path / "mixed.yaml"
+    path.write_text(yaml.safe_dump(tiny_suite, sort_keys=False))
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", str(path), "--no-progress"]) == 1
+    out, err = capsys.readouterr()
+    assert "cells: 4 ok, 0 skipped, 1 failed" in out and "Traceback" not in err
+    (run_dir,) = (tmp_path / "results" / "tiny").iterdir()
+    df = pd.read_parquet(run_dir / "results.parquet")
+    assert sorted(df["attack"]) == sorted(a["name"] for a in tiny_suite["attacks"]) and df["cell_id"].is_unique
+    assert df.set_index("attack")["status"].to_dict() == {"pgdl2": "ok", "deepfool": "ok", "cw": "ok", "fgsm": "ok", "broken": "failed"}
+    assert df.set_index("attack").loc["broken", "reason"] == "RuntimeError: boom inside the attack"
+    assert df.set_index("attack")["norm"].to_dict() == {"pgdl2": "L2", "deepfool": "none", "cw": "none", "fgsm": "Linf", "broken": "Linf"}
+    assert "RuntimeError: boom inside the attack" in (run_dir / "run.log").read_text()

@@ -8,19 +8,19 @@ from bench.flags import FLAGS, cell_flags, cross_cell_flags
 
 
 def test_zero_gradients_are_flagged():
-    assert "zero-grad" in cell_flags(zero_grad=True, linf=8 / 255, eps=8 / 255, clean_changed=0.0)
-    assert cell_flags(zero_grad=False, linf=8 / 255, eps=8 / 255, clean_changed=0.0) == []
+    assert "zero-grad" in cell_flags(zero_grad=True, delta=8 / 255, eps=8 / 255, clean_changed=0.0)
+    assert cell_flags(zero_grad=False, delta=8 / 255, eps=8 / 255, clean_changed=0.0) == []
 
 
 def test_a_perturbation_far_below_eps_is_flagged():
-    assert cell_flags(zero_grad=False, linf=3 / 255, eps=8 / 255, clean_changed=0.0) == ["short-delta"]
-    assert cell_flags(zero_grad=False, linf=5 / 255, eps=8 / 255, clean_changed=0.0) == []
-    assert cell_flags(zero_grad=False, linf=0.0, eps=None, clean_changed=0.0) == []  # no budget to reach
+    assert cell_flags(zero_grad=False, delta=3 / 255, eps=8 / 255, clean_changed=0.0) == ["short-delta"]
+    assert cell_flags(zero_grad=False, delta=5 / 255, eps=8 / 255, clean_changed=0.0) == []
+    assert cell_flags(zero_grad=False, delta=0.0, eps=None, clean_changed=0.0) == []  # no budget to reach
 
 
 def test_a_defense_that_changes_most_clean_predictions_is_flagged():
-    assert cell_flags(zero_grad=False, linf=8 / 255, eps=8 / 255, clean_changed=0.6) == ["defense-breaks-clean"]
-    assert cell_flags(zero_grad=False, linf=8 / 255, eps=8 / 255, clean_changed=0.4) == []
+    assert cell_flags(zero_grad=False, delta=8 / 255, eps=8 / 255, clean_changed=0.6) == ["defense-breaks-clean"]
+    assert cell_flags(zero_grad=False, delta=8 / 255, eps=8 / 255, clean_changed=0.4) == []
 
 
 def _rows(**overrides):

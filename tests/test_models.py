@@ -16,9 +16,9 @@ from bench.models import (
     Classifier,
     CustomCNN,
     ModelUnavailable,
-    create_model,
     load_checkpoint,
 )
+from bench.sources import create_model
 from bench.suite import DataSpec, ModelSpec
 
 
@@ -130,3 +130,26 @@ def test_a_truncated_checkpoint_is_a_clear_error(tmp_path):
     path.write_bytes(path.read_bytes()[:1000])
     with pytest.raises(CheckpointError, match="cut.pt"):
         load_checkpoint(CustomCNN(2, 96), path)
+
+
+def test_probe_builds_without_weights_and_catches_shape_problems_before_anything_runs():
+    from bench.models import ProbeError
+    from bench.sources import probe
+    from bench.suite import ModelSpec
+
+    probe(ModelSpec("cnn", "custom_cnn", None, num_classes=2, input_size=96))
+    probe(ModelSpec("lite0", "efficientnet_lite0", "imagenet", num_classes=1000, input_size=224))  # weights not loaded
+    with pytest.raises(ProbeError, match=r"1×3×64×64 probe batch fails: ValueError: input_size 64 is too small"):
+        probe(ModelSpec("cnn", "custom_cnn", None, num_classes=2, input_size=64))
+
+
+def test_probe_checks_the_output_shape(monkeypatch):
+    from bench import models
+    from bench.models import ArchInfo, Classifier, ProbeError
+    from bench.sources import probe
+    from bench.suite import ModelSpec
+
+    wrong = lambda spec: torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(spec.num_classes + 1))
+    monkeypatch.setitem(models.ARCHS, "wrong", ArchInfo(wrong, (None,), 2))
+    with pytest.raises(ProbeError, match=r"gives output \(1, 3\), expected \(1, 2\)"):
+        probe(ModelSpec("w", "wrong", None, num_classes=2, input_size=16))

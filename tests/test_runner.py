@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import urllib.error
 
@@ -225,7 +226,7 @@ def test_attacks_leave_the_model_in_eval_mode_and_predictions_match_a_plain_forw
     must start in eval mode, or dropout (Lite0 has some) would leak into clean and robust accuracy."""
     from bench.data import load_dataset
     from bench.defenses import JPEG
-    from bench.models import create_model
+    from bench.sources import create_model
     from bench.runner import Workspace, load_datasets
     from bench.suite import ModelSpec
 
@@ -248,3 +249,200 @@ def test_attacks_leave_the_model_in_eval_mode_and_predictions_match_a_plain_forw
         for label, defense in (("none", lambda t: t), ("jpeg-q50", JPEG(50))):
             expected = (model(defense(x)).argmax(1) == ds.labels).float().mean().item()
             assert set(df[df["defense"] == label]["clean_acc"]) == {expected}
+
+
+# ---------------------------------------------------------------------------------------------
+# One cell fails alone
+
+
+def _raising_build(monkeypatch, attack_name: str, exc: Exception):
+    """Make the attack named ``attack_name`` raise ``exc`` from its forward pass (its own error)."""
+    import bench.attacks as registry
+
+    real_build = registry.build
+
+    def build(spec, model):
+        attack = real_build(spec, model)
+        if spec.name == attack_name:
+            def forward(images, labels):
+                raise exc
+            attack.forward = forward
+        return attack
+
+    monkeypatch.setattr(registry, "build", build)
+
+
+def test_a_foreign_exception_fails_its_cells_with_type_and_message_and_the_run_goes_on(run, tiny_suite, monkeypatch):
+    _raising_build(monkeypatch, "pgd", ValueError("the attack's own bug"))
+    _, result, df = run(tiny_suite)
+    assert result.complete
+    pgd, rest = df[df["attack"] == "pgd"], df[df["attack"] != "pgd"]
+    assert (pgd["status"] == "failed").all() and len(pgd) == 2
+    assert (pgd["reason"] == "ValueError: the attack's own bug").all()
+    assert (rest["status"] == "ok").all()
+    log = (result.run_dir / "run.log").read_text()
+    assert "Traceback" in log and "ValueError: the attack's own bug" in log
+
+
+def test_an_exception_while_preparing_a_model_fails_that_models_cells_only(run, tiny_suite, monkeypatch):
+    import bench.runner as runner
+
+    real = runner.prepare
+
+    def prepare(model, device, precision="fp32", *a, **k):
+        if precision == "bf16":
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory while preparing (simulated)")
+        return real(model, device, precision, *a, **k)
+
+    monkeypatch.setattr(runner, "prepare", prepare)
+    tiny_suite["precisions"] = ["fp32", "bf16"]
+    tiny_suite["attacks"] = tiny_suite["attacks"][:1]
+    _, result, df = run(tiny_suite)
+    bf16 = df[df["precision"] == "bf16"]
+    assert (bf16["status"] == "failed").all()
+    assert bf16["reason"].str.startswith("OutOfMemoryError: CUDA out of memory while preparing").all()
+    assert (df[df["precision"] == "fp32"]["status"] == "ok").all()
+
+
+def test_a_cuda_index_beyond_the_machines_gpus_is_skipped_with_a_reason(run, tiny_suite, monkeypatch):
+    from bench.runner import cuda_unavailable
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: "Fake GPU")
+    assert cuda_unavailable("cuda:3") == "cuda:3 does not exist: this machine has 1 GPU(s) (cuda:0 to cuda:0)"
+    assert cuda_unavailable("cuda:0") is None and cuda_unavailable("cpu") is None
+    tiny_suite["devices"] = ["cpu", "cuda:3"]
+    tiny_suite["attacks"] = tiny_suite["attacks"][:1]
+    _, result, df = run(tiny_suite)
+    far = df[df["device"] == "cuda:3"]
+    assert len(far) == 4 and (far["status"] == "skipped").all()
+    assert (far["reason"] == "cuda:3 does not exist: this machine has 1 GPU(s) (cuda:0 to cuda:0)").all()
+    assert (far["device_name"] == "unavailable").all()
+    assert (df[df["device"] == "cpu"]["status"] == "ok").all()
+
+
+def test_a_results_folder_that_breaks_stops_the_run_as_an_error_not_an_interruption(run, tiny_suite, monkeypatch, tmp_path):
+    import json
+
+    from bench.results import RowLog
+    from bench.runner import RunError
+
+    real = RowLog.append
+    calls = []
+
+    def append(self, row):
+        calls.append(row["cell_id"])
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        real(self, row)
+
+    monkeypatch.setattr(RowLog, "append", append)
+    with pytest.raises(RunError, match="No space left on device") as info:
+        run(tiny_suite)
+    meta = json.loads((info.value.run_dir / "run.json").read_text())
+    assert meta["status"] == "error" and "No space left on device" in meta["error"]
+    assert len(pd.read_parquet(info.value.run_dir / "results.parquet")) == 2  # the rows that landed are kept
+
+
+def test_out_of_memory_shrinks_only_the_crafting_that_needed_it(run, tiny_suite, monkeypatch):
+    import bench.attacks as registry
+
+    real_build = registry.build
+
+    def build(spec, model):
+        attack = real_build(spec, model)
+        original = attack.forward
+
+        def forward(images, labels):
+            if spec.name == "pgd" and len(images) > 1:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+            return original(images, labels)
+
+        attack.forward = forward
+        return attack
+
+    monkeypatch.setattr(registry, "build", build)
+    tiny_suite["attacks"] = [tiny_suite["attacks"][1], tiny_suite["attacks"][0]]  # the greedy attack first
+    _, _, df = run(tiny_suite)
+    assert (df["status"] == "ok").all()
+    assert set(df[df["attack"] == "pgd"]["batch_size"]) == {1}
+    assert set(df[df["attack"] == "fgsm"]["batch_size"]) == {4}  # later cells keep the size asked for
+
+
+# ---------------------------------------------------------------------------------------------
+# Numbers that mean what they say
+
+
+def test_cell_ids_carry_the_attacks_resolved_arguments(write_suite, tiny_suite):
+    def pgd_id(**params):
+        doc = {**tiny_suite, "attacks": [{"name": "pgd", "type": "pgd", "eps": "8/255", **params}]}
+        return load_suite(write_suite(doc)).cells()[0].cell_id
+
+    assert pgd_id(steps=10) != pgd_id(steps=20)
+    assert pgd_id() == pgd_id(steps=10)  # the default written out is the same attack
+    assert pgd_id(steps=20).startswith("cnn/pgd@") and "/eps=8/255/none/oblivious/cpu/fp32" in pgd_id()
+
+
+def test_l2_attacks_take_l2_budgets_and_are_checked_in_l2(run, tiny_suite):
+    tiny_suite["attacks"] = [{"name": "pgdl2", "type": "pgdl2", "eps": 2.0, "steps": 3, "alpha": 0.5}]
+    tiny_suite["defenses"] = ["none"]
+    _, _, df = run(tiny_suite)
+    assert (df["status"] == "ok").all(), df["reason"].tolist()
+    assert (df["norm"] == "L2").all() and (df["eps"] == 2.0).all()
+    # each changed value can move by 1/510 when quantised: √(3·96·96)/510 is the most that can add
+    assert (df["l2_max"] <= 2.0 + math.sqrt(3 * 96 * 96) / 510).all() and (df["l2_max"] > 1.0).all()
+    assert (df["linf_max"] > 8 / 255).all()  # an L2 attack is not bounded in L-inf, and is not failed for it
+
+
+def test_budget_checks_follow_the_norm_and_allow_exactly_the_quantisation_slack():
+    from bench.runner import CellFailure, check_budget, perturbation_norms
+
+    clean = torch.full((1, 3, 4, 4), 100, dtype=torch.uint8)
+    adv = clean.clone()
+    adv[0, 0, 0, :2] = 110  # two values moved by 10/255
+    norms = perturbation_norms(adv, clean)
+    assert norms["changed"].item() == 2 and norms["linf"].item() == pytest.approx(10 / 255)
+    assert norms["l2"].item() == pytest.approx(math.sqrt(2) * 10 / 255)
+    check_budget("Linf", 9.5 / 255, norms)  # 10/255 ≤ 9.5/255 + 1/510
+    with pytest.raises(CellFailure, match="Linf perturbation"):
+        check_budget("Linf", 9 / 255, norms)
+    l2 = math.sqrt(2) * 10 / 255
+    check_budget("L2", l2 - math.sqrt(2) / 510 + 1e-5, norms)
+    with pytest.raises(CellFailure, match="L2 perturbation .* of image 0 exceeds"):
+        check_budget("L2", l2 - math.sqrt(2) / 510 - 1e-4, norms)
+    check_budget("none", None, norms)  # CW, DeepFool: measured, not bounded
+
+
+def test_warm_up_covers_every_shape_the_timers_see(run, tiny_suite, monkeypatch):
+    """With compile on, nothing may compile inside a timed region: not the first no-grad pass,
+    not the last, shorter batch (6 images in batches of 4)."""
+    import bench.fastpath as fastpath
+    import bench.runner as runner
+    from bench.timing import Stopwatch
+
+    graphs = []
+
+    def counting_backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    real_compile = torch.compile
+    monkeypatch.setattr(fastpath.torch, "compile", lambda model, **k: real_compile(model, backend=counting_backend))
+    timed_compiles = []
+
+    class Watch(Stopwatch):
+        @contextlib.contextmanager
+        def region(self):
+            before = len(graphs)
+            with super().region():
+                yield
+            timed_compiles.append(len(graphs) - before)
+
+    monkeypatch.setattr(runner, "Stopwatch", Watch)
+    torch._dynamo.reset()
+    tiny_suite["compile"] = True
+    _, _, df = run(tiny_suite)
+    assert (df["status"] == "ok").all(), df["reason"].tolist()
+    assert graphs, "the model was not compiled"
+    assert timed_compiles and sum(timed_compiles) == 0, timed_compiles

@@ -151,3 +151,64 @@ def test_errors_point_at_the_line_of_the_key(write_suite):
         load_suite(path)
     line = next(i for i, l in enumerate(text.splitlines(), 1) if "10/0" in l)
     assert str(err.value).startswith(f"{path}:{line}: attacks[1].eps[1]: division by zero")  # the fgsm line
+
+
+@pytest.mark.parametrize(
+    "subsampling,key,words",
+    [
+        (422, "defenses[1].subsampling", "got 422; allowed: 420 (4:2:0 chroma, what PIL and libjpeg save), 444"),
+        ([420, "444"], "defenses[1].subsampling[1]", "allowed: 420 (4:2:0 chroma, what PIL and libjpeg save), 444"),
+        (True, "defenses[1].subsampling", "must be 420 or 444, got True"),
+        ("4:2:0", None, None),  # YAML reads an unquoted 4:2:0 as the base-60 number 14520
+        ([], "defenses[1].subsampling", "must not be empty"),
+    ],
+)
+def test_jpeg_subsampling_must_be_420_or_444(write_suite, tiny_suite, subsampling, key, words):
+    import yaml
+
+    tiny_suite["defenses"] = ["none", {"type": "jpeg", "quality": 50, "subsampling": subsampling}]
+    text = yaml.safe_dump(tiny_suite, sort_keys=False)
+    if subsampling == "4:2:0":
+        text = text.replace("subsampling: '4:2:0'", "subsampling: 4:2:0")
+        assert "subsampling: 4:2:0\n" in text
+        key, words = "defenses[1].subsampling", "write 420, not 4:2:0"
+    path = write_suite(text)
+    with pytest.raises(SuiteError) as err:
+        load_suite(path)
+    msg = str(err.value)
+    assert re.match(rf"{re.escape(str(path))}(:\d+)?: {re.escape(key)}: ", msg), msg
+    assert words in msg, msg
+    assert "\n" not in msg
+
+
+def test_jpeg_subsampling_defaults_to_420_and_lists_expand_with_quality(write_suite, tiny_suite):
+    suite = load_suite(write_suite(tiny_suite))
+    assert [(d.label, d.subsampling) for d in suite.defenses] == [("none", None), ("jpeg-q50", 420)]
+    tiny_suite["defenses"] = ["none", {"type": "jpeg", "quality": [50, 75], "subsampling": [420, 444]}]
+    suite = load_suite(write_suite(tiny_suite))
+    assert [d.label for d in suite.defenses] == ["none", "jpeg-q50", "jpeg-q50-444", "jpeg-q75", "jpeg-q75-444"]
+    assert {c.defense.label for c in suite.cells()} >= {"jpeg-q50-444", "jpeg-q75"}
+    tiny_suite["defenses"] = ["none", {"type": "jpeg", "quality": 50, "subsampling": [444, 444]}]
+    with pytest.raises(SuiteError, match="duplicate defenses: jpeg-q50-444"):
+        load_suite(write_suite(tiny_suite))
+
+
+def test_eps_is_validated_in_the_attacks_own_norm(write_suite, tiny_suite):
+    tiny_suite["attacks"] = [{"name": "l2", "type": "pgdl2", "eps": [0.5, 2.0]}, {"name": "df", "type": "deepfool", "steps": 3}]
+    suite = load_suite(write_suite(tiny_suite))
+    assert [c.attack.eps for c in suite.cells() if c.attack.name == "l2"][::2] == [0.5, 2.0]
+    assert {c.attack.eps for c in suite.cells() if c.attack.name == "df"} == {None}
+    tiny_suite["attacks"] = [{"name": "l2", "type": "pgdl2", "eps": -1}]
+    with pytest.raises(SuiteError, match=r"attacks\[0\]\.eps: must be > 0 \(L2 budget"):
+        load_suite(write_suite(tiny_suite))
+    tiny_suite["attacks"] = [{"name": "linf", "type": "apgd", "eps": 2.0}]  # apgd's default norm is Linf
+    with pytest.raises(SuiteError, match=r"attacks\[0\]\.eps: must be in \(0, 1\] for an L-inf attack"):
+        load_suite(write_suite(tiny_suite))
+    tiny_suite["attacks"] = [{"name": "l2", "type": "apgd", "norm": "L2", "eps": 2.0}]
+    assert load_suite(write_suite(tiny_suite)).cells()[0].attack.eps == 2.0
+
+
+def test_a_model_that_cannot_take_its_input_size_is_a_suite_error(write_suite, tiny_suite):
+    tiny_suite["data"]["image_size"] = 64
+    with pytest.raises(SuiteError, match=r":\d+: data\.image_size: model 'cnn' \(custom_cnn\) at 64 px: a 1×3×64×64 probe batch fails"):
+        load_suite(write_suite(tiny_suite))

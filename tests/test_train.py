@@ -4,16 +4,19 @@ suite runs end to end on what they make."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
+from bench.data import load_dataset
 from bench.faces import split_protocol
+from bench.sources import create_model
 from bench.runner import run_suite
-from bench.suite import SuiteError, load_suite
-from bench.train import RECIPES, train
+from bench.suite import DataSpec, ModelSpec, SuiteError, load_suite
+from bench.train import RECIPES, accuracy, train
 from tests.conftest import write_images
 
 
@@ -25,11 +28,16 @@ def faces_data(tmp_path_factory) -> Path:
     return root / "data"
 
 
+WALL_SECONDS: dict[str, float] = {}  # each recipe's train() call, timed from outside
+
+
 @pytest.fixture(scope="module")
 def trained(faces_data, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("models")
     for name in RECIPES:
+        t0 = time.perf_counter()
         train(name, faces_data, out, epochs=1, batch_size=4)
+        WALL_SECONDS[name] = time.perf_counter() - t0
     return out
 
 
@@ -40,7 +48,17 @@ def test_each_recipe_writes_a_loadable_checkpoint_and_its_card(trained, faces_da
     assert isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())
     assert card["classes"] == ["fake", "real"] and card["num_classes"] == 2 and card["input_size"] == 96
     assert card["epochs"] == 1 and card["train_images"] == 12 and card["test_images"] == 8
-    assert 0 <= card["test_acc"] <= 1 and card["train_seconds"] >= 0
+    # the card's numbers are the checkpoint's: reload it and measure the test split again
+    model = create_model(ModelSpec(recipe, card["arch"], None, checkpoint=str(trained / f"{recipe}.pt"),
+                                   num_classes=2, input_size=96))
+    assert model.mean.flatten().tolist() == pytest.approx(card["mean"]) and model.std.flatten().tolist() == pytest.approx(card["std"])
+    test_ds = load_dataset(DataSpec("imagefolder", path=str(faces_data / "test"), image_size=96))
+    test_acc, per_class = accuracy(model, test_ds)
+    assert card["test_acc"] == pytest.approx(test_acc, abs=1e-9)
+    assert card["test_acc_per_class"] == pytest.approx(per_class, abs=1e-9)
+    assert card["test_acc"] * card["test_images"] == pytest.approx(round(card["test_acc"] * card["test_images"]))
+    # training time: part of the train() call, which also loads data, evaluates and saves (rounded to 0.1 s)
+    assert 0 <= card["train_seconds"] <= WALL_SECONDS[recipe] + 0.05
     assert card["data_hash"] == json.loads((faces_data / "split.json").read_text())["split_hash"]
     assert len(card["mean"]) == 3 and len(card["std"]) == 3
 
@@ -55,7 +73,7 @@ def test_pretrained_recipes_say_where_their_weights_came_from(trained):
 
 
 def test_the_frozen_recipe_trains_only_the_head(faces_data, trained):
-    from bench.models import create_model
+    from bench.sources import create_model
     from bench.suite import ModelSpec
 
     card = json.loads((trained / "resnet18_frozen.json").read_text())

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 if TYPE_CHECKING:
-    from bench.suite import AttackSpec
+    from bench.specs import AttackSpec
 
 _INSTALL_HINT = (
     "torchattacks is not installed: pip install --no-deps 'torchattacks>=3.5.1,<4' "
@@ -96,6 +96,32 @@ def lookup(type_name: Any) -> AttackInfo:
     if not isinstance(type_name, str):
         raise KeyError(type_name)
     return registry()[type_name.lower()]
+
+
+# Attacks whose perturbation is bounded in L2 by ``eps``; those with a ``norm`` argument say it there.
+_L2_ATTACKS = ("pgdl2", "pgdrsl2")
+NORMS = ("Linf", "L2", "L1", "none")
+
+
+def resolved_args(spec: "AttackSpec") -> dict[str, Any]:
+    """Every constructor argument the attack runs with (defaults filled in), plus ε and the
+    target: two specs with equal resolved arguments run the same attack."""
+    info = lookup(spec.type)
+    args = {k: v for k, v in info.params.items() if k != "eps"}
+    full = type(spec)(spec.name, spec.type, spec.eps, tuple(sorted({**args, **spec.kwargs}.items())), spec.target)
+    return full.resolved()
+
+
+def norm(spec: "AttackSpec") -> str:
+    """The norm ``eps`` bounds: ``Linf``, ``L2`` or ``L1``; ``none`` for attacks without an ε
+    budget (CW, DeepFool, the L0 attacks), whose perturbation is measured but not bounded."""
+    info = lookup(spec.type)
+    if "eps" not in info.params:
+        return "none"
+    if "norm" in info.params:
+        value = str(spec.kwargs.get("norm", info.params["norm"]))
+        return {"linf": "Linf", "l2": "L2", "l1": "L1"}.get(value.lower(), value)
+    return "L2" if info.name in _L2_ATTACKS else "Linf"
 
 
 def build(spec: "AttackSpec", model: nn.Module):

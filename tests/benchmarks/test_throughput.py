@@ -9,8 +9,8 @@ import torch
 import torchattacks
 
 from bench.defenses import JPEG
-from bench.fastpath import Levers, prepare
-from bench.models import create_model
+from bench.fastpath import Levers, backend_flags, prepare
+from bench.sources import create_model
 from bench.suite import ModelSpec
 from bench.timing import peak_memory_mb, reset_peak_memory
 
@@ -40,7 +40,8 @@ def _record(benchmark, images: int, device: str) -> None:
 
 def _run(benchmark, fn, images: int, device: str, rounds: int = 3) -> None:
     reset_peak_memory(device)
-    benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=1)
+    with backend_flags(Levers()):  # cudnn.benchmark on, as the runner runs its cells
+        benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=1)
     _record(benchmark, images, device)
 
 
@@ -82,6 +83,15 @@ def test_jpeg_pil(benchmark):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="nvjpeg needs a CUDA device")
 def test_jpeg_nvjpeg(benchmark):
+    """4:4:4, the all-GPU nvjpeg path (a 4:2:0 JPEG on CUDA runs PIL; see bench/defenses.py)."""
+    x, _ = _inputs(256, 224, 2, "cuda")
+    jpeg = JPEG(75, 444)
+    _run(benchmark, lambda: jpeg(x), 256, "cuda", rounds=5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_jpeg_420_on_cuda(benchmark):
+    """4:2:0 on CUDA: the PIL round trip from GPU memory, as the runner does it."""
     x, _ = _inputs(256, 224, 2, "cuda")
     jpeg = JPEG(75)
     _run(benchmark, lambda: jpeg(x), 256, "cuda", rounds=5)

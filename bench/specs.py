@@ -1,0 +1,174 @@
+"""The plain spec types every other module speaks: data, model, attack, defense, grid cell.
+
+They sit at the bottom of the package and import nothing from it: the registries (models,
+attacks, defenses, data) check and fill them in, the suite loader asks the registries, and the
+runner turns a :class:`CellSpec` into one result row. All are frozen and built from plain
+values, so they hash, compare and serialise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+CROP_FRACTION = 0.875  # 224 / 256, the usual ImageNet evaluation crop
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    source: str
+    path: str | None = None  # resolved, absolute
+    limit: int | None = None
+    image_size: int = 224  # the input size of models that do not bring their own
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How images are decoded for a model: resize the shorter side to ``resize_size`` with
+    ``interpolation``, centre-crop ``input_size``. It decides which decoded copy of a dataset a
+    model reads (models with equal preprocessing share one). Normalisation is not here: it is
+    inside the model (its ``mean``/``std``), so attacks see images in [0, 1]."""
+
+    input_size: int = 224
+    resize_size: int | None = None  # None: round(input_size / 0.875)
+    interpolation: str = "bilinear"  # bilinear, bicubic, nearest (antialiased, as torchvision's transforms)
+
+    @property
+    def resize(self) -> int:
+        return self.resize_size or round(self.input_size / CROP_FRACTION)
+
+    @property
+    def label(self) -> str:
+        return f"{self.resize}→{self.input_size} {self.interpolation}"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    arch: str  # builtin name, or the source's own name (resnet50, vit_tiny_patch16_224, pkg.mod:fn, file path)
+    weights: str | None = None  # None = random init; "imagenet" or a source's own tag
+    checkpoint: str | None = None  # resolved, absolute
+    num_classes: int | None = None
+    input_size: int | None = None
+    compile: bool = False
+    data: DataSpec | None = None  # this model's own data; None = the suite's
+    source: str = "builtin"  # builtin, torchvision, timm, factory, file
+    mean: tuple[float, ...] | None = None  # None: the source's own (builtin models)
+    std: tuple[float, ...] | None = None
+    resize_size: int | None = None
+    interpolation: str = "bilinear"
+    kwargs: tuple[tuple[str, Any], ...] = ()  # a factory's keyword arguments
+    class_names: tuple[str, ...] | None = None
+
+    @property
+    def preprocess(self) -> Preprocess:
+        return Preprocess(self.input_size or 224, self.resize_size, self.interpolation)
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """One attack at one ε: a single grid value of an attack entry. ``params`` holds every
+    constructor argument the attack runs with (the loader fills in the defaults), so two specs
+    run the same attack exactly when they are equal."""
+
+    name: str
+    type: str
+    eps: float | None
+    params: tuple[tuple[str, Any], ...] = ()
+    target: int | None = None
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self.params)
+
+    @property
+    def targeted(self) -> bool:
+        return self.target is not None
+
+    def resolved(self) -> dict[str, Any]:
+        """The arguments as plain JSON values, with ε and the target."""
+        args = {k: list(v) if isinstance(v, tuple) else v for k, v in self.params}
+        if self.eps is not None:
+            args["eps"] = self.eps
+        args["target"] = self.target
+        return dict(sorted(args.items()))
+
+    @property
+    def digest(self) -> str:
+        """Six hex digits of the resolved arguments: PGD with 10 steps and PGD with 20 steps
+        never share a cell id."""
+        text = json.dumps([self.type, self.resolved()], sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:6]
+
+
+@dataclass(frozen=True)
+class DefenseSpec:
+    type: str
+    quality: int | None = None
+    subsampling: int | None = None  # JPEG chroma: 420 (PIL's and libjpeg's default) or 444
+
+    @property
+    def label(self) -> str:
+        """Short and complete: every parameter that changes the transformation is in it."""
+        if self.quality is None:
+            return self.type
+        label = f"{self.type}-q{self.quality}"
+        return label if self.subsampling in (None, 420) else f"{label}-{self.subsampling}"
+
+
+@dataclass(frozen=True)
+class CellSpec:
+    """One grid cell. Running it yields exactly one result row."""
+
+    suite: str
+    seed: int
+    model: ModelSpec
+    attack: AttackSpec
+    defense: DefenseSpec
+    device: str
+    precision: str
+    batch_size: int
+    eval_mode: str = "oblivious"
+
+    @property
+    def cell_id(self) -> str:
+        return "/".join(
+            [
+                self.model.name,
+                f"{self.attack.name}@{self.attack.digest}",
+                f"eps={format_eps(self.attack.eps)}",
+                self.defense.label,
+                self.eval_mode,
+                self.device,
+                self.precision,
+            ]
+        )
+
+    @property
+    def attack_seed(self) -> int:
+        """Seed for crafting this cell's adversarial images. It depends on the model, attack, ε,
+        device and precision, on the defense and mode only for adaptive attacks (oblivious ones
+        never see the defense), and not on which cells ran before."""
+        parts = [self.model.name, self.attack.name, format_eps(self.attack.eps), self.device, self.precision]
+        if self.eval_mode != "oblivious":  # an adaptive attack crafts against this defense
+            parts += [self.defense.label, self.eval_mode]
+        key = "/".join(parts)
+        digest = hashlib.sha256(f"{self.seed}:{key}".encode()).digest()
+        return int.from_bytes(digest[:4], "little")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def format_eps(eps: float | None) -> str:
+    """ε as a readable fraction of 255 where it is one (``10/255``), else a short decimal."""
+    if eps is None or (isinstance(eps, float) and math.isnan(eps)):
+        return "-"
+    k = eps * 255
+    if abs(k - round(k)) < 1e-6:
+        return f"{round(k)}/255"
+    return f"{eps:.6g}"
