@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 # Tracebacks of failed cells go to the run's log file only (run_suite attaches it), not the terminal.
 _trace = logging.getLogger("bench.trace")
 _trace.propagate = False
+_trace.addHandler(logging.NullHandler())  # outside a run (tests, the API) tracebacks go nowhere
 LOG_FILE = "run.log"
 
 class CellFailure(RuntimeError):
@@ -157,24 +158,25 @@ class Workspace:
                 self._base[cell.model] = failure(exc, cell)
         base = self._base[cell.model]
         if isinstance(base, Exception):
-            raise base
+            raise base.with_traceback(None)  # a cached failure: no frames piling up cell after cell
         key = (cell.model, cell.device, cell.precision)
         if key not in self._prepared:
             t0 = time.perf_counter()
             sample = next(self.data(cell).batches(cell.batch_size))[0]
             try:
-                model = prepare(base, cell.device, cell.precision, Levers(compile=cell.model.compile), sample=sample)
-                prep = Prepared(model, 0.0)
-                self.warm_up(cell, prep, cell.batch_size)
-                prep.warmup_seconds = time.perf_counter() - t0
-                self._prepared[key] = prep
+                # lever check and fp16 calibration on a few images; the warm-up happens at the sizes
+                # each pass really uses (after any out-of-memory shrink), in _clean_pass and _craft
+                model = prepare(base, cell.device, cell.precision, Levers(compile=cell.model.compile), sample=sample[:8])
+                self._prepared[key] = Prepared(model, time.perf_counter() - t0)
             except PrecisionError as exc:  # fp16 gradients that cannot be trusted: the reason says what to use
                 self._prepared[key] = CellFailure(str(exc))
-            except Exception as exc:  # out of memory while preparing, a compile error, fp16 calibration …
+            except torch.cuda.OutOfMemoryError as exc:  # not cached: a later cell may find the memory free
+                raise failure(exc, cell) from None
+            except Exception as exc:  # a compile error, a broken network …
                 self._prepared[key] = failure(exc, cell)
         prepared = self._prepared[key]
         if isinstance(prepared, Exception):
-            raise prepared
+            raise prepared.with_traceback(None)
         return prepared
 
     def warm_up(self, cell: CellSpec, prep: Prepared, batch_size: int) -> None:
@@ -226,12 +228,13 @@ class Workspace:
             try:
                 self._adv = _shrink_on_oom(cell.batch_size, lambda bs: self._craft(cell, prep, bs))
                 if any(m.training for m in prep.model.modules()):  # dropout or batch statistics would now be live
+                    prep.model.eval()  # so that later craftings on this model are not affected
                     self._adv = CellFailure("the attack left the model in training mode; its predictions cannot be trusted")
             except Exception as exc:  # the attack's own error: every cell of this crafting fails alike
                 self._adv = failure(exc, cell)
             self._adv_key = key
         if isinstance(self._adv, Exception):
-            raise self._adv
+            raise self._adv.with_traceback(None)
         return self._adv
 
     def _craft(self, cell: CellSpec, prep: Prepared, batch_size: int) -> Adversarial:
@@ -286,7 +289,14 @@ def _predict(model: nn.Module, x: torch.Tensor, watch: Stopwatch) -> torch.Tenso
 def run_cell(cell: CellSpec, ws: Workspace) -> dict[str, Any]:
     """Run one cell and return its result row (status ok, skipped or failed; never raises for
     a problem of the cell itself)."""
-    row = base_row(cell, ws)
+    try:
+        row = base_row(cell, ws)
+    except Exception as exc:  # even the row's own fields (a GPU that cannot say its name): fail this cell only
+        row = {c: None for c in COLUMNS}
+        row.update(suite=cell.suite, run_id=ws.run_id, cell_id=cell.cell_id, model=cell.model.name, attack=cell.attack.name,
+                   defense=cell.defense.label, eval_mode=cell.eval_mode, device=cell.device, precision=cell.precision,
+                   status="failed", reason=str(failure(exc, cell)), flags="")
+        return row
     try:
         # process-wide backend flags (cudnn.benchmark) for this cell only, restored after it
         with backend_flags(Levers(compile=cell.model.compile)):
@@ -504,7 +514,7 @@ def run_suite(
     results_root: str | Path = "results",
     reports_root: str | Path = "reports",
     progress: Any = None,
-    datasets: dict[DataSpec, Dataset] | None = None,
+    datasets: dict[tuple[DataSpec, Preprocess], Dataset] | None = None,
     resume: str | Path | None = None,
     stop: Callable[[], bool] = lambda: False,
 ) -> RunResult:
@@ -525,7 +535,11 @@ def run_suite(
         run_dir = Path(resume)
         if not (run_dir / RUN_FILE).is_file():
             raise ResumeError(f"{run_dir}: not a run folder (no {RUN_FILE})")
-        meta = json.loads((run_dir / RUN_FILE).read_text())
+        try:
+            meta = json.loads((run_dir / RUN_FILE).read_text())
+            meta["run_id"]  # noqa: B018  (a run.json without it cannot be resumed)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ResumeError(f"{run_dir}: its {RUN_FILE} cannot be read ({type(exc).__name__}: {exc})") from None
         if meta.get("suite_digest") != suite.digest():
             raise ResumeError(f"{run_dir}: the suite changed since this run started (its resolved content differs); "
                               "resume needs the same suite: restore it, or start a new run")
@@ -538,23 +552,29 @@ def run_suite(
     if resume is None:
         run_id = new_run_id()
         run_dir = Path(results_root) / suite.name / run_id
-        run_dir.mkdir(parents=True, exist_ok=False)
+        try:
+            run_dir.mkdir(parents=True, exist_ok=False)
+        except OSError as exc:
+            raise RunError(run_dir, f"cannot create the run folder ({exc})") from None
         meta = {
             "suite": suite.name,
             "run_id": run_id,
             "suite_file": suite.path,
             "suite_digest": suite.digest(),
             "resolved_suite": suite.raw,
-            "dataset": _describe(next(iter(datasets.values()))),
+            "dataset": _describe(next((d for k, d in datasets.items() if k[0] == suite.data), next(iter(datasets.values())))),
             # one entry per decoded copy: which models read it, at which preprocessing
-            "datasets": {f"{d.name} @ {key[1].label}": _describe(d, key, [m.name for m in suite.models if data_key(suite, m) == key])
-                         for key, d in datasets.items()},
+            "datasets": {f"{d.name} @ {key[1].label} #{i}": _describe(d, key, [m.name for m in suite.models if data_key(suite, m) == key])
+                         for i, (key, d) in enumerate(datasets.items())},
             "environment": environment(),
             "cells": len(cells),
             "started_at": _now(),
         }
     meta["status"] = "running"
-    write_json(meta, run_dir / RUN_FILE)
+    try:
+        write_json(meta, run_dir / RUN_FILE)
+    except OSError as exc:
+        raise RunError(run_dir, f"cannot write {RUN_FILE} ({exc})") from None
 
     done = {r["cell_id"] for r in done_rows}
     todo = [c for c in cells if c.cell_id not in done]

@@ -359,6 +359,8 @@ class _Validator:
             if not isinstance(item, dict):
                 raise self.fail(key, f"must be a mapping, got {_kind(item)}")
             source = sources.source_of(item)
+            if source is None:
+                raise self.fail(f"{key}.arch", f"unknown model {item.get('arch')!r}; allowed: " + sources.ALLOWED)
             item = self.mapping(item, key, dict.fromkeys([*sources.COMMON_KEYS, *source.KEYS]))
             model_data = data
             if "data" in item:  # this model's own data (a suite may mix ImageNet models and detectors)

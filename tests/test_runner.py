@@ -446,3 +446,29 @@ def test_warm_up_covers_every_shape_the_timers_see(run, tiny_suite, monkeypatch)
     assert (df["status"] == "ok").all(), df["reason"].tolist()
     assert graphs, "the model was not compiled"
     assert timed_compiles and sum(timed_compiles) == 0, timed_compiles
+
+
+def test_an_attack_that_leaves_the_model_training_fails_its_cells_only(run, tiny_suite, monkeypatch):
+    import bench.attacks as registry
+
+    real_build = registry.build
+
+    def build(spec, model):
+        attack = real_build(spec, model)
+        if spec.name == "fgsm":
+            original = attack.forward
+
+            def forward(images, labels):
+                out = original(images, labels)
+                model.train()  # an attack that forgets to restore eval mode
+                return out
+
+            attack.forward = forward
+        return attack
+
+    monkeypatch.setattr(registry, "build", build)
+    tiny_suite["attacks"] = [tiny_suite["attacks"][0], tiny_suite["attacks"][1]]  # fgsm (2 ε) first, then pgd
+    _, _, df = run(tiny_suite)
+    assert (df[df["attack"] == "fgsm"]["status"] == "failed").all()
+    assert df[df["attack"] == "fgsm"]["reason"].str.contains("training mode").all()
+    assert (df[df["attack"] == "pgd"]["status"] == "ok").all()  # the model was put back in eval mode

@@ -212,3 +212,9 @@ def test_a_model_that_cannot_take_its_input_size_is_a_suite_error(write_suite, t
     tiny_suite["data"]["image_size"] = 64
     with pytest.raises(SuiteError, match=r":\d+: data\.image_size: model 'cnn' \(custom_cnn\) at 64 px: a 1×3×64×64 probe batch fails"):
         load_suite(write_suite(tiny_suite))
+
+
+def test_a_model_name_no_source_claims_is_a_suite_error(write_suite, tiny_suite):
+    tiny_suite["models"] = [{"arch": "torchvison/resnet18"}]  # a typo in the source prefix
+    with pytest.raises(SuiteError, match=r"models\[0\]\.arch: unknown model 'torchvison/resnet18'; allowed: resnet18, .*torchvision/<name>"):
+        load_suite(write_suite(tiny_suite))

@@ -18,12 +18,12 @@ def test_stopwatch_adds_up_its_regions_and_nothing_outside_them():
     watch = Stopwatch("cpu")
     with watch.region():
         time.sleep(0.1)
-    assert 0.1 <= watch.seconds < 0.1 + 0.08  # one region: the sleep, give or take the scheduler
+    assert 0.1 <= watch.seconds < 0.1 + 0.3  # one region: the sleep, give or take a busy scheduler
     time.sleep(0.5)  # outside: not counted
     with watch.region():
         time.sleep(0.1)
     # both regions, and not the 0.5 s between them
-    assert 0.2 <= watch.seconds < 0.2 + 0.15
+    assert 0.2 <= watch.seconds < 0.2 + 0.45  # far below 0.7: the gap is not counted
 
 
 def _rss_mb() -> float:

@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 COMMON_KEYS = ("name", "checkpoint", "compile", "data", "num_classes", "input_size", "mean", "std",
                "interpolation", "crop_pct", "class_names")
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+ALLOWED = "resnet18, efficientnet_lite0, custom_cnn, torchvision/<name>, timm/<name>, factory: FILE.py:FN, file: MODEL.pt2"
 SOURCES: dict[str, ModuleType] = {m.NAME: m for m in (builtin, torchvision_models, timm_models, factory, exported)}
 
 
@@ -92,6 +93,8 @@ def resolve(entry: dict[str, Any], ctx: Context, **fixed: Any) -> ModelSpec:
     card beside a checkpoint fills what is still open. ``fixed`` holds the fields the suite loader
     decided (name, checkpoint, compile, data)."""
     source = source_of(entry)
+    if source is None:
+        ctx.error("arch", f"unknown model {entry.get('arch')!r}; allowed: {ALLOWED}")
     claims = [k for k in ("factory", "file") if k in entry] + (["arch"] if "arch" in entry else [])
     if len(claims) > 1:
         ctx.error("", f"give one of arch, factory, file; got {', '.join(claims)}")
@@ -158,6 +161,8 @@ def from_name(text: str, input_size: int | None = None, default_size: int = 224,
     if input_size is not None:
         entry["input_size"] = input_size
     source = source_of(entry)
+    if source is None:
+        raise ValueError(f"unknown model {text!r}; allowed: {ALLOWED}")
     unknown = set(entry) - set(COMMON_KEYS) - set(source.KEYS)
     if unknown:
         entry = {k: v for k, v in entry.items() if k not in unknown}
