@@ -304,7 +304,7 @@ def run_cell(cell: CellSpec, ws: Workspace) -> dict[str, Any]:
             row.update(_measure(cell, ws, prep))
         row["status"] = "ok"
     except CellSkipped as exc:
-        row.update(status="skipped", reason=str(exc))
+        row.update(status="skipped", reason=str(exc), weights=None)  # nothing was loaded
     except Exception as exc:  # anything a cell raises fails that cell alone; Ctrl-C is not an Exception
         exc = failure(exc, cell)
         row.update(status="failed", reason=str(exc), flags=exc.flag)

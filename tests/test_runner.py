@@ -79,7 +79,7 @@ def test_unavailable_weights_skip_their_cells_and_the_rest_still_runs(run, tiny_
     _, result, df = run(tiny_suite)
     skipped = df[df["model"] == "r18"]
     assert (skipped["status"] == "skipped").all() and skipped["reason"].str.contains("put https://").all()
-    assert skipped["robust_acc"].isna().all()
+    assert skipped["robust_acc"].isna().all() and skipped["weights"].isna().all()  # nothing was loaded
     assert (df[df["model"] == "cnn"]["status"] == "ok").all()
     assert "put https://download.pytorch.org/models/resnet18-f37072fd.pth" in result.report_path.read_text()
 
