@@ -12,7 +12,7 @@ import logging
 from itertools import zip_longest
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import numpy as np
 import torch

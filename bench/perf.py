@@ -28,7 +28,7 @@ from bench.fastpath import PLAIN, Levers, backend_flags, prepare
 from bench.models import ModelUnavailable
 from bench.sources import create_model, from_name
 from bench.results import device_name, environment, write_atomic
-from bench.specs import DataSpec, ModelSpec, format_eps
+from bench.specs import DataSpec, format_eps
 from bench.timing import Stopwatch, peak_memory_mb, reset_peak_memory
 
 log = logging.getLogger(__name__)

@@ -145,7 +145,7 @@ def test_probe_builds_without_weights_and_catches_shape_problems_before_anything
 
 def test_probe_checks_the_output_shape(monkeypatch):
     from bench import models
-    from bench.models import ArchInfo, Classifier, ProbeError
+    from bench.models import ArchInfo, ProbeError
     from bench.sources import probe
     from bench.suite import ModelSpec
 

@@ -6,7 +6,6 @@ import urllib.error
 
 import pandas as pd
 import pytest
-import torch
 
 from bench.runner import run_suite
 from bench.sources import catalogue, create_model

@@ -91,17 +91,22 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize("mutate,key,words", BAD, ids=[b[1] + ":" + b[2] for b in BAD])
-def test_bad_input_names_the_file_the_key_and_what_is_allowed(write_suite, tiny_suite, mutate, key, words):
-    doc = copy.deepcopy(tiny_suite)
-    mutate(doc)
-    path = write_suite(doc)
+def _assert_one_line_error(path, key: str, words: str) -> None:
+    """Loading ``path`` fails with one line: ``FILE[:LINE]: KEY: …`` containing ``words``."""
     with pytest.raises(SuiteError) as err:
         load_suite(path)
     msg = str(err.value)
     assert re.match(rf"{re.escape(str(path))}(:\d+)?: {re.escape(key)}: ", msg), msg
     assert words in msg, msg
     assert "\n" not in msg
+
+
+@pytest.mark.parametrize("mutate,key,words", BAD, ids=[b[1] + ":" + b[2] for b in BAD])
+def test_bad_input_names_the_file_the_key_and_what_is_allowed(write_suite, tiny_suite, mutate, key, words):
+    doc = copy.deepcopy(tiny_suite)
+    mutate(doc)
+    path = write_suite(doc)
+    _assert_one_line_error(path, key, words)
 
 
 def test_empty_dataset_is_an_error(write_suite, tiny_suite, tmp_path):
@@ -173,12 +178,7 @@ def test_jpeg_subsampling_must_be_420_or_444(write_suite, tiny_suite, subsamplin
         assert "subsampling: 4:2:0\n" in text
         key, words = "defenses[1].subsampling", "write 420, not 4:2:0"
     path = write_suite(text)
-    with pytest.raises(SuiteError) as err:
-        load_suite(path)
-    msg = str(err.value)
-    assert re.match(rf"{re.escape(str(path))}(:\d+)?: {re.escape(key)}: ", msg), msg
-    assert words in msg, msg
-    assert "\n" not in msg
+    _assert_one_line_error(path, key, words)
 
 
 def test_jpeg_subsampling_defaults_to_420_and_lists_expand_with_quality(write_suite, tiny_suite):

@@ -35,7 +35,6 @@ from types import ModuleType
 from typing import Any, Callable, NoReturn
 
 import torch
-import torch.nn as nn
 
 from bench.models import Classifier, ProbeError, load_checkpoint, short_error
 from bench.specs import ModelSpec

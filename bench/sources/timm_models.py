@@ -40,7 +40,7 @@ def _timm():
 
 def _cfg(name: str, tag: str | None) -> dict[str, Any]:
     """The pretrained config of ``name`` (at ``tag``, or its default), without building the model."""
-    timm = _timm()
+    _timm()  # a clear error when timm is missing
     from timm.models import get_pretrained_cfg
 
     cfg = get_pretrained_cfg(f"{name}.{tag}" if tag else name)
