@@ -15,6 +15,11 @@ from bench.specs import format_eps
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
+PLOT_TITLES = {
+    "robust": "Robust accuracy against ε",
+    "defenses": "Robust accuracy against ε, per defense (adaptive dashed, no defense dotted)",
+    "quality": "Accuracy against JPEG quality",
+}
 RATE_COLUMNS = {
     "robust_acc": "Robust accuracy (attacked, then defended)",
     "attack_success_rate": "Attack success rate (among images the defended model got right)",
@@ -30,7 +35,9 @@ def write_report(run_dir: str | Path, reports_root: str | Path = "reports") -> P
             raise ValueError(f"{Path(run_dir) / 'run.json'}: {key} {meta.get(key)!r} is not a plain name")
     out_dir = Path(reports_root) / meta["suite"]
     out_dir.mkdir(parents=True, exist_ok=True)
-    plots = [_plot(df, out_dir / f"{meta['run_id']}-robust.png"), _plot_quality(df, out_dir / f"{meta['run_id']}-quality.png")]
+    by_defense = _plot_defenses(df, out_dir / f"{meta['run_id']}-defenses.png")
+    plots = [by_defense or _plot(df, out_dir / f"{meta['run_id']}-robust.png"),
+             _plot_quality(df, out_dir / f"{meta['run_id']}-quality.png")]
     text = render(df, meta, [p.name for p in plots if p], load_predictions(Path(run_dir)))
     path = out_dir / f"{meta['run_id']}.md"
     write_atomic(path, text.encode())
@@ -52,7 +59,8 @@ def render(df: pd.DataFrame, meta: dict[str, Any], plot_names: list[str] | None 
         _dataset_lines(meta),
         "",
         "Oblivious attacks are crafted on the undefended model; adaptive ones through the defense (bpda: the real "
-        "defense forward, identity backward; diffjpeg: a differentiable JPEG both ways). Adversarial images are "
+        "defense forward, identity backward; diff: a differentiable version of it, kornia's JPEG for jpeg; for "
+        "randomized defenses both average the gradient over eot_samples draws). Adversarial images are "
         "quantised to 8 bits, then defended (always the real defense) and classified. ε is the L∞ budget in pixel "
         "space of images in [0, 1]. Rates are shares of the n images, with 95 % Wilson intervals in brackets.",
     ]
@@ -80,8 +88,11 @@ def render(df: pd.DataFrame, meta: dict[str, Any], plot_names: list[str] | None 
         comparison = _defense_comparison(ok, extra)
         if comparison:
             lines += ["", "## Defense comparison", "", comparison]
+        draws = _draws_table(ok, extra)
+        if draws:
+            lines += ["", "## Randomized defenses over several draws", "", draws]
         for name in plot_names or []:
-            title = "Accuracy against JPEG quality" if "quality" in name else "Robust accuracy against ε"
+            title = PLOT_TITLES[name.rsplit("-", 1)[-1].removesuffix(".png")]
             lines += ["", f"## {title}", "", f"![{title.lower()}]({name})"]
         lines += ["", "## Perturbation and cost", "", _cost_table(ok, extra)]
     lines += ["", "## Sanity flags", "", _flags_section(df)]
@@ -183,36 +194,93 @@ def _group_by_defense(columns: list[str]) -> list[str]:
     return [c for b in bases for c in columns if c.split(" (")[0] == b]
 
 
+BROKEN_OBLIVIOUS_GAIN = 0.10  # a defense that seems to gain this much against oblivious attacks …
+BROKEN_ADAPTIVE_GAIN = 0.02  # … but keeps no more than this against an adaptive one is broken
+
+
 def _defense_comparison(ok: pd.DataFrame, extra: list[str]) -> str | None:
-    """Per model and defense: what it costs on clean images, what it buys back against each mode
-    of attack (mean over attacks and ε, in accuracy points), and its throughput."""
-    if not (ok["defense"] == "none").any() or ok["defense"].nunique() < 2:
+    """Per model and attack: every defense ranked by what is left against its best adaptive attack,
+    beside what it costs on clean images, what it seems to buy against the oblivious attack, and
+    its throughput; a verdict says whether the oblivious gain survives an attacker who knows it."""
+    if not (ok["defense"] == "none").any() or ok["defense"].nunique() < 2 or ok["eps"].isna().all():
         return None
-    keys = ["model", *extra]
-    rows = []
-    for key, group in ok.groupby(keys, sort=False):
-        key = key if isinstance(key, tuple) else (key,)
-        base = group[group["defense"] == "none"]
-        if base.empty:
+    parts = []
+    for key, group in ok[ok["eps"].notna()].groupby(["model", "attack", *extra], sort=False):
+        base = group[(group["defense"] == "none") & (group["eval_mode"] == "oblivious")].set_index("eps")["robust_acc"]
+        if base.empty or group["defense"].nunique() < 2:
             continue
-        clean0 = base["clean_acc"].iloc[0]
-        robust0 = base.set_index(["attack", "eps"])["robust_acc"]
-        for defense, d in group[group["defense"] != "none"].groupby("defense", sort=False):
-            row = dict(zip(keys, key))
-            row["defense"] = defense
-            row["clean acc cost"] = f"{100 * (clean0 - d['clean_acc'].iloc[0]):+.1f}"
-            for mode, m in d.groupby("eval_mode", sort=False):
-                gained = m.set_index(["attack", "eps"])["robust_acc"] - robust0.reindex(m.set_index(["attack", "eps"]).index)
-                row[f"robust gained, {mode}"] = f"{100 * gained.mean():+.1f}"
+        epsilons = sorted(group["eps"].unique())
+        rows, order = [], []
+        for defense, d in group.groupby("defense", sort=False):
+            oblivious = d[d["eval_mode"] == "oblivious"].set_index("eps")["robust_acc"]
+            adaptive = d[d["eval_mode"] != "oblivious"]
+            best = (adaptive.sort_values("robust_acc").drop_duplicates("eps").set_index("eps")
+                    if len(adaptive) else pd.DataFrame(columns=["robust_acc", "eval_mode"]))
+            row = {"defense": defense}
+            clean = d["clean_acc"].iloc[0]
+            row["clean acc (Δ)"] = f"{_pct(clean)} ({100 * (clean - base_clean(group)) + 0.0:+.0f})"
+            worst = {}  # ε → robust accuracy against the strongest attack run (adaptive where there is one)
+            for eps in epsilons:
+                o = oblivious.get(eps)
+                a = best["robust_acc"].get(eps) if eps in best.index else None
+                worst[eps] = a if a is not None else o
+                text = "–" if o is None else _pct(o)
+                if a is not None:
+                    text += f" → {_pct(a)} ({best.loc[eps, 'eval_mode'].removeprefix('adaptive-')})"
+                row[f"ε {format_eps(eps)}: oblivious → adaptive"] = text
             speed = d["defense_images_per_s"].dropna()
-            row["defense img/s"] = f"{speed.iloc[0]:.1f}" if len(speed) else "–"
+            row["defense img/s"] = f"{speed.iloc[0]:.0f}" if len(speed) else "–"
+            row["verdict"] = _verdict(defense, oblivious, best["robust_acc"] if len(best) else None, base)
             rows.append(row)
-    if not rows:
+            values = [worst[e] for e in epsilons if worst[e] is not None]
+            order.append((-(worst[epsilons[-1]] or 0), -sum(values) / max(1, len(values)), -clean))
+        ranked = [r for _, r in sorted(zip(order, rows), key=lambda t: t[0])]
+        table = pd.DataFrame(ranked)
+        table.insert(0, "rank", range(1, len(table) + 1))
+        title = " · ".join(str(k) for k in (key if isinstance(key, tuple) else (key,)))
+        parts.append(f"### {title}\n\n" + table.to_markdown(index=False))
+    if not parts:
         return None
-    table = pd.DataFrame(rows).fillna("–")
-    return (table.to_markdown(index=False) + "\n\nAccuracy points: clean cost = clean accuracy without the defense minus "
-            "with it; robust gained = robust accuracy with the defense minus without, averaged over attacks and ε. "
-            "A defense that gains only against oblivious attacks buys nothing against an attacker who knows it.")
+    return "\n\n".join(parts) + (
+        "\n\nRanked by robust accuracy against the strongest attack at the largest ε (the best adaptive attack where "
+        "one ran: the number that counts), then over all ε. Each ε column shows robust accuracy against the oblivious "
+        "attack → against the best adaptive one (its method). Δ: clean accuracy points against no defense. "
+        f"**broken by adaptive attack**: the oblivious attack leaves ≥ {100 * BROKEN_OBLIVIOUS_GAIN:.0f} points more "
+        f"robust accuracy than without the defense, the adaptive one ≤ {100 * BROKEN_ADAPTIVE_GAIN:.0f} points, at some ε."
+    )
+
+
+def base_clean(group: pd.DataFrame) -> float:
+    return group.loc[group["defense"] == "none", "clean_acc"].iloc[0]
+
+
+def _verdict(defense: str, oblivious: pd.Series, adaptive: pd.Series | None, base: pd.Series) -> str:
+    if defense == "none":
+        return "baseline"
+    if adaptive is None or adaptive.empty:
+        return "not attacked adaptively"
+    gains = []
+    for eps, a in adaptive.items():
+        if eps in base.index and eps in oblivious.index:
+            gains.append((oblivious[eps] - base[eps], a - base[eps]))
+    if any(o >= BROKEN_OBLIVIOUS_GAIN - 1e-9 and a <= BROKEN_ADAPTIVE_GAIN + 1e-9 for o, a in gains):
+        return "**broken by adaptive attack**"
+    kept = max((a for _, a in gains), default=0.0)
+    return f"keeps up to {100 * kept:+.0f} points adaptively" if kept > BROKEN_ADAPTIVE_GAIN else "no robust gain"
+
+
+def _draws_table(ok: pd.DataFrame, extra: list[str]) -> str | None:
+    """Randomized defenses evaluated over several draws: one seeded draw against every draw."""
+    part = ok[(ok["eval_draws"].fillna(1) > 1)] if "eval_draws" in ok else ok.iloc[:0]
+    if part.empty:
+        return None
+    part = part.assign(cell=[f"{_pct(r)} / {_pct(a)}" for r, a in zip(part["robust_acc"], part["robust_acc_all_draws"])])
+    part = part.assign(mode=part["eval_mode"])
+    table = part.pivot_table(index=["model", "attack", "defense", "mode", *extra], columns="ε", values="cell", aggfunc="first", sort=False)
+    draws = int(part["eval_draws"].max())
+    return (table.reset_index().to_markdown(index=False) + f"\n\nRobust accuracy on one seeded draw of the defense per "
+            f"image (robust_acc) / on every one of {draws} draws (robust_acc_all_draws: an image counts only if it "
+            "survives them all). A randomized defense that looks robust on one draw but not on all is luck, not robustness.")
 
 
 def _flags_section(df: pd.DataFrame) -> str:
@@ -300,6 +368,31 @@ def _plot(df: pd.DataFrame, path: Path) -> Path | None:
     return _panels(ok, path, "ε (×1/255)", "robust accuracy (%)", lines)
 
 
+def _plot_defenses(df: pd.DataFrame, path: Path) -> Path | None:
+    """Robust accuracy against ε, a panel per (model, attack, defense): the oblivious attack solid,
+    each adaptive method dashed, no defense dotted. Only when adaptive attacks ran on at least two
+    defenses; otherwise one panel per (model, attack) reads better."""
+    ok = df[(df["status"] == "ok") & df["eps"].notna()]
+    adaptive = ok[ok["eval_mode"] != "oblivious"]
+    if adaptive["defense"].nunique() < 2 or not (ok["defense"] == "none").any():
+        return None
+    many = ok[["device", "precision"]].drop_duplicates().shape[0] > 1
+    panels = []
+    for (model, attack), group in ok.groupby(["model", "attack"], sort=False):
+        base = group[(group["defense"] == "none") & (group["eval_mode"] == "oblivious")]
+        for defense in dict.fromkeys(group.loc[group["defense"] != "none", "defense"]):
+            lines = []
+            for (dev, prec), b in base.groupby(["device", "precision"], sort=False):
+                b = b.sort_values("eps")
+                lines.append((b["eps"] * 255, b["robust_acc"], "no defense" + (f" {dev} {prec}" if many else ""), ":"))
+            for (mode, dev, prec), g in group[group["defense"] == defense].groupby(["eval_mode", "device", "precision"], sort=False):
+                g = g.sort_values("eps")
+                name = mode.removeprefix("adaptive-") + (f" {dev} {prec}" if many else "")
+                lines.append((g["eps"] * 255, g["robust_acc"], name, "-" if mode == "oblivious" else "--"))
+            panels.append((f"{model} · {attack} · {defense}", lines))
+    return _draw(panels, path, "ε (×1/255)", "robust accuracy (%)")
+
+
 def _plot_quality(df: pd.DataFrame, path: Path) -> Path | None:
     """Accuracy against JPEG quality: a panel per (model, attack), a line per ε and mode, and the
     clean accuracy for reference."""
@@ -325,19 +418,32 @@ def _plot_quality(df: pd.DataFrame, path: Path) -> Path | None:
 
 
 def _panels(ok: pd.DataFrame, path: Path, xlabel: str, ylabel: str, lines) -> Path:
+    """A panel per (model, attack); ``lines(part)`` yields (x, y, name, style) for each line."""
+    panels = [(f"{model} · {attack}", list(lines(ok[(ok["model"] == model) & (ok["attack"] == attack)])))
+              for model, attack in dict.fromkeys(zip(ok["model"], ok["attack"]))]
+    return _draw(panels, path, xlabel, ylabel)
+
+
+def _draw(panels: list[tuple[str, list]], path: Path, xlabel: str, ylabel: str) -> Path:
+    """Panels of (title, [(x, y, name, style), …]), three to a row, one legend beside them; a line
+    name has one colour in every panel."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = list(dict.fromkeys(zip(ok["model"], ok["attack"])))
     cols = min(3, len(panels))
     rows = -(-len(panels) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False, sharey=True)
-    for ax, (model, attack) in zip(axes.flat, panels):
-        for x, y, name, style in lines(ok[(ok["model"] == model) & (ok["attack"] == attack)]):
-            ax.plot(x, 100 * y, marker="o", linestyle=style, label=name)
-        ax.set_title(f"{model} · {attack}", fontsize=10)
+    colours: dict[str, str] = {}
+    legend: dict[str, Any] = {}
+    for ax, (title, lines) in zip(axes.flat, panels):
+        for x, y, name, style in lines:
+            reference = name.startswith("no defense")  # grey and on top: the other lines often lie on it
+            colour = colours.setdefault(name, "0.35" if reference else f"C{len(colours) % 10}")
+            (handle,) = ax.plot(x, 100 * y, marker="o", linestyle=style, color=colour, label=name, zorder=5 if reference else 2)
+            legend.setdefault(name, handle)
+        ax.set_title(title, fontsize=10)
         ax.set_xlabel(xlabel)
         ax.set_ylim(-3, 103)
         ax.grid(alpha=0.3)
@@ -345,9 +451,8 @@ def _panels(ok: pd.DataFrame, path: Path, xlabel: str, ylabel: str, lines) -> Pa
         ax.set_ylabel(ylabel)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
-    handles, labels = axes.flat[0].get_legend_handles_labels()
     fig.tight_layout()
-    fig.legend(handles, labels, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))  # beside, not over, the lines
+    fig.legend(list(legend.values()), list(legend), fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))  # beside, not over, the lines
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=110, bbox_inches="tight")
     plt.close(fig)

@@ -31,7 +31,8 @@ COLUMNS: dict[str, str] = {
     "eps": "float64",
     "norm": "string",  # what eps bounds: Linf, L2, L1, or none (CW, DeepFool, L0 attacks: measured, not bounded)
     "defense": "string",
-    "eval_mode": "string",
+    "eval_mode": "string",  # oblivious, adaptive-bpda (real defense forward, identity backward), adaptive-diff
+    "eot_samples": "Int64",  # draws averaged per attack gradient (randomized defenses); 1 deterministic; null oblivious
     "device": "string",
     "precision": "string",
     "batch_size": "Int64",
@@ -41,6 +42,10 @@ COLUMNS: dict[str, str] = {
     "robust_acc": "float64",
     "attack_success_rate": "float64",
     "targeted_success_rate": "float64",
+    # share of images classified correctly under every one of eval_draws draws of a randomized
+    # defense (robust_acc is one seeded draw); equal to robust_acc for deterministic defenses
+    "robust_acc_all_draws": "float64",
+    "eval_draws": "Int64",
     # 95 % Wilson intervals of the four rates above
     "clean_acc_ci_low": "float64",
     "clean_acc_ci_high": "float64",

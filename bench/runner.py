@@ -11,6 +11,8 @@ which cells ran before it.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import logging
 import math
@@ -27,7 +29,6 @@ import torch.nn as nn
 from bench import attacks as attack_registry
 from bench import defenses as defense_registry
 from bench.data import Dataset, load_dataset
-from bench.defenses import Defended, attack_path
 from bench.fastpath import Levers, PrecisionError, Wrapper, backend_flags, input_gradient, prepare
 from bench.flags import apply_cross_cell, cell_flags
 from bench.flags import join as join_flags
@@ -211,10 +212,12 @@ class Workspace:
     def _clean_pass(self, cell: CellSpec, prep: Prepared, defense, batch_size: int) -> tuple[torch.Tensor, float]:
         self.warm_up(cell, prep, batch_size)
         watch = Stopwatch(cell.device)
+        # a randomized defense: one seeded draw per image, the same for every attack of this model
+        draws = defense_registry.generator(cell.device, seed_of(cell.seed, "clean", cell.model.name, cell.defense.label))
         preds = []
         for x, _ in self.data(cell).batches(batch_size):
             # contiguous NCHW whatever the defense returns: one memory layout, one compiled graph
-            preds.append(_predict(prep.model, defense(x.to(cell.device)).contiguous(), watch))
+            preds.append(_predict(prep.model, defense(x.to(cell.device), draws).contiguous(), watch))
         return torch.cat(preds), watch.seconds
 
     def adversarial(self, cell: CellSpec, prep: Prepared) -> Adversarial:
@@ -241,10 +244,13 @@ class Workspace:
         self.warm_up(cell, prep, batch_size)
         model = prep.model
         counter = StepCounter(model)
-        attacked = counter if cell.eval_mode == "oblivious" else Defended(counter, attack_path(cell.defense, cell.eval_mode))
+        # a randomized defense's draws while crafting (EOT averages eot_samples of them per gradient)
+        draws = defense_registry.generator(cell.device, seed_of(cell.attack_seed, "craft"))
+        attacked = defense_registry.attack_model(counter, cell.defense, cell.eval_mode, cell.eot_samples, draws)
         first = next(self.data(cell).batches(batch_size))[0].to(cell.device)
         zero_grad = not bool((input_gradient(attacked, first) != 0).any())  # untimed, not counted as steps
         counter.images = 0
+        draws.manual_seed(seed_of(cell.attack_seed, "craft"))  # the check's draws do not shift the attack's
         torch.manual_seed(cell.attack_seed)
         attack = attack_registry.build(cell.attack, attacked)
         watch = Stopwatch(cell.device)
@@ -319,13 +325,21 @@ def _measure(cell: CellSpec, ws: Workspace, prep: Prepared) -> dict[str, Any]:
     adv = ws.adversarial(cell, prep)
     defense = defense_registry.build(cell.defense)
     model_watch, defense_watch = Stopwatch(cell.device), Stopwatch(cell.device)
-    robust_pred = []
-    for i in range(0, n, adv.batch_size):
-        x = adv.images[i : i + adv.batch_size].to(cell.device).float().div_(255)
-        with defense_watch.region():
-            x = defense(x).contiguous()
-        robust_pred.append(_predict(prep.model, x, model_watch))
-    robust_pred = torch.cat(robust_pred)
+    # draw 0 gives robust_acc (and the defense's throughput); a randomized defense is drawn
+    # eval_draws times per image, and an image counts for robust_acc_all_draws only if it survives all
+    draws = cell.eval_draws if defense.randomized else 1
+    predictions = []
+    for draw in range(draws):
+        g = defense_registry.generator(cell.device, seed_of(cell.seed, "eval", cell.cell_id, draw))
+        pred = []
+        for i in range(0, n, adv.batch_size):
+            x = adv.images[i : i + adv.batch_size].to(cell.device).float().div_(255)
+            with defense_watch.region() if draw == 0 else contextlib.nullcontext():
+                x = defense(x, g).contiguous()
+            pred.append(_predict(prep.model, x, model_watch))
+        predictions.append(torch.cat(pred))
+    robust_pred = predictions[0]
+    survived = torch.stack([p == ds.labels for p in predictions]).all(0)
 
     norm = attack_registry.norm(cell.attack)
     norms = perturbation_norms(adv.images, ds.images)
@@ -338,6 +352,8 @@ def _measure(cell: CellSpec, ws: Workspace, prep: Prepared) -> dict[str, Any]:
         "n": n,
         "batch_size": adv.batch_size,
         **rates(ds.labels, clean_pred, robust_pred, cell.attack.target),
+        "robust_acc_all_draws": survived.float().mean().item(),
+        "eval_draws": draws,
         "flags": join_flags(flags),
         "linf_max": linf,
         "l2_mean": l2.mean().item(),
@@ -420,6 +436,7 @@ def base_row(cell: CellSpec, ws: Workspace) -> dict[str, Any]:
         norm=attack_registry.norm(cell.attack),
         defense=cell.defense.label,
         eval_mode=cell.eval_mode,
+        eot_samples=_eot_samples(cell),
         device=cell.device,
         precision=cell.precision,
         batch_size=cell.batch_size,
@@ -432,6 +449,20 @@ def base_row(cell: CellSpec, ws: Workspace) -> dict[str, Any]:
         started_at=_now(),
     )
     return row
+
+
+def _eot_samples(cell: CellSpec) -> int | None:
+    """Draws averaged per gradient: none for an oblivious attack (it never sees the defense), one
+    for a deterministic defense."""
+    if cell.eval_mode == "oblivious":
+        return None
+    return cell.eot_samples if defense_registry.randomized(cell.defense) else 1
+
+
+def seed_of(*parts: Any) -> int:
+    """A 63-bit seed from the parts (the suite seed first): stable across processes and runs."""
+    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
 
 
 def _device_name(device: str) -> str:

@@ -107,17 +107,22 @@ class AttackSpec:
 
 @dataclass(frozen=True)
 class DefenseSpec:
+    """One defense with every parameter resolved: ``params`` are (name, value) pairs in the
+    defense's own order (a chain's ``of`` holds DefenseSpecs), ``label`` the short readable name
+    the registry gives it (``jpeg-q75``, ``bits-4``, ``chain(bits-5,jpeg-q75)``): it names the
+    defense in cell ids, tables and plots."""
+
     type: str
-    quality: int | None = None
-    subsampling: int | None = None  # JPEG chroma: 420 (PIL's and libjpeg's default) or 444
+    params: tuple[tuple[str, Any], ...] = ()
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.label:
+            object.__setattr__(self, "label", self.type)
 
     @property
-    def label(self) -> str:
-        """Short and complete: every parameter that changes the transformation is in it."""
-        if self.quality is None:
-            return self.type
-        label = f"{self.type}-q{self.quality}"
-        return label if self.subsampling in (None, 420) else f"{label}-{self.subsampling}"
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self.params)
 
 
 @dataclass(frozen=True)
@@ -132,7 +137,9 @@ class CellSpec:
     device: str
     precision: str
     batch_size: int
-    eval_mode: str = "oblivious"
+    eval_mode: str = "oblivious"  # oblivious, adaptive-bpda, adaptive-diff
+    eot_samples: int = 8  # draws averaged per gradient by adaptive attacks on randomized defenses
+    eval_draws: int = 1  # draws of a randomized defense per image for robust_acc_all_draws
 
     @property
     def cell_id(self) -> str:

@@ -29,7 +29,7 @@ from bench.specs import AttackSpec, CellSpec, DataSpec, DefenseSpec, ModelSpec, 
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 EVAL_MODES = ("oblivious", "adaptive")
-ADAPTIVE_METHODS = ("bpda", "diffjpeg", "both")
+ADAPTIVE_METHODS = (*defense_registry.ADAPTIVE_METHODS, *defense_registry.METHOD_ALIASES, "both")
 TOP_KEYS = {
     "name": "suite name (letters, digits, '-', '_', '.')",
     "seed": "integer",
@@ -42,7 +42,9 @@ TOP_KEYS = {
     "batch_size": "integer >= 1",
     "compile": "true or false: torch.compile every model (a model's own `compile` wins)",
     "eval_mode": "list of oblivious, adaptive",
-    "adaptive_method": "bpda, diffjpeg or both",
+    "adaptive_method": "bpda, diff, or a list of them (default: every method that applies to each defense)",
+    "eot_samples": "integer >= 1: draws averaged per gradient by adaptive attacks on randomized defenses (default 8)",
+    "eval_draws": "integer >= 1: draws of a randomized defense per image for robust_acc_all_draws (default 1)",
     "include": "list of rules",
     "exclude": "list of rules",
 }
@@ -100,7 +102,9 @@ class Suite:
     devices: tuple[str, ...]
     precisions: tuple[str, ...]
     batch_size: int
-    eval_modes: tuple[str, ...] = ("oblivious",)  # concrete: oblivious, adaptive-bpda, adaptive-diffjpeg
+    eval_modes: tuple[str, ...] = ("oblivious",)  # concrete: oblivious, adaptive-bpda, adaptive-diff
+    eot_samples: int = defense_registry.EOT_SAMPLES
+    eval_draws: int = 1
     include: tuple[dict[str, Any], ...] = ()
     exclude: tuple[dict[str, Any], ...] = ()
     path: str = "<memory>"
@@ -109,6 +113,7 @@ class Suite:
     def cells(self) -> list[CellSpec]:
         """The pruned grid, ordered so cells sharing a model and an adversarial batch are adjacent."""
         out = []
+        applies = {d: defense_registry.methods(d) for d in self.defenses}
         for model in self.models:
             for device in self.devices:
                 for precision in self.precisions:
@@ -117,8 +122,8 @@ class Suite:
                             # modes outside defenses: an oblivious crafting serves all defenses in a row
                             for mode in self.eval_modes:
                                 for defense in self.defenses:
-                                    if mode != "oblivious" and defense.type == "none":
-                                        continue  # adapting to no defense is the oblivious cell again
+                                    if mode != "oblivious" and mode.removeprefix("adaptive-") not in applies[defense]:
+                                        continue  # no defense (that is the oblivious cell again), or no such method for it
                                     cell = CellSpec(
                                         suite=self.name,
                                         seed=self.seed,
@@ -129,6 +134,8 @@ class Suite:
                                         precision=precision,
                                         batch_size=self.batch_size,
                                         eval_mode=mode,
+                                        eot_samples=self.eot_samples,
+                                        eval_draws=self.eval_draws,
                                     )
                                     if self._keep(cell):
                                         out.append(cell)
@@ -289,11 +296,10 @@ class _Validator:
         devices = self.choices(doc.get("devices", ["cpu"]), "devices", None, _DEVICE_RE)
         precisions = self.choices(doc.get("precisions", ["fp32"]), "precisions", PRECISIONS)
         modes = self.choices(doc.get("eval_mode", ["oblivious"]), "eval_mode", EVAL_MODES)
-        method = doc.get("adaptive_method", "both")
-        if method not in ADAPTIVE_METHODS:
-            raise self.fail("adaptive_method", f"{method!r} is not allowed; allowed: {', '.join(ADAPTIVE_METHODS)}")
-        methods = ("bpda", "diffjpeg") if method == "both" else (method,)
-        eval_modes = tuple(m2 for m in modes for m2 in (["oblivious"] if m == "oblivious" else [f"adaptive-{x}" for x in methods]))
+        eval_modes = self.eval_modes(modes, doc.get("adaptive_method", list(defense_registry.ADAPTIVE_METHODS)))
+        eot_samples = self.integer(doc.get("eot_samples", defense_registry.EOT_SAMPLES), "eot_samples", lo=1)
+        eval_draws = self.integer(doc.get("eval_draws", 1), "eval_draws", lo=1)
+        self.probe_defenses(defenses, models)
         include = self.rules(doc.get("include", []), "include")
         exclude = self.rules(doc.get("exclude", []), "exclude")
         suite = Suite(
@@ -307,6 +313,8 @@ class _Validator:
             precisions=precisions,
             batch_size=batch_size,
             eval_modes=eval_modes,
+            eot_samples=eot_samples,
+            eval_draws=eval_draws,
             include=include,
             exclude=exclude,
             path=str(self.path),
@@ -495,49 +503,46 @@ class _Validator:
         raise self.fail(key, f"must be a number, string or boolean, got {_kind(value)}")
 
     def defenses(self, value: Any) -> tuple[DefenseSpec, ...]:
-        items = self.listof(value, "defenses")
-        types = defense_registry.DEFENSES
         out: list[DefenseSpec] = []
-
-        def values(item: dict, key: str, name: str, defaults: dict[str, Any]) -> list[tuple[Any, str]]:
-            """A parameter given as one value or a list: (value, key path) for each."""
-            raw = item.get(name, defaults[name])
-            many = isinstance(raw, list)
-            if many and not raw:
-                raise self.fail(f"{key}.{name}", "must not be empty")
-            return [(v, f"{key}.{name}[{j}]" if many else f"{key}.{name}") for j, v in enumerate(raw if many else [raw])]
-
-        for i, item in enumerate(items):
-            key = f"defenses[{i}]"
-            if isinstance(item, str):
-                item = {"type": item}
-            if not isinstance(item, dict) or "type" not in item:
-                raise self.fail(key, f"must be a defense name or a mapping with 'type'; allowed types: {', '.join(types)}")
-            dtype = item["type"]
-            if dtype not in types:
-                raise self.fail(f"{key}.type", f"unknown defense {dtype!r}; allowed: {', '.join(types)}")
-            info = types[dtype]
-            self.mapping(item, key, ("type", *info.params))
-            if "quality" in info.params:
-                qualities = [self.integer(q, k, lo=1, hi=100) for q, k in values(item, key, "quality", info.params)]
-                subsamplings = [None]
-                if "subsampling" in info.params:
-                    subsamplings = []
-                    for s, skey in values(item, key, "subsampling", info.params):
-                        if isinstance(s, bool) or not isinstance(s, int) or s not in defense_registry.SUBSAMPLINGS:
-                            hint = " (write 420, not 4:2:0, which YAML reads as a base-60 number)" if isinstance(s, int) and s > 3600 else ""
-                            raise self.fail(skey, f"must be 420 or 444, got {s!r}{hint}; allowed: 420 (4:2:0 chroma, "
-                                                  "what PIL and libjpeg save), 444 (4:4:4, no chroma subsampling)")
-                        subsamplings.append(s)
-                # a list of either expands into one defense each: every quality with every subsampling
-                out.extend(DefenseSpec(dtype, q, s) for q in qualities for s in subsamplings)
-            else:
-                out.append(DefenseSpec(dtype))
+        self.defense_keys: dict[DefenseSpec, str] = {}
+        for i, item in enumerate(self.listof(value, "defenses")):
+            for spec in defense_registry.parse(item, f"defenses[{i}]", self):
+                out.append(spec)
+                self.defense_keys.setdefault(spec, f"defenses[{i}]")
         labels = [d.label for d in out]
         dup = sorted({x for x in labels if labels.count(x) > 1})
         if dup:
             raise self.fail("defenses", f"duplicate defenses: {', '.join(dup)}")
         return tuple(out)
+
+    def probe_defenses(self, defenses: tuple[DefenseSpec, ...], models: tuple[ModelSpec, ...]) -> None:
+        """Run each defense that can fail on its input (user code, size-dependent ones) on a small
+        batch at every input size it will see, before any compute."""
+        sizes = sorted({m.preprocess.input_size for m in models})
+        for spec in defenses:
+            for size in sizes:
+                try:
+                    defense_registry.probe(spec, size)
+                except defense_registry.DefenseError as exc:
+                    key = self.defense_keys[spec]
+                    where = _join(key, exc.key) if exc.key and spec.type != "chain" else key  # a chain's part: its entry
+                    raise self.fail(where, f"{spec.label} at {size} px: {exc}") from None
+
+    def eval_modes(self, modes: tuple[str, ...], value: Any) -> tuple[str, ...]:
+        """oblivious and adaptive-<method> for each method asked for (aliases resolved)."""
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list) or not items:
+            raise self.fail("adaptive_method", f"must be a method or a non-empty list of them; allowed: {', '.join(ADAPTIVE_METHODS)}")
+        methods: list[str] = []
+        for j, m in enumerate(items):
+            key = "adaptive_method" if isinstance(value, str) else f"adaptive_method[{j}]"
+            if m not in ADAPTIVE_METHODS:
+                raise self.fail(key, f"{m!r} is not allowed; allowed: {', '.join(defense_registry.ADAPTIVE_METHODS)} "
+                                     f"({', '.join(f'{a} = {b}' for a, b in defense_registry.METHOD_ALIASES.items())}; both = all)")
+            for x in defense_registry.ADAPTIVE_METHODS if m == "both" else [defense_registry.METHOD_ALIASES.get(m, m)]:
+                if x not in methods:
+                    methods.append(x)
+        return tuple(m2 for m in modes for m2 in (["oblivious"] if m == "oblivious" else [f"adaptive-{x}" for x in methods]))
 
     def choices(self, value: Any, key: str, allowed: tuple[str, ...] | None, pattern: re.Pattern | None = None) -> tuple[str, ...]:
         items = self.listof([value] if isinstance(value, str) else value, key)

@@ -39,7 +39,7 @@ def test_robust_accuracy_rising_with_eps_is_flagged_on_the_larger_eps():
 
 
 def test_an_adaptive_attack_weaker_than_the_oblivious_one_is_flagged():
-    df = _rows(cells=[(4 / 255, 0.2, "oblivious"), (4 / 255, 0.4, "adaptive-bpda"), (4 / 255, 0.1, "adaptive-diffjpeg")])
+    df = _rows(cells=[(4 / 255, 0.2, "oblivious"), (4 / 255, 0.4, "adaptive-bpda"), (4 / 255, 0.1, "adaptive-diff")])
     assert cross_cell_flags(df) == {"c1": ["adaptive-weaker"]}
 
 

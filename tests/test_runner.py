@@ -172,7 +172,7 @@ def test_same_suite_with_adaptive_cells_is_reproducible(run, tiny_suite):
     tiny_suite["eval_mode"] = ["oblivious", "adaptive"]
     _, _, a = run(tiny_suite)
     _, _, b = run(tiny_suite)
-    assert set(a["eval_mode"]) == {"oblivious", "adaptive-bpda", "adaptive-diffjpeg"}
+    assert set(a["eval_mode"]) == {"oblivious", "adaptive-bpda", "adaptive-diff"}
     cols = [c for c in COLUMNS if c not in VOLATILE_COLUMNS]
     pd.testing.assert_frame_equal(a[cols], b[cols])
 

@@ -183,7 +183,7 @@ def test_jpeg_subsampling_must_be_420_or_444(write_suite, tiny_suite, subsamplin
 
 def test_jpeg_subsampling_defaults_to_420_and_lists_expand_with_quality(write_suite, tiny_suite):
     suite = load_suite(write_suite(tiny_suite))
-    assert [(d.label, d.subsampling) for d in suite.defenses] == [("none", None), ("jpeg-q50", 420)]
+    assert [(d.label, d.kwargs.get("subsampling")) for d in suite.defenses] == [("none", None), ("jpeg-q50", 420)]
     tiny_suite["defenses"] = ["none", {"type": "jpeg", "quality": [50, 75], "subsampling": [420, 444]}]
     suite = load_suite(write_suite(tiny_suite))
     assert [d.label for d in suite.defenses] == ["none", "jpeg-q50", "jpeg-q50-444", "jpeg-q75", "jpeg-q75-444"]

@@ -144,22 +144,23 @@ def _is_file(left: str) -> bool:
     return left.endswith(".py") or "/" in left or "\\" in left
 
 
-def normalise_target(value: Any, base: Path, ctx: "Context") -> str:
-    """``file.py:fn`` with the file made absolute (it must exist), or ``pkg.module:fn`` as given."""
+def normalise_target(value: Any, base: Path, ctx: "Context", key: str = "factory") -> str:
+    """``file.py:fn`` with the file made absolute (it must exist), or ``pkg.module:fn`` as given;
+    problems are reported under ``key``."""
     usage = "must be 'pkg.module:function' or 'path/to/file.py:function'"
     if not isinstance(value, str) or not value.strip():
-        ctx.error("factory", f"{usage}, got {value!r}")
+        ctx.error(key, f"{usage}, got {value!r}")
     left, sep, fn = value.strip().rpartition(":")
     if not sep or not left or not fn or not all(part.isidentifier() for part in fn.split(".")):
-        ctx.error("factory", f"{usage}, got {value!r}")
+        ctx.error(key, f"{usage}, got {value!r}")
     if _is_file(left):
         path = Path(left).expanduser()
         path = (path if path.is_absolute() else Path(base) / path).resolve()
         if not path.is_file():
-            ctx.error("factory", f"file not found: {path}")
+            ctx.error(key, f"file not found: {path}")
         return f"{path}:{fn}"
     if not all(part.isidentifier() for part in left.split(".")):
-        ctx.error("factory", f"{usage}, got {value!r}")
+        ctx.error(key, f"{usage}, got {value!r}")
     return f"{left}:{fn}"
 
 

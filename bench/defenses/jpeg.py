@@ -1,9 +1,7 @@
-"""Input-transformation defenses, applied to 8-bit images before classification.
-
-A defense maps a float batch in [0, 1] on the 8-bit grid to another such batch. ``jpeg`` is a
-real JPEG encode/decode round trip, 4:2:0 chroma by default (what the tutorial's saved file had) or
-4:4:4, and the same transformation on every device: PIL in a thread pool on CPU and for 4:2:0 on
-CUDA, torchvision's batched nvjpeg for 4:4:4 on CUDA (see ``JPEG``).
+"""``jpeg``: a real JPEG encode/decode round trip (Guo et al. 2018; Das et al. 2017), 4:2:0
+chroma by default (what the tutorial's saved file had) or 4:4:4, and the same transformation on
+every device: PIL in a thread pool on CPU and for 4:2:0 on CUDA, torchvision's batched nvjpeg for
+4:4:4 on CUDA (see ``JPEG``). Its differentiable version is kornia's differentiable JPEG.
 """
 
 from __future__ import annotations
@@ -12,34 +10,13 @@ import io
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
-import torch.nn as nn
 from PIL import Image
 
-from bench.fastpath import Wrapper
-
-if TYPE_CHECKING:
-    from bench.specs import DefenseSpec
-
-Defense = Callable[[torch.Tensor], torch.Tensor]
-
-
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """Quantise images in [0, 1] to 8 bits (round to nearest), as saving a PNG would."""
-    return x.detach().clamp(0, 1).mul(255).round_().to(torch.uint8)
-
-
-def quantize(x: torch.Tensor) -> torch.Tensor:
-    """The float image a viewer would load back from an 8-bit file."""
-    return to_uint8(x).float().div_(255)
-
-
-def identity(x: torch.Tensor) -> torch.Tensor:
-    return x
-
+from bench.defenses.base import Defense, DefenseType, Param, to_uint8
 
 SUBSAMPLINGS = (420, 444)  # JPEG chroma subsampling: 4:2:0 (PIL's and libjpeg's default), 4:4:4 (none)
 _PIL_SUBSAMPLING = {420: 2, 444: 0}  # PIL's save(subsampling=...): 2 is 4:2:0, 0 is 4:4:4
@@ -47,7 +24,7 @@ CUDA_420_PATHS = ("pil", "pil+nvjpeg")
 
 
 @dataclass
-class JPEG:
+class JPEG(Defense):
     """JPEG round trip at ``quality`` (1–100) with ``subsampling`` 420 (4:2:0 chroma, what PIL and
     libjpeg save by default) or 444 (4:4:4, full-resolution chroma).
 
@@ -87,10 +64,18 @@ class JPEG:
         if self.cuda_420 not in CUDA_420_PATHS:
             raise ValueError(f"cuda_420 must be one of {CUDA_420_PATHS}, got {self.cuda_420!r}")
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def transform(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         if not x.is_cuda:
             return self._pil(x)
         return self._cuda(x)
+
+    @property
+    def has_smooth(self) -> bool:
+        return True
+
+    def smooth(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """kornia's differentiable JPEG (see :class:`DiffJPEG`): a model of the codec, both ways."""
+        return DiffJPEG(self.quality, self.subsampling)(x)
 
     def _cuda(self, x: torch.Tensor) -> torch.Tensor:
         """The CUDA dispatch, callable with CPU tensors too (the tests fake torchvision's codecs)."""
@@ -161,65 +146,19 @@ class DiffJPEG:
         return jpeg_codec_differentiable(x, quality)
 
 
-def straight_through(defense: Defense) -> Defense:
-    """BPDA with the identity as the backward approximation (Athalye et al. 2018): the forward
-    pass runs the real defense, the backward pass treats it as if it were not there."""
-
-    def bpda(x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            y = defense(x.detach())
-        return x + (y - x).detach()
-
-    return bpda
+def _label(p: dict[str, Any]) -> str:
+    label = f"jpeg-q{p['quality']}"
+    return label if p["subsampling"] == 420 else f"{label}-{p['subsampling']}"
 
 
-@dataclass(frozen=True)
-class DefenseInfo:
-    build: Callable[..., Defense]
-    params: dict[str, Any]  # suite keys and their defaults
-    differentiable: Callable[..., Defense] | None = None  # a smooth stand-in for adaptive attacks
-
-
-DEFENSES: dict[str, DefenseInfo] = {
-    "none": DefenseInfo(lambda: identity, {}, lambda: identity),
-    "jpeg": DefenseInfo(
-        lambda quality=75, subsampling=420: JPEG(quality, subsampling),
-        {"quality": 75, "subsampling": 420},
-        lambda quality=75, subsampling=420: DiffJPEG(quality, subsampling),
+DEFENSE = DefenseType(
+    name="jpeg",
+    params=(
+        Param("quality", 75, "int", 1, 100),
+        Param("subsampling", 420, "choice", choices=SUBSAMPLINGS,
+              help="420 (4:2:0 chroma, what PIL and libjpeg save), 444 (4:4:4, no chroma subsampling)"),
     ),
-}
-ADAPTIVE_METHODS = ("bpda", "diffjpeg")
-
-
-def _kwargs(spec: "DefenseSpec") -> dict[str, Any]:
-    kwargs = {"quality": spec.quality, "subsampling": spec.subsampling}
-    return {k: v for k, v in kwargs.items() if v is not None}
-
-
-def build(spec: "DefenseSpec") -> Defense:
-    """The real defense, as used for every evaluation."""
-    return DEFENSES[spec.type].build(**_kwargs(spec))
-
-
-def attack_path(spec: "DefenseSpec", eval_mode: str) -> Defense:
-    """What an attack in ``eval_mode`` sees of the defense while it crafts: nothing (oblivious),
-    the real defense with an identity backward (adaptive-bpda), or a differentiable model of it
-    (adaptive-diffjpeg)."""
-    if eval_mode == "oblivious":
-        return identity
-    if eval_mode == "adaptive-bpda":
-        return straight_through(build(spec))
-    if eval_mode == "adaptive-diffjpeg":
-        return DEFENSES[spec.type].differentiable(**_kwargs(spec))
-    raise ValueError(f"unknown eval_mode {eval_mode!r}")
-
-
-class Defended(Wrapper):
-    """model ∘ transform: the classifier an adaptive attack optimises against."""
-
-    def __init__(self, model: nn.Module, transform: Defense):
-        super().__init__(model)
-        self.transform = transform
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(self.transform(x))
+    build=lambda quality, subsampling: JPEG(quality, subsampling),
+    label=_label,
+    summary="JPEG encode and decode at `quality`; 4:2:0 chroma (PIL's default) or 4:4:4",
+)

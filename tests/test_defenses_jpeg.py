@@ -13,6 +13,7 @@ from PIL import Image
 import torchvision.io
 from PIL import JpegImagePlugin
 
+from bench.defenses import spec as defense_spec
 from bench.defenses import JPEG, DiffJPEG, attack_path, build, quantize, to_uint8
 from bench.suite import DefenseSpec
 
@@ -29,7 +30,7 @@ def test_none_is_the_identity(images):
 
 
 def test_jpeg_equals_a_pil_save_and_load_at_that_quality(images):
-    out = build(DefenseSpec("jpeg", 30))(images)
+    out = build(defense_spec("jpeg", quality=30))(images)
     arr = to_uint8(images[1]).permute(1, 2, 0).numpy()
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="JPEG", quality=30)
@@ -57,16 +58,16 @@ def _pil_roundtrip(img: torch.Tensor, quality: int, pil_subsampling: int) -> tor
 
 @pytest.mark.parametrize("subsampling,pil_subsampling", [(420, 2), (444, 0)])
 def test_subsampling_is_what_pil_saves_with_it(images, subsampling, pil_subsampling):
-    jpeg = build(DefenseSpec("jpeg", 50, subsampling))
+    jpeg = build(defense_spec("jpeg", quality=50, subsampling=subsampling))
     assert jpeg.subsampling == subsampling
     assert torch.equal(to_uint8(jpeg(images)[2]), _pil_roundtrip(images[2], 50, pil_subsampling))
 
 
 def test_the_default_is_420_what_pil_saves_without_being_asked(images):
-    assert JPEG().subsampling == 420 and build(DefenseSpec("jpeg", 50)).subsampling == 420
-    default = build(DefenseSpec("jpeg", 50))(images)
-    assert torch.equal(default, build(DefenseSpec("jpeg", 50, 420))(images))
-    assert not torch.equal(default, build(DefenseSpec("jpeg", 50, 444))(images))
+    assert JPEG().subsampling == 420 and build(defense_spec("jpeg", quality=50)).subsampling == 420
+    default = build(defense_spec("jpeg", quality=50))(images)
+    assert torch.equal(default, build(defense_spec("jpeg", quality=50, subsampling=420))(images))
+    assert not torch.equal(default, build(defense_spec("jpeg", quality=50, subsampling=444))(images))
 
 
 def _checkerboard(size: int = 64) -> torch.Tensor:
@@ -97,11 +98,13 @@ def test_a_subsampling_that_jpeg_does_not_offer_is_refused():
         JPEG(75, cuda_420="nvjpeg")
 
 
-def test_diffjpeg_records_the_subsampling_and_models_420_for_both(images):
+def test_diff_is_kornias_420_model_of_the_codec_for_both_subsamplings(images):
     # kornia has no 4:4:4 mode: the differentiable stand-in is the same function for both
-    d420, d444 = attack_path(DefenseSpec("jpeg", 50, 420), "adaptive-diffjpeg"), attack_path(DefenseSpec("jpeg", 50, 444), "adaptive-diffjpeg")
-    assert isinstance(d444, DiffJPEG) and d444.subsampling == 444
+    d420 = attack_path(defense_spec("jpeg", quality=50, subsampling=420), "adaptive-diff")
+    d444 = attack_path(defense_spec("jpeg", quality=50, subsampling=444), "adaptive-diff")
     assert torch.equal(d420(images), d444(images))
+    assert torch.equal(d420(images), DiffJPEG(50)(images))
+    assert attack_path(defense_spec("jpeg", quality=50), "adaptive-diffjpeg")(images).equal(d420(images))  # the old name
 
 
 # -- the CUDA paths, run on CPU tensors with torchvision's codecs faked ----------------------
@@ -177,8 +180,8 @@ def test_cuda_tensors_go_to_the_cuda_dispatch(monkeypatch):
     class OnCuda:
         is_cuda = True
 
-    assert JPEG(75, 444)(OnCuda()) == "cuda path" and len(seen) == 1
-    assert JPEG(75, 444)(torch.zeros(1, 3, 8, 8)) == "pil path"
+    assert JPEG(75, 444).transform(OnCuda()) == "cuda path" and len(seen) == 1
+    assert JPEG(75, 444).transform(torch.zeros(1, 3, 8, 8)) == "pil path"
 
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
