@@ -26,7 +26,7 @@ FLAGS: dict[str, Flag] = {f.code: f for f in (
          "finding the worst case (gradient masking, or a step size that overshoots)",
          "use more steps or PGD with random restarts; check that ε and the step size fit together"),
     Flag("adaptive-weaker", "the adaptive attack leaves more accuracy than the oblivious one: its gradient through the "
-         "defense is wrong or masked", "try the other adaptive method (bpda / diffjpeg), more steps, or EOT"),
+         "defense is wrong or masked", "try the other adaptive method (bpda / diff), more steps, or more eot_samples"),
     Flag("zero-grad", "the attacked model returns all-zero input gradients on the first batch: gradient masking or a "
          "non-differentiable step in the attack path", "attack through BPDA (adaptive-bpda) or a smooth surrogate"),
     Flag("short-delta", "the largest measured ‖δ‖ (in the attack's norm: L∞ or L2) is far below ε (under half): the "

@@ -36,12 +36,20 @@ def write_report(run_dir: str | Path, reports_root: str | Path = "reports") -> P
     out_dir = Path(reports_root) / meta["suite"]
     out_dir.mkdir(parents=True, exist_ok=True)
     by_defense = _plot_defenses(df, out_dir / f"{meta['run_id']}-defenses.png")
-    plots = [by_defense or _plot(df, out_dir / f"{meta['run_id']}-robust.png"),
-             _plot_quality(df, out_dir / f"{meta['run_id']}-quality.png")]
-    text = render(df, meta, [p.name for p in plots if p], load_predictions(Path(run_dir)))
+    plots = [p for p in (by_defense or _plot(df, out_dir / f"{meta['run_id']}-robust.png"),
+                         _plot_quality(df, out_dir / f"{meta['run_id']}-quality.png")) if p]
+    predictions = load_predictions(Path(run_dir))
+    text = render(df, meta, [p.name for p in plots], predictions)
     path = out_dir / f"{meta['run_id']}.md"
     write_atomic(path, text.encode())
-    write_atomic(out_dir / "latest.md", text.encode())
+    # latest.md points at latest-*.png copies: a committed latest report keeps stable file names
+    latest = {p: out_dir / f"latest-{p.name.removeprefix(meta['run_id'] + '-')}" for p in plots}
+    for old in out_dir.glob("latest-*.png"):
+        if old not in latest.values():
+            old.unlink()
+    for src, dst in latest.items():
+        write_atomic(dst, src.read_bytes())
+    write_atomic(out_dir / "latest.md", render(df, meta, [p.name for p in latest.values()], predictions).encode())
     return path
 
 

@@ -47,7 +47,11 @@ def test_run_writes_the_table_run_json_and_report(tmp_path, suite_file):
     # the same model and defense give the same clean accuracy whatever the attack
     assert (df.groupby("defense")["clean_acc"].nunique() == 1).all()
     report = (tmp_path / "reports" / "tiny" / f"{run_dir.name}.md").read_text()
-    assert report == (tmp_path / "reports" / "tiny" / "latest.md").read_text()
+    latest = (tmp_path / "reports" / "tiny" / "latest.md").read_text()
+    # latest.md is the same report, its plots copied under stable names (a committed latest report keeps them)
+    assert latest == report.replace(f"({run_dir.name}-", "(latest-") and "(latest-robust.png)" in latest
+    assert (tmp_path / "reports" / "tiny" / "latest-robust.png").read_bytes() == (
+        tmp_path / "reports" / "tiny" / f"{run_dir.name}-robust.png").read_bytes()
     for section in ("## Clean accuracy", "## Robust accuracy", "## Attack success rate", "## Perturbation and cost", "## Environment"):
         assert section in report
     assert "| cnn     | fgsm     | 8/255 |" in report
@@ -57,7 +61,7 @@ def test_run_writes_the_table_run_json_and_report(tmp_path, suite_file):
     (tmp_path / "reports" / "tiny" / "latest.md").unlink()
     proc = bench("report", str(run_dir), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert (tmp_path / "reports" / "tiny" / "latest.md").read_text() == report
+    assert (tmp_path / "reports" / "tiny" / "latest.md").read_text() == latest
 
 
 def test_dry_run_prints_the_grid_and_writes_nothing(tmp_path, suite_file):

@@ -35,3 +35,41 @@ def test_rows_are_model_attack_eps_and_columns_are_defenses():
 def test_an_interrupted_run_says_so():
     text = render(to_frame([_row()]), {**META, "status": "interrupted"})
     assert "This run is interrupted" in text
+
+
+def _defense_rows():
+    """none; 'squeeze' gains 30 points against the oblivious attack and none against the adaptive one;
+    'noise' gains 30 and keeps 20; 'blur' was never attacked adaptively."""
+    rows = []
+    for eps, base in ((2 / 255, 0.1), (4 / 255, 0.0)):
+        rows += [_row(eps=eps, robust_acc=base),
+                 _row(eps=eps, defense="squeeze", robust_acc=base + 0.3, clean_acc=0.8, defense_images_per_s=900.0),
+                 _row(eps=eps, defense="squeeze", eval_mode="adaptive-bpda", robust_acc=base, clean_acc=0.8),
+                 _row(eps=eps, defense="noise", robust_acc=base + 0.3, clean_acc=0.7),
+                 _row(eps=eps, defense="noise", eval_mode="adaptive-bpda", robust_acc=base + 0.25, clean_acc=0.7),
+                 _row(eps=eps, defense="noise", eval_mode="adaptive-diff", robust_acc=base + 0.2, clean_acc=0.7),
+                 _row(eps=eps, defense="blur", robust_acc=base + 0.05, clean_acc=0.85)]
+    for r in rows:
+        r["cell_id"] += f"/{r['eval_mode']}/{r['eps']}"
+    return to_frame(rows)
+
+
+def test_defenses_are_ranked_by_their_best_adaptive_attack_and_broken_ones_are_marked():
+    text = render(_defense_rows(), META)
+    table = text.split("## Defense comparison")[1].split("\n## ")[0]
+    rows = [line for line in table.splitlines() if line.startswith("|") and "---" not in line][1:]
+    # squeeze ties with none against its adaptive attack; the clean accuracy it costs puts it last
+    assert [r.split("|")[2].strip() for r in rows] == ["noise", "blur", "none", "squeeze"]
+    noise, blur, none, squeeze = rows
+    assert "40.0 % → 30.0 % (diff)" in noise and "30.0 % → 20.0 % (diff)" in noise  # the best adaptive method
+    assert "keeps up to +20 points adaptively" in noise
+    assert "**broken by adaptive attack**" in squeeze and "80.0 % (-10)" in squeeze and "900" in squeeze
+    assert "not attacked adaptively" in blur and "baseline" in none
+
+
+def test_a_defense_whose_oblivious_gain_is_small_is_not_called_broken():
+    df = _defense_rows()
+    df.loc[(df["defense"] == "squeeze") & (df["eval_mode"] == "oblivious"), "robust_acc"] -= 0.21  # gains 9 points only
+    table = render(df, META).split("## Defense comparison")[1].split("\n## ")[0]
+    squeeze = [line for line in table.splitlines() if "| squeeze " in line]
+    assert len(squeeze) == 1 and "no robust gain" in squeeze[0]
