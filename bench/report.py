@@ -38,8 +38,7 @@ def write_report(run_dir: str | Path, reports_root: str | Path = "reports") -> P
     by_defense = _plot_defenses(df, out_dir / f"{meta['run_id']}-defenses.png")
     plots = [p for p in (by_defense or _plot(df, out_dir / f"{meta['run_id']}-robust.png"),
                          _plot_quality(df, out_dir / f"{meta['run_id']}-quality.png")) if p]
-    predictions = load_predictions(Path(run_dir))
-    text = render(df, meta, [p.name for p in plots], predictions)
+    text = render(df, meta, [p.name for p in plots], load_predictions(Path(run_dir)))
     path = out_dir / f"{meta['run_id']}.md"
     write_atomic(path, text.encode())
     # latest.md points at latest-*.png copies: a committed latest report keeps stable file names
@@ -49,7 +48,8 @@ def write_report(run_dir: str | Path, reports_root: str | Path = "reports") -> P
             old.unlink()
     for src, dst in latest.items():
         write_atomic(dst, src.read_bytes())
-    write_atomic(out_dir / "latest.md", render(df, meta, [p.name for p in latest.values()], predictions).encode())
+        text = text.replace(f"]({src.name})", f"]({dst.name})")
+    write_atomic(out_dir / "latest.md", text.encode())
     return path
 
 
@@ -210,40 +210,15 @@ def _defense_comparison(ok: pd.DataFrame, extra: list[str]) -> str | None:
     """Per model and attack: every defense ranked by what is left against its best adaptive attack,
     beside what it costs on clean images, what it seems to buy against the oblivious attack, and
     its throughput; a verdict says whether the oblivious gain survives an attacker who knows it."""
-    if not (ok["defense"] == "none").any() or ok["defense"].nunique() < 2 or ok["eps"].isna().all():
-        return None
     parts = []
     for key, group in ok[ok["eps"].notna()].groupby(["model", "attack", *extra], sort=False):
-        base = group[(group["defense"] == "none") & (group["eval_mode"] == "oblivious")].set_index("eps")["robust_acc"]
-        if base.empty or group["defense"].nunique() < 2:
+        none = group[(group["defense"] == "none") & (group["eval_mode"] == "oblivious")]
+        if none.empty or group["defense"].nunique() < 2:
             continue
+        base, clean0 = none.set_index("eps")["robust_acc"], none["clean_acc"].iloc[0]
         epsilons = sorted(group["eps"].unique())
-        rows, order = [], []
-        for defense, d in group.groupby("defense", sort=False):
-            oblivious = d[d["eval_mode"] == "oblivious"].set_index("eps")["robust_acc"]
-            adaptive = d[d["eval_mode"] != "oblivious"]
-            best = (adaptive.sort_values("robust_acc").drop_duplicates("eps").set_index("eps")
-                    if len(adaptive) else pd.DataFrame(columns=["robust_acc", "eval_mode"]))
-            row = {"defense": defense}
-            clean = d["clean_acc"].iloc[0]
-            row["clean acc (Δ)"] = f"{_pct(clean)} ({100 * (clean - base_clean(group)) + 0.0:+.0f})"
-            worst = {}  # ε → robust accuracy against the strongest attack run (adaptive where there is one)
-            for eps in epsilons:
-                o = oblivious.get(eps)
-                a = best["robust_acc"].get(eps) if eps in best.index else None
-                worst[eps] = a if a is not None else o
-                text = "–" if o is None else _pct(o)
-                if a is not None:
-                    text += f" → {_pct(a)} ({best.loc[eps, 'eval_mode'].removeprefix('adaptive-')})"
-                row[f"ε {format_eps(eps)}: oblivious → adaptive"] = text
-            speed = d["defense_images_per_s"].dropna()
-            row["defense img/s"] = f"{speed.iloc[0]:.0f}" if len(speed) else "–"
-            row["verdict"] = _verdict(defense, oblivious, best["robust_acc"] if len(best) else None, base)
-            rows.append(row)
-            values = [worst[e] for e in epsilons if worst[e] is not None]
-            order.append((-(worst[epsilons[-1]] or 0), -sum(values) / max(1, len(values)), -clean))
-        ranked = [r for _, r in sorted(zip(order, rows), key=lambda t: t[0])]
-        table = pd.DataFrame(ranked)
+        rows = [_defense_row(defense, d, epsilons, base, clean0) for defense, d in group.groupby("defense", sort=False)]
+        table = pd.DataFrame([row for _, row in sorted(rows, key=lambda r: r[0])])
         table.insert(0, "rank", range(1, len(table) + 1))
         title = " · ".join(str(k) for k in (key if isinstance(key, tuple) else (key,)))
         parts.append(f"### {title}\n\n" + table.to_markdown(index=False))
@@ -258,14 +233,31 @@ def _defense_comparison(ok: pd.DataFrame, extra: list[str]) -> str | None:
     )
 
 
-def base_clean(group: pd.DataFrame) -> float:
-    return group.loc[group["defense"] == "none", "clean_acc"].iloc[0]
+def _defense_row(defense: str, d: pd.DataFrame, epsilons: list[float], base: pd.Series, clean0: float) -> tuple[tuple, dict]:
+    """One defense's row of the comparison and its sort key."""
+    oblivious = d[d["eval_mode"] == "oblivious"].set_index("eps")["robust_acc"]
+    best = d[d["eval_mode"] != "oblivious"].sort_values("robust_acc").drop_duplicates("eps").set_index("eps")
+    clean = d["clean_acc"].iloc[0]
+    row = {"defense": defense, "clean acc (Δ)": f"{_pct(clean)} ({100 * (clean - clean0) + 0.0:+.0f})"}
+    strongest = []  # per ε: robust accuracy against the strongest attack run (the best adaptive one, where one ran)
+    for eps in epsilons:
+        o, a = oblivious.get(eps), best["robust_acc"].get(eps)
+        text = "–" if o is None else _pct(o)
+        if a is not None:
+            text += f" → {_pct(a)} ({best.loc[eps, 'eval_mode'].removeprefix('adaptive-')})"
+        row[f"ε {format_eps(eps)}: oblivious → adaptive"] = text
+        strongest.append(a if a is not None else o)
+    speed = d["defense_images_per_s"].dropna()
+    row["defense img/s"] = f"{speed.iloc[0]:.0f}" if len(speed) else "–"
+    row["verdict"] = _verdict(defense, oblivious, best["robust_acc"], base)
+    known = [x for x in strongest if x is not None]
+    return (-(strongest[-1] or 0), -sum(known) / max(1, len(known)), -clean), row
 
 
-def _verdict(defense: str, oblivious: pd.Series, adaptive: pd.Series | None, base: pd.Series) -> str:
+def _verdict(defense: str, oblivious: pd.Series, adaptive: pd.Series, base: pd.Series) -> str:
     if defense == "none":
         return "baseline"
-    if adaptive is None or adaptive.empty:
+    if adaptive.empty:
         return "not attacked adaptively"
     gains = []
     for eps, a in adaptive.items():
@@ -283,8 +275,7 @@ def _draws_table(ok: pd.DataFrame, extra: list[str]) -> str | None:
     if part.empty:
         return None
     part = part.assign(cell=[f"{_pct(r)} / {_pct(a)}" for r, a in zip(part["robust_acc"], part["robust_acc_all_draws"])])
-    part = part.assign(mode=part["eval_mode"])
-    table = part.pivot_table(index=["model", "attack", "defense", "mode", *extra], columns="ε", values="cell", aggfunc="first", sort=False)
+    table = part.pivot_table(index=["model", "attack", "defense", "eval_mode", *extra], columns="ε", values="cell", aggfunc="first", sort=False)
     draws = int(part["eval_draws"].max())
     return (table.reset_index().to_markdown(index=False) + f"\n\nRobust accuracy on one seeded draw of the defense per "
             f"image (robust_acc) / on every one of {draws} draws (robust_acc_all_draws: an image counts only if it "

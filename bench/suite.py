@@ -292,14 +292,13 @@ class _Validator:
         self.compile_default = self.boolean(doc.get("compile", False), "compile")
         models = self.models(doc["models"], data)
         attacks = self.attacks(doc["attacks"], models)
-        defenses = self.defenses(doc.get("defenses", ["none"]))
+        defenses = self.defenses(doc.get("defenses", ["none"]), models)
         devices = self.choices(doc.get("devices", ["cpu"]), "devices", None, _DEVICE_RE)
         precisions = self.choices(doc.get("precisions", ["fp32"]), "precisions", PRECISIONS)
         modes = self.choices(doc.get("eval_mode", ["oblivious"]), "eval_mode", EVAL_MODES)
         eval_modes = self.eval_modes(modes, doc.get("adaptive_method", list(defense_registry.ADAPTIVE_METHODS)))
         eot_samples = self.integer(doc.get("eot_samples", defense_registry.EOT_SAMPLES), "eot_samples", lo=1)
         eval_draws = self.integer(doc.get("eval_draws", 1), "eval_draws", lo=1)
-        self.probe_defenses(defenses, models)
         include = self.rules(doc.get("include", []), "include")
         exclude = self.rules(doc.get("exclude", []), "exclude")
         suite = Suite(
@@ -502,31 +501,27 @@ class _Validator:
             return tuple(value)
         raise self.fail(key, f"must be a number, string or boolean, got {_kind(value)}")
 
-    def defenses(self, value: Any) -> tuple[DefenseSpec, ...]:
+    def defenses(self, value: Any, models: tuple[ModelSpec, ...]) -> tuple[DefenseSpec, ...]:
         out: list[DefenseSpec] = []
-        self.defense_keys: dict[DefenseSpec, str] = {}
         for i, item in enumerate(self.listof(value, "defenses")):
             for spec in defense_registry.parse(item, f"defenses[{i}]", self):
+                self.probe_defense(spec, f"defenses[{i}]", models)
                 out.append(spec)
-                self.defense_keys.setdefault(spec, f"defenses[{i}]")
         labels = [d.label for d in out]
         dup = sorted({x for x in labels if labels.count(x) > 1})
         if dup:
             raise self.fail("defenses", f"duplicate defenses: {', '.join(dup)}")
         return tuple(out)
 
-    def probe_defenses(self, defenses: tuple[DefenseSpec, ...], models: tuple[ModelSpec, ...]) -> None:
-        """Run each defense that can fail on its input (user code, size-dependent ones) on a small
+    def probe_defense(self, spec: DefenseSpec, key: str, models: tuple[ModelSpec, ...]) -> None:
+        """Run a defense that can fail on its input (user code, size-dependent ones) on a small
         batch at every input size it will see, before any compute."""
-        sizes = sorted({m.preprocess.input_size for m in models})
-        for spec in defenses:
-            for size in sizes:
-                try:
-                    defense_registry.probe(spec, size)
-                except defense_registry.DefenseError as exc:
-                    key = self.defense_keys[spec]
-                    where = _join(key, exc.key) if exc.key and spec.type != "chain" else key  # a chain's part: its entry
-                    raise self.fail(where, f"{spec.label} at {size} px: {exc}") from None
+        for size in sorted({m.preprocess.input_size for m in models}):
+            try:
+                defense_registry.probe(spec, size)
+            except defense_registry.DefenseError as exc:
+                where = _join(key, exc.key) if exc.key and spec.type != "chain" else key  # a chain's part: its entry
+                raise self.fail(where, f"{spec.label} at {size} px: {exc}") from None
 
     def eval_modes(self, modes: tuple[str, ...], value: Any) -> tuple[str, ...]:
         """oblivious and adaptive-<method> for each method asked for (aliases resolved)."""

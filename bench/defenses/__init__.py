@@ -37,7 +37,7 @@ from bench.defenses.base import (  # noqa: F401 (re-exported)
 from bench.defenses.jpeg import JPEG, SUBSAMPLINGS, DiffJPEG  # noqa: F401 (re-exported)
 from bench.specs import DefenseSpec
 
-NONE = DefenseType("none", (), lambda: Identity(), lambda p: "none", "no defense")
+NONE = DefenseType("none", (), lambda: Identity(), lambda p: "none")
 _MODULES = (jpeg, bit_depth, median, resize_pad, noise, chain, python)
 DEFENSES: dict[str, DefenseType] = {"none": NONE, **{m.DEFENSE.name: m.DEFENSE for m in _MODULES}}
 
@@ -96,8 +96,8 @@ def attack_model(model: nn.Module, spec: DefenseSpec, eval_mode: str, eot_sample
     ``eot_samples`` draws per forward pass (:class:`EOT`), drawn from ``generator``."""
     if eval_mode == "oblivious":
         return model
-    path = attack_path(spec, eval_mode)
     defense = build(spec)
+    path = _path(defense, spec, eval_mode)
     if defense.randomized and eot_samples > 1:
         return EOT(model, path, eot_samples, generator)
     return Defended(model, path, generator)
@@ -105,11 +105,14 @@ def attack_model(model: nn.Module, spec: DefenseSpec, eval_mode: str, eot_sample
 
 def attack_path(spec: DefenseSpec, eval_mode: str) -> Callable[..., torch.Tensor]:
     """The defense as an attack in ``eval_mode`` sees it while crafting: ``path(x, generator)``."""
-    defense = build(spec)
-    method = eval_mode.removeprefix("adaptive-")
-    method = METHOD_ALIASES.get(method, method)
     if eval_mode == "oblivious":
         return lambda x, generator=None: x
+    return _path(build(spec), spec, eval_mode)
+
+
+def _path(defense: Defense, spec: DefenseSpec, eval_mode: str) -> Callable[..., torch.Tensor]:
+    method = eval_mode.removeprefix("adaptive-")
+    method = METHOD_ALIASES.get(method, method)
     if method == "bpda":
         return straight_through(defense)
     if method == "diff":

@@ -43,11 +43,13 @@ def generator(device: str | torch.device, seed: int) -> torch.Generator:
     return torch.Generator(device=torch.device(device)).manual_seed(int(seed))
 
 
-def draw_uniform(shape: tuple[int, ...], x: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
-    """Uniform [0, 1) numbers on ``x``'s device from ``g`` (the global generator when ``g`` is None)."""
+def draw(sample: Callable[..., torch.Tensor], shape: tuple[int, ...], x: torch.Tensor,
+         g: torch.Generator | None) -> torch.Tensor:
+    """``sample`` (``torch.rand``, ``torch.randn``) of ``shape`` in ``x``'s dtype on ``x``'s device,
+    drawn from ``g`` on its own device (the global generator when ``g`` is None)."""
     if g is None:
-        return torch.rand(shape, device=x.device)
-    return torch.rand(shape, generator=g, device=g.device).to(x.device)
+        return sample(shape, device=x.device, dtype=x.dtype)
+    return sample(shape, generator=g, device=g.device, dtype=x.dtype).to(x.device)
 
 
 class Defense:
@@ -107,8 +109,8 @@ def straight_through(defense: Defense) -> Callable[..., torch.Tensor]:
 @dataclass(frozen=True)
 class Param:
     """One suite key of a defense: its default and what is allowed. ``kind`` is ``int``,
-    ``number`` (a float; fractions such as ``8/255`` are accepted), ``bool``, ``choice`` or
-    ``target`` (``file.py:function`` or ``pkg.module:function``). A list of values expands into
+    ``number`` (a float; fractions such as ``8/255`` are accepted), ``bool``, ``choice``,
+    ``target`` (``file.py:function`` or ``pkg.module:function``) or ``defenses`` (a chain's parts). A list of values expands into
     one defense each, where ``listable``."""
 
     name: str
@@ -146,7 +148,6 @@ class DefenseType:
     params: tuple[Param, ...]
     build: Callable[..., Defense]
     label: Callable[[dict[str, Any]], str]
-    summary: str
 
     @property
     def defaults(self) -> dict[str, Any]:

@@ -26,5 +26,4 @@ DEFENSE = DefenseType(
     params=(Param("bits", 5, "int", 1, 8),),
     build=lambda bits: BitDepth(bits),
     label=lambda p: f"bits-{p['bits']}",
-    summary="round each value to 2^bits levels (feature squeezing)",
 )

@@ -44,5 +44,4 @@ DEFENSE = DefenseType(
     params=(Param("of", None, "defenses", listable=False, help=f"a list of defenses, applied in order; at most {MAX_DEPTH} deep"),),
     build=lambda of: Chain(of),
     label=_label,
-    summary="the defenses in `of`, applied in order",
 )

@@ -160,5 +160,4 @@ DEFENSE = DefenseType(
     ),
     build=lambda quality, subsampling: JPEG(quality, subsampling),
     label=_label,
-    summary="JPEG encode and decode at `quality`; 4:2:0 chroma (PIL's default) or 4:4:4",
 )

@@ -46,5 +46,4 @@ DEFENSE = DefenseType(
     params=(Param("size", 3, "int", 2, 7, help="window side in pixels"),),
     build=lambda size: Median(size),
     label=lambda p: f"median-{p['size']}",
-    summary="median over a size × size window per channel (spatial smoothing)",
 )

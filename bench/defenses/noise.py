@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.defenses.base import Defense, DefenseType, Param
+from bench.defenses.base import Defense, DefenseType, Param, draw
 
 
 @dataclass
@@ -18,11 +18,7 @@ class GaussianNoise(Defense):
     differentiable = True
 
     def transform(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        if generator is None:
-            noise = torch.randn(x.shape, device=x.device, dtype=x.dtype)
-        else:
-            noise = torch.randn(x.shape, generator=generator, device=generator.device, dtype=x.dtype).to(x.device)
-        return (x + self.sigma * noise).clamp(0, 1)
+        return (x + self.sigma * draw(torch.randn, x.shape, x, generator)).clamp(0, 1)
 
 
 DEFENSE = DefenseType(
@@ -30,5 +26,4 @@ DEFENSE = DefenseType(
     params=(Param("sigma", 0.05, "number", 0, help="standard deviation in units of [0, 1] images"),),
     build=lambda sigma: GaussianNoise(sigma),
     label=lambda p: f"noise-{p['sigma']:g}",
-    summary="add Gaussian noise of standard deviation sigma, clip to [0, 1]",
 )

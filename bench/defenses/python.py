@@ -78,5 +78,4 @@ DEFENSE = DefenseType(
     ),
     build=lambda fn, differentiable, randomized: Python(fn, differentiable, randomized),
     label=_label,
-    summary="your own batch transform, `fn: file.py:function` or `pkg.module:function`",
 )

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from bench.defenses.base import Defense, DefenseType, Param, draw_uniform
+from bench.defenses.base import Defense, DefenseType, Param, draw
 
 
 def padded_size(side: int, max_scale: float) -> int:
@@ -32,7 +32,7 @@ class ResizePad(Defense):
         if big_h <= h or big_w <= w:
             raise ValueError(f"max_scale {self.max_scale:g} leaves no room at {h}×{w} px: "
                              f"⌊{h}·{self.max_scale:g}⌋ = {big_h}; use a larger max_scale")
-        u = draw_uniform((n, 3), x, generator).cpu()  # size, top, left: three numbers per image
+        u = draw(torch.rand, (n, 3), x, generator).cpu()  # size, top, left: three numbers per image
         out = []
         for i in range(n):
             rh = h + int(u[i, 0] * (big_h - h))  # uniform in [h, big_h)
@@ -50,5 +50,4 @@ DEFENSE = DefenseType(
     params=(Param("max_scale", 1.1, "number", 1, lo_open=True, help="padded size over input size"),),
     build=lambda max_scale: ResizePad(max_scale),
     label=lambda p: f"resize_pad-{p['max_scale']:g}",
-    summary="random resize to [s, s·max_scale), random zero padding to s·max_scale, resize back to s",
 )
