@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
-from bench.specs import CROP_FRACTION, DataSpec, Preprocess  # noqa: F401 (CROP_FRACTION re-exported)
+from bench.specs import DataSpec, Preprocess
 
 
 log = logging.getLogger(__name__)

@@ -216,8 +216,7 @@ class Workspace:
         draws = defense_registry.generator(cell.device, seed_of(cell.seed, "clean", cell.model.name, cell.defense.label))
         preds = []
         for x, _ in self.data(cell).batches(batch_size):
-            # contiguous NCHW whatever the defense returns: one memory layout, one compiled graph
-            preds.append(_predict(prep.model, defense(x.to(cell.device), draws).contiguous(), watch))
+            preds.append(_predict(prep.model, defense(x.to(cell.device), draws), watch))
         return torch.cat(preds), watch.seconds
 
     def adversarial(self, cell: CellSpec, prep: Prepared) -> Adversarial:
@@ -335,7 +334,7 @@ def _measure(cell: CellSpec, ws: Workspace, prep: Prepared) -> dict[str, Any]:
         for i in range(0, n, adv.batch_size):
             x = adv.images[i : i + adv.batch_size].to(cell.device).float().div_(255)
             with defense_watch.region() if draw == 0 else contextlib.nullcontext():
-                x = defense(x, g).contiguous()
+                x = defense(x, g)
             pred.append(_predict(prep.model, x, model_watch))
         predictions.append(torch.cat(pred))
     robust_pred = predictions[0]
@@ -431,7 +430,7 @@ def base_row(cell: CellSpec, ws: Workspace) -> dict[str, Any]:
         input_size=cell.model.input_size,
         dataset=ws.data(cell).name,
         attack=cell.attack.name,
-        attack_args=json.dumps(attack_registry.resolved_args(cell.attack), sort_keys=True, default=str),
+        attack_args=json.dumps(cell.attack.resolved(), sort_keys=True, default=str),
         eps=cell.attack.eps if cell.attack.eps is not None else math.nan,
         norm=attack_registry.norm(cell.attack),
         defense=cell.defense.label,

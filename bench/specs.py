@@ -18,6 +18,12 @@ from typing import Any
 CROP_FRACTION = 0.875  # 224 / 256, the usual ImageNet evaluation crop
 
 
+def resize_for_crop(input_size: int, crop_pct: float) -> int:
+    """The shorter side to resize to so that a centre crop of ``crop_pct`` is ``input_size``:
+    timm's ⌊size / crop_pct⌋, guarded against float error (224 / 0.875 is 256, not 255.99…)."""
+    return math.floor(input_size / crop_pct + 1e-6)
+
+
 @dataclass(frozen=True)
 class DataSpec:
     source: str

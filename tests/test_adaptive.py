@@ -16,7 +16,7 @@ from bench.defenses import spec as defense_spec
 from bench.defenses import JPEG, Defended, attack_path, straight_through
 from bench.sources import create_model
 from bench.runner import run_suite
-from bench.suite import DataSpec, DefenseSpec, ModelSpec, load_suite
+from bench.suite import DataSpec, ModelSpec, load_suite
 
 
 @pytest.fixture(scope="module")

@@ -100,16 +100,6 @@ def lookup(type_name: Any) -> AttackInfo:
 
 # Attacks whose perturbation is bounded in L2 by ``eps``; those with a ``norm`` argument say it there.
 _L2_ATTACKS = ("pgdl2", "pgdrsl2")
-NORMS = ("Linf", "L2", "L1", "none")
-
-
-def resolved_args(spec: "AttackSpec") -> dict[str, Any]:
-    """Every constructor argument the attack runs with (defaults filled in), plus ε and the
-    target: two specs with equal resolved arguments run the same attack."""
-    info = lookup(spec.type)
-    args = {k: v for k, v in info.params.items() if k != "eps"}
-    full = type(spec)(spec.name, spec.type, spec.eps, tuple(sorted({**args, **spec.kwargs}.items())), spec.target)
-    return full.resolved()
 
 
 def norm(spec: "AttackSpec") -> str:

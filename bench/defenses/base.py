@@ -63,8 +63,10 @@ class Defense:
         raise NotImplementedError
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        # contiguous NCHW whatever the transform returns (PIL's decode is channels-last): one memory
+        # layout for the model, one compiled graph
         with torch.no_grad():
-            return quantize(self.transform(x.detach(), generator))
+            return quantize(self.transform(x.detach(), generator)).contiguous()
 
     def smooth(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Forward as the real defense, backward through the transform; only for differentiable ones."""

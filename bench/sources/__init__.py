@@ -37,7 +37,7 @@ from typing import Any, Callable, NoReturn
 import torch
 
 from bench.models import Classifier, ProbeError, load_checkpoint, short_error
-from bench.specs import ModelSpec
+from bench.specs import ModelSpec, resize_for_crop
 from bench.sources import builtin, exported, factory, timm_models, torchvision_models
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,7 @@ def resolve(entry: dict[str, Any], ctx: Context, **fixed: Any) -> ModelSpec:
         pct = value("crop_pct")
         if isinstance(pct, bool) or not isinstance(pct, (int, float)) or not 0 < pct <= 1:
             ctx.error("crop_pct", f"must be a number in (0, 1] (input size / resize size), got {pct!r}")
-        resize = int(size / pct)
+        resize = resize_for_crop(size, pct)
     interpolation = value("interpolation") or fields.get("interpolation") or "bilinear"
     if interpolation not in INTERPOLATIONS:
         ctx.error("interpolation", f"{interpolation!r} is not allowed; allowed: {', '.join(INTERPOLATIONS)}")

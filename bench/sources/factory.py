@@ -52,7 +52,6 @@ import contextlib
 import hashlib
 import importlib
 import importlib.util
-import math
 import re
 import sys
 from dataclasses import dataclass
@@ -64,6 +63,7 @@ import torch
 import torch.nn as nn
 
 from bench.models import short_error
+from bench.specs import resize_for_crop
 
 if TYPE_CHECKING:
     from bench.sources import Context
@@ -422,5 +422,5 @@ def preprocessing(layers: list[Layer], ctx: "Context", where: Callable[[str], st
         layer, v = chosen["crop_pct"]
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1:
             _bad(ctx, layer, "crop_pct", f"must be a number in (0, 1] (input size / resize size), got {v!r}")
-        out["resize_size"] = math.floor(out["input_size"] / v + 1e-6)
+        out["resize_size"] = resize_for_crop(out["input_size"], v)
     return out

@@ -9,10 +9,11 @@ put them.
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Any
 
 import torch.nn as nn
+
+from bench.specs import resize_for_crop
 
 if TYPE_CHECKING:
     from bench.sources import Context, Entry
@@ -75,7 +76,7 @@ def resolve(entry: dict[str, Any], ctx: "Context") -> dict[str, Any]:
     crop_pct = float(data.get("crop_pct") or 0.875)
     return {"arch": name, "weights": None if tag is None else (cfg.get("tag") or tag),
             "num_classes": int(cfg.get("num_classes") or 1000), "mean": tuple(data["mean"]), "std": tuple(data["std"]),
-            "input_size": size, "resize_size": math.floor(size / crop_pct), "interpolation": data["interpolation"]}
+            "input_size": size, "resize_size": resize_for_crop(size, crop_pct), "interpolation": data["interpolation"]}
 
 
 def _cached_file(cfg: dict[str, Any]) -> str | None:
