@@ -20,10 +20,10 @@ import torch.nn as nn
 
 from bench import fastpath, sources
 from bench.models import Classifier
-from bench.sources import Context, create_model, probe
+from bench.sources import create_model, probe
 from bench.sources import exported as exported_source
 from bench.specs import ModelSpec
-from tests.test_sources_factory import CLASSES, FACTORY_SOURCE, MEAN, SIZE, STD
+from tests.test_sources_factory import CLASSES, FACTORY_SOURCE, MEAN, SIZE, STD, context, resolve_error
 
 BATCH = {"x": {0: torch.export.Dim("batch")}}
 CARD = {  # the keys `bench train` writes, and some it does not need here
@@ -31,14 +31,6 @@ CARD = {  # the keys `bench train` writes, and some it does not need here
     "num_classes": CLASSES, "mean": list(MEAN), "std": list(STD), "input_size": SIZE, "weights_from": "random",
     "epochs": 0, "seed": 0, "checkpoint": "model.pt",
 }
-
-
-def fail(key: str, message: str) -> Exception:
-    return ValueError(f"{key}: {message}")
-
-
-def context(base: Path) -> Context:
-    return Context(key="models[0]", base=base, default_size=224, fail=fail)
 
 
 def export(model: nn.Module, path: Path, card: dict | None = None, size: int = SIZE, channels: int = 3,
@@ -75,11 +67,7 @@ def resolve(folder: Path, **entry) -> dict:
 
 
 def error(folder: Path, **entry) -> str:
-    with pytest.raises(ValueError) as info:
-        exported_source.resolve(entry, context(folder))
-    message = str(info.value)
-    assert "\n" not in message, "suite errors are one line"
-    return message
+    return resolve_error(exported_source, folder, **entry)
 
 
 def spec_of(fields: dict, name: str = "exported") -> ModelSpec:

@@ -116,12 +116,17 @@ def spec_of(fields: dict, name: str = "mine") -> ModelSpec:
     return ModelSpec(name=name, source="factory", **fields)
 
 
-def error(folder: Path, **entry) -> str:
+def resolve_error(source, folder: Path, **entry) -> str:
+    """The one-line suite error ``source`` raises for ``entry`` (shared with the exported source's tests)."""
     with pytest.raises(ValueError) as info:
-        factory_source.resolve(entry, context(folder))
+        source.resolve(entry, context(folder))
     message = str(info.value)
     assert "\n" not in message, "suite errors are one line"
     return message
+
+
+def error(folder: Path, **entry) -> str:
+    return resolve_error(factory_source, folder, **entry)
 
 
 # ---------------------------------------------------------------------------------------------
