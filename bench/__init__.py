@@ -4,10 +4,27 @@ Two functions are the public API::
 
     suite = bench.load_suite("suites/tutorial.yaml")   # validated, or SuiteError
     result = bench.run_suite(suite)                     # table + report on disk
+
+They are imported on first use (PEP 562), so ``python -m bench`` answers ``--help``, ``report``
+and bad input without importing torch first.
 """
 
-from bench.runner import RunResult, run_suite
-from bench.suite import Suite, SuiteError, load_suite
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __all__ = ["load_suite", "run_suite", "Suite", "SuiteError", "RunResult"]
 __version__ = "0.1.0"
+_HOME = {"run_suite": "bench.runner", "RunResult": "bench.runner",
+         "load_suite": "bench.suite", "Suite": "bench.suite", "SuiteError": "bench.suite"}
+
+if TYPE_CHECKING:
+    from bench.runner import RunResult, run_suite
+    from bench.suite import Suite, SuiteError, load_suite
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HOME:
+        return getattr(importlib.import_module(_HOME[name]), name)
+    raise AttributeError(f"module 'bench' has no attribute {name!r}")

@@ -55,6 +55,24 @@ class RichProgress:
         self._p.stop()
 
 
+def _positive(text: str) -> int:
+    return _integer(text, 1)
+
+
+def _non_negative(text: str) -> int:
+    return _integer(text, 0)
+
+
+def _integer(text: str, lo: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= {lo}, got {text!r}") from None
+    if value < lo:
+        raise argparse.ArgumentTypeError(f"must be an integer >= {lo}, got {value}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bench", description="Adversarial-robustness benchmark harness.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -67,6 +85,17 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
     run.add_argument("--resume", nargs="?", const="latest", default=None, metavar="RUN_DIR",
                      help="finish an interrupted run: only cells without a row run (default: the suite's latest run)")
+    run.add_argument("--retry-failed", action="store_true",
+                     help="resume (the latest run, or --resume RUN_DIR) and run its failed cells again too; "
+                          "each new row replaces the failed one")
+    ex = run.add_argument_group("executor (default: the suite's `executor:`, else local; README: Scaling out)")
+    ex.add_argument("--executor", choices=("local", "ray"), default=None, help="where cells run")
+    ex.add_argument("--address", default=None, metavar="ADDR",
+                    help="ray: 'auto' or 'ray://HOST:10001' to join a cluster (default: start a local Ray instance)")
+    ex.add_argument("--workers", type=_positive, default=None, metavar="N", help="ray: CPU worker actors (default: CPUs // cpus per worker)")
+    ex.add_argument("--cpus-per-worker", type=_positive, default=None, metavar="N", help="ray: CPUs and torch threads per CPU worker (default 1)")
+    ex.add_argument("--max-retries", type=_non_negative, default=None, metavar="N",
+                    help="ray: runs of a group again after its worker is lost (default 2)")
     perf = sub.add_parser("perf", help="plain torchattacks PGD against the harness fast path, side by side")
     perf.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     perf.add_argument("--model", default="resnet18", help="any model a suite can name: resnet18 (default), "
@@ -165,8 +194,17 @@ def _run(args: argparse.Namespace, console: Console) -> int:
             print(f"  {c.model.name:<16} {c.attack.name:<14} eps={format_eps(c.attack.eps):<8} {c.defense.label:<9} "
                   f"{c.eval_mode:<10} {c.device:<6} {c.precision}")
         return EXIT_OK
-    from bench.runner import load_datasets, run_suite
+    from bench import executors
+    from bench.cells import load_datasets
+    from bench.runner import run_suite
 
+    try:
+        spec = executors.override(suite.executor, type=args.executor, address=args.address, workers=args.workers,
+                                  cpus_per_worker=args.cpus_per_worker, max_retries=args.max_retries)
+        executor = executors.create(spec)
+    except executors.ExecutorError as exc:
+        print(f"error: {args.suite}: executor: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     try:
         datasets = load_datasets(suite)
     except DataError as exc:
@@ -175,6 +213,8 @@ def _run(args: argparse.Namespace, console: Console) -> int:
     from bench.runner import ResumeError, RunError, latest_run
 
     resume = None
+    if args.retry_failed and not args.resume:
+        args.resume = "latest"  # --retry-failed is a kind of resume: of the latest run unless --resume names one
     if args.resume:
         resume = latest_run(args.results_dir, suite.name) if args.resume == "latest" else Path(args.resume)
         if resume is None:
@@ -186,8 +226,8 @@ def _run(args: argparse.Namespace, console: Console) -> int:
     with _stop_on_ctrl_c() as stop:
         try:
             result = run_suite(suite, args.results_dir, args.reports_dir, progress=progress, datasets=datasets,
-                               resume=resume, stop=stop.is_set)
-        except ResumeError as exc:
+                               resume=resume, stop=stop.is_set, retry_failed=args.retry_failed, executor=executor)
+        except (ResumeError, executors.ExecutorError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_BAD_INPUT
         except RunError as exc:  # the run itself broke (its folder, say): one line, the log has the traceback

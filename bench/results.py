@@ -70,13 +70,14 @@ COLUMNS: dict[str, str] = {
     "git_sha": "string",
     "torch_version": "string",
     "device_name": "string",
+    "worker": "string",  # the process that ran the cell: host:pid, and on Ray "node <id>" (README: Scaling out)
     "started_at": "string",
 }
 
 # Columns that vary from run to run on the same machine; every other column is reproducible.
 VOLATILE_COLUMNS = (
     "run_id", "started_at", "attack_seconds", "attack_images_per_s", "attack_steps_per_s",
-    "clean_images_per_s", "defense_images_per_s", "warmup_seconds", "peak_mem_mb",
+    "clean_images_per_s", "defense_images_per_s", "warmup_seconds", "peak_mem_mb", "worker",
 )
 
 ROWS_FILE = "rows.jsonl"
@@ -107,6 +108,12 @@ def predictions_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True).astype(columns)
 
 
+def _last_byte(path: Path) -> bytes:
+    with path.open("rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1)
+
+
 class RowLog:
     """Append-only JSON-lines log; each row is flushed and fsynced before ``append`` returns,
     so a run killed at any moment keeps every finished cell."""
@@ -114,6 +121,8 @@ class RowLog:
     def __init__(self, path: Path):
         self.path = path
         self._f = path.open("a", encoding="utf-8")
+        if self._f.tell() and _last_byte(path) != b"\n":
+            self._f.write("\n")  # a line cut off by a crash: end it, or the next row would be glued to it and lost
 
     def append(self, row: dict[str, Any]) -> None:
         self._f.write(json.dumps(row, allow_nan=True) + "\n")

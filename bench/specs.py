@@ -177,6 +177,18 @@ class CellSpec:
         return dataclasses.asdict(self)
 
 
+@dataclass(frozen=True)
+class ExecutorSpec:
+    """Where a run's cells execute. Not part of the suite's digest: the same grid gives the same
+    table on any executor, so a run may be resumed on another."""
+
+    type: str = "local"  # local | ray
+    address: str | None = None  # ray: None starts a local instance; "auto" or "ray://HOST:10001" joins one
+    workers: int | None = None  # ray: CPU worker actors (None: the cluster's CPUs // cpus_per_worker)
+    cpus_per_worker: int = 1  # ray: CPUs (and torch threads) per CPU worker
+    max_retries: int = 2  # ray: times a crafting group runs again after its worker is lost
+
+
 def format_eps(eps: float | None) -> str:
     """ε as a readable fraction of 255 where it is one (``10/255``), else a short decimal."""
     if eps is None or (isinstance(eps, float) and math.isnan(eps)):

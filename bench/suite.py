@@ -23,9 +23,10 @@ import yaml
 from bench import attacks as attack_registry
 from bench import data as data_registry
 from bench import defenses as defense_registry
+from bench import executors as executor_registry
 from bench import models as model_registry
 from bench import sources
-from bench.specs import AttackSpec, CellSpec, DataSpec, DefenseSpec, ModelSpec, format_eps  # noqa: F401 (re-exported)
+from bench.specs import AttackSpec, CellSpec, DataSpec, DefenseSpec, ExecutorSpec, ModelSpec, format_eps  # noqa: F401 (re-exported)
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 EVAL_MODES = ("oblivious", "adaptive")
@@ -47,6 +48,7 @@ TOP_KEYS = {
     "eval_draws": "integer >= 1: draws of a randomized defense per image for robust_acc_all_draws (default 1)",
     "include": "list of rules",
     "exclude": "list of rules",
+    "executor": "local (default) or ray, or a mapping: type, address, workers, cpus_per_worker, max_retries",
 }
 REQUIRED_TOP = ("name", "data", "models", "attacks")
 RULE_KEYS = ("model", "attack", "eps", "defense", "eval_mode", "device", "precision")
@@ -107,6 +109,7 @@ class Suite:
     eval_draws: int = 1
     include: tuple[dict[str, Any], ...] = ()
     exclude: tuple[dict[str, Any], ...] = ()
+    executor: ExecutorSpec = ExecutorSpec()  # where cells run; not in the digest (any executor gives the same table)
     path: str = "<memory>"
     raw: dict[str, Any] = field(default_factory=dict)
 
@@ -301,6 +304,7 @@ class _Validator:
         eval_draws = self.integer(doc.get("eval_draws", 1), "eval_draws", lo=1)
         include = self.rules(doc.get("include", []), "include")
         exclude = self.rules(doc.get("exclude", []), "exclude")
+        executor = executor_registry.parse(doc.get("executor", "local"), "executor", self)
         suite = Suite(
             name=name,
             seed=seed,
@@ -316,11 +320,12 @@ class _Validator:
             eval_draws=eval_draws,
             include=include,
             exclude=exclude,
+            executor=executor,
             path=str(self.path),
         )
         # the resolved suite as plain JSON: recorded in run.json, and hashed for --resume
         raw = dataclasses.asdict(suite)
-        for key in ("path", "raw"):
+        for key in ("path", "raw", "executor"):
             raw.pop(key)
         suite.raw = json.loads(json.dumps(raw, default=str))
         if not suite.cells():

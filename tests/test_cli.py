@@ -15,7 +15,24 @@ from bench.results import COLUMNS
 
 
 def bench(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`bench ARGS` as a user types it: a new process."""
     return subprocess.run([sys.executable, "-m", "bench", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture
+def cli(tmp_path, monkeypatch, capsys):
+    """`bench ARGS` from tmp_path, in this process (the same `main`, without a new process's seconds
+    of imports): exit status, stdout and stderr as a CompletedProcess."""
+    from bench.cli import main
+
+    monkeypatch.chdir(tmp_path)
+
+    def _cli(*args: str) -> subprocess.CompletedProcess:
+        code = main(list(args))
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess(list(args), code, out.out, out.err)
+
+    return _cli
 
 
 @pytest.fixture
@@ -64,19 +81,19 @@ def test_run_writes_the_table_run_json_and_report(tmp_path, suite_file):
     assert (tmp_path / "reports" / "tiny" / "latest.md").read_text() == latest
 
 
-def test_dry_run_prints_the_grid_and_writes_nothing(tmp_path, suite_file):
-    proc = bench("run", str(suite_file), "--dry-run", cwd=tmp_path)
+def test_dry_run_prints_the_grid_and_writes_nothing(tmp_path, suite_file, cli):
+    proc = cli("run", str(suite_file), "--dry-run")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("suite tiny: 6 cells")
     assert len(proc.stdout.strip().splitlines()) == 7
     assert not (tmp_path / "results").exists()
 
 
-def test_bad_input_exits_2_with_one_message_and_writes_nothing(tmp_path, tiny_suite):
+def test_bad_input_exits_2_with_one_message_and_writes_nothing(tmp_path, tiny_suite, cli):
     tiny_suite["attacks"][1]["eps"] = 2
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(tiny_suite))
-    proc = bench("run", str(path), cwd=tmp_path)
+    proc = cli("run", str(path))
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     (line,) = proc.stderr.strip().splitlines()
@@ -84,21 +101,21 @@ def test_bad_input_exits_2_with_one_message_and_writes_nothing(tmp_path, tiny_su
     assert not (tmp_path / "results").exists() and not (tmp_path / "reports").exists()
 
 
-def test_missing_suite_file_exits_2(tmp_path):
-    proc = bench("run", "nope.yaml", cwd=tmp_path)
+def test_missing_suite_file_exits_2(tmp_path, cli):
+    proc = cli("run", "nope.yaml")
     assert proc.returncode == 2 and "suite file not found" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_report_of_a_folder_that_is_not_a_run_exits_2(tmp_path):
-    proc = bench("report", str(tmp_path), cwd=tmp_path)
+def test_report_of_a_folder_that_is_not_a_run_exits_2(tmp_path, cli):
+    proc = cli("report", str(tmp_path))
     assert proc.returncode == 2 and "not a run folder" in proc.stderr
 
 
-def test_custom_cnn_too_small_for_its_input_is_exit_2_at_dry_run(tmp_path, tiny_suite):
+def test_custom_cnn_too_small_for_its_input_is_exit_2_at_dry_run(tmp_path, tiny_suite, cli):
     tiny_suite["data"]["image_size"] = 64
     path = tmp_path / "small.yaml"
     path.write_text(yaml.safe_dump(tiny_suite, sort_keys=False))
-    proc = bench("run", str(path), "--dry-run", cwd=tmp_path)
+    proc = cli("run", str(path), "--dry-run")
     assert proc.returncode == 2
     assert re.fullmatch(rf"error: {re.escape(str(path))}:\d+: data\.image_size: model 'cnn' \(custom_cnn\) at 64 px: "
                         r"a 1×3×64×64 probe batch fails: ValueError: input_size 64 is too small for custom_cnn.*\n", proc.stderr)

@@ -15,12 +15,13 @@ import pytest
 import yaml
 
 from bench.results import read_rows
+from bench.runlock import RunLock
 
 
 @pytest.fixture
 def slow_suite(tmp_path, tiny_suite) -> Path:
     """Enough cells (about a second each) that a run can be stopped in the middle."""
-    tiny_suite["attacks"] = [{"name": "pgd", "type": "pgd", "eps": [f"{k}/255" for k in range(1, 9)], "steps": 40, "alpha": "1/255"}]
+    tiny_suite["attacks"] = [{"name": "pgd", "type": "pgd", "eps": [f"{k}/255" for k in range(1, 9)], "steps": 20, "alpha": "1/255"}]
     path = tmp_path / "slow.yaml"
     path.write_text(yaml.safe_dump(tiny_suite))
     return path
@@ -42,12 +43,17 @@ def _wait_for_rows(cwd: Path, count: int, proc: subprocess.Popen, timeout: float
     raise AssertionError("the run produced no rows in time")
 
 
-def _resume(suite: Path, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bench", "run", str(suite), "--no-progress", "--resume"], cwd=cwd,
-                          capture_output=True, text=True, timeout=300)
+def _resume(suite: Path, cwd: Path, capsys) -> tuple[int, str]:
+    """`bench run SUITE --resume`, in this process (the run it resumes was a real process, killed or
+    stopped); returns the exit status and stderr."""
+    from bench.cli import main
+
+    code = main(["run", str(suite), "--no-progress", "--resume", "--results-dir", str(cwd / "results"),
+                 "--reports-dir", str(cwd / "reports")])
+    return code, capsys.readouterr().err
 
 
-def test_sigkill_mid_run_then_resume_gives_every_cell_exactly_one_row(tmp_path, slow_suite):
+def test_sigkill_mid_run_then_resume_gives_every_cell_exactly_one_row(tmp_path, slow_suite, capsys):
     proc = _start(slow_suite, tmp_path)
     run_dir = _wait_for_rows(tmp_path, 3, proc)
     proc.send_signal(signal.SIGKILL)
@@ -55,8 +61,8 @@ def test_sigkill_mid_run_then_resume_gives_every_cell_exactly_one_row(tmp_path, 
     before = {r["cell_id"]: r for r in read_rows(run_dir)}
     assert 3 <= len(before) < 16  # killed in the middle, rows so far on disk
 
-    resumed = _resume(slow_suite, tmp_path)
-    assert resumed.returncode == 0, resumed.stderr
+    code, err = _resume(slow_suite, tmp_path, capsys)
+    assert code == 0, err
     ids = [r["cell_id"] for r in read_rows(run_dir)]
     assert len(ids) == len(set(ids)) == 16  # nothing repeated, nothing missing
     df = pd.read_parquet(run_dir / "results.parquet")
@@ -67,7 +73,7 @@ def test_sigkill_mid_run_then_resume_gives_every_cell_exactly_one_row(tmp_path, 
     assert meta["status"] == "complete" and len(meta["resumed_at"]) == 1
 
 
-def test_ctrl_c_stops_after_the_current_batch_and_keeps_finished_cells(tmp_path, slow_suite):
+def test_ctrl_c_stops_after_the_current_batch_and_keeps_finished_cells(tmp_path, slow_suite, capsys):
     proc = _start(slow_suite, tmp_path)
     run_dir = _wait_for_rows(tmp_path, 2, proc)
     proc.send_signal(signal.SIGINT)
@@ -78,27 +84,94 @@ def test_ctrl_c_stops_after_the_current_batch_and_keeps_finished_cells(tmp_path,
     df = pd.read_parquet(run_dir / "results.parquet")
     assert 2 <= len(df) < 16 and df["cell_id"].is_unique and (df["status"] == "ok").all()
     assert "interrupted" in (tmp_path / "reports" / "tiny" / "latest.md").read_text()
-    assert _resume(slow_suite, tmp_path).returncode == 0
+    assert _resume(slow_suite, tmp_path, capsys)[0] == 0
     assert len(pd.read_parquet(run_dir / "results.parquet")) == 16
 
 
-def test_resume_refuses_a_changed_suite(tmp_path, slow_suite, tiny_suite):
+def test_resume_refuses_a_changed_suite(tmp_path, slow_suite, tiny_suite, capsys):
     proc = _start(slow_suite, tmp_path)
-    _wait_for_rows(tmp_path, 1, proc)
+    run_dir = _wait_for_rows(tmp_path, 1, proc)
     proc.kill()
     proc.wait()
     doc = yaml.safe_load(slow_suite.read_text())
     doc["seed"] = 99
     slow_suite.write_text(yaml.safe_dump(doc))
-    resumed = _resume(slow_suite, tmp_path)
-    assert resumed.returncode == 2 and "the suite changed since this run started" in resumed.stderr
+    code, err = _resume(slow_suite, tmp_path, capsys)
+    assert code == 2 and "the suite changed since this run started" in err
+    RunLock(run_dir).acquire().release()  # the refusal, in this process, let go of the run's lock
 
 
-def test_a_doctored_run_json_cannot_make_the_report_write_elsewhere(tmp_path):
+def test_a_doctored_run_json_cannot_make_the_report_write_elsewhere(tmp_path, capsys):
+    from bench.cli import main
+
     run_dir = tmp_path / "results" / "x" / "r1"
     run_dir.mkdir(parents=True)
     (run_dir / "run.json").write_text(json.dumps({"suite": "../../outside", "run_id": "r1"}))
     (run_dir / "rows.jsonl").write_text("")
-    proc = subprocess.run([sys.executable, "-m", "bench", "report", str(run_dir)], cwd=tmp_path, capture_output=True, text=True)
-    assert proc.returncode == 2 and "is not a plain name" in proc.stderr
+    code = main(["report", str(run_dir), "--reports-dir", str(tmp_path / "reports")])
+    assert code == 2 and "is not a plain name" in capsys.readouterr().err
     assert not (tmp_path.parent / "outside").exists()
+
+
+def test_a_second_writer_on_a_running_run_exits_2_naming_the_first_and_writes_nothing(tmp_path, slow_suite, capsys):
+    """`--resume` while the run is still going used to append a second copy of its rows."""
+    proc = _start(slow_suite, tmp_path)
+    try:
+        run_dir = _wait_for_rows(tmp_path, 1, proc)
+        proc.send_signal(signal.SIGSTOP)  # frozen mid-run, lock held: the run cannot finish before the second writer tries
+        code, err = _resume(slow_suite, tmp_path, capsys)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert code == 2, err
+    assert f"another process is writing this run (process {proc.pid} on " in err and "Traceback" not in err
+    ids = [r["cell_id"] for r in read_rows(run_dir)]
+    assert len(ids) == len(set(ids))  # only the first run's rows
+    assert json.loads((run_dir / "run.json").read_text()).get("resumed_at") is None  # the second never touched it
+
+
+def test_retry_failed_runs_failed_cells_again_and_their_new_rows_replace_the_old(tmp_path, tiny_suite, write_suite, monkeypatch):
+    import bench.attacks as attacks
+    from bench.cli import main
+    from bench.runner import run_suite
+    from bench.suite import load_suite
+
+    real = attacks.build
+
+    def flaky(spec, model):
+        if spec.name == "pgd":
+            raise RuntimeError("a flaky attack")
+        return real(spec, model)
+
+    suite = load_suite(write_suite(tiny_suite))  # (the loader builds each attack once to check its arguments)
+    monkeypatch.setattr(attacks, "build", flaky)
+    first = run_suite(suite, tmp_path / "results", tmp_path / "reports")
+    assert first.counts == {"ok": 4, "failed": 2}
+    monkeypatch.setattr(attacks, "build", real)
+    assert run_suite(suite, tmp_path / "results", tmp_path / "reports", resume=first.run_dir).counts == {"ok": 4, "failed": 2}
+    args = ["run", str(write_suite(tiny_suite)), "--retry-failed", "--no-progress",
+            "--results-dir", str(tmp_path / "results"), "--reports-dir", str(tmp_path / "reports")]
+    assert main(args) == 0  # the latest run, its failed cells again
+    df = pd.read_parquet(first.run_dir / "results.parquet")
+    assert len(df) == 6 and df["cell_id"].is_unique and (df["status"] == "ok").all()
+    rows = read_rows(first.run_dir)
+    assert len(rows) == 8  # the log keeps both lines of a retried cell …
+    assert all(r["status"] == "ok" for r in {r["cell_id"]: r for r in rows}.values())  # … and the last one counts
+
+
+def test_an_interrupted_retry_keeps_the_failed_rows_it_did_not_reach(tmp_path, tiny_suite, write_suite, monkeypatch):
+    import bench.attacks as attacks
+    from bench.cells import Interrupted
+    from bench.runner import run_suite
+    from bench.suite import load_suite
+
+    suite = load_suite(write_suite(tiny_suite))
+    monkeypatch.setattr(attacks, "build", lambda spec, model: (_ for _ in ()).throw(RuntimeError("every attack fails")))
+    first = run_suite(suite, tmp_path / "results", tmp_path / "reports")
+    assert first.counts == {"failed": 6}
+    stop = iter([False, True])  # the retry stops before its second cell
+    with pytest.raises(Interrupted):
+        run_suite(suite, tmp_path / "results", tmp_path / "reports", resume=first.run_dir, retry_failed=True,
+                  stop=lambda: next(stop, True))
+    df = pd.read_parquet(first.run_dir / "results.parquet")
+    assert len(df) == 6 and df["cell_id"].is_unique and (df["status"] == "failed").all()

@@ -27,3 +27,12 @@ def test_row_log_keeps_every_finished_row_and_ignores_a_torn_last_line(tmp_path)
     rows = read_rows(tmp_path)
     assert [r["cell_id"] for r in rows] == ["a", "b"] and math.isnan(rows[1]["robust_acc"])
     assert json.loads((tmp_path / "rows.jsonl").read_text().splitlines()[0])["robust_acc"] == 0.5
+
+
+def test_a_row_appended_after_a_torn_line_is_not_glued_to_it(tmp_path):
+    """Resume after a kill mid-write: the first new row must land on a line of its own."""
+    (tmp_path / "rows.jsonl").write_text('{"cell_id": "a"}\n{"cell_id": "b", "rob')
+    log = RowLog(tmp_path / "rows.jsonl")
+    log.append({"cell_id": "b", "robust_acc": 0.25})
+    log.close()
+    assert [(r["cell_id"], r.get("robust_acc")) for r in read_rows(tmp_path)] == [("a", None), ("b", 0.25)]

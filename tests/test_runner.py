@@ -12,7 +12,8 @@ import torch
 
 from bench.models import CustomCNN
 from bench.results import COLUMNS, VOLATILE_COLUMNS
-from bench.runner import rates, run_suite
+from bench.cells import rates
+from bench.runner import run_suite
 from bench.suite import load_suite
 
 
@@ -203,7 +204,7 @@ def test_unreadable_and_truncated_images_are_counted_in_the_row_and_named_in_the
 
 
 def test_each_adversarial_batch_is_crafted_once(run, tiny_suite, monkeypatch):
-    from bench.runner import Workspace
+    from bench.cells import Workspace
 
     crafted = []
     real = Workspace._craft
@@ -227,7 +228,7 @@ def test_attacks_leave_the_model_in_eval_mode_and_predictions_match_a_plain_forw
     from bench.data import load_dataset
     from bench.defenses import JPEG
     from bench.sources import create_model
-    from bench.runner import Workspace, load_datasets
+    from bench.cells import Workspace, load_datasets
     from bench.suite import ModelSpec
 
     doc = {"name": "evalmode", "seed": 0, "data": {"source": "samples", "limit": 8, "image_size": 64},
@@ -285,16 +286,16 @@ def test_a_foreign_exception_fails_its_cells_with_type_and_message_and_the_run_g
 
 
 def test_an_exception_while_preparing_a_model_fails_that_models_cells_only(run, tiny_suite, monkeypatch):
-    import bench.runner as runner
+    import bench.cells as cells
 
-    real = runner.prepare
+    real = cells.prepare
 
     def prepare(model, device, precision="fp32", *a, **k):
         if precision == "bf16":
             raise torch.cuda.OutOfMemoryError("CUDA out of memory while preparing (simulated)")
         return real(model, device, precision, *a, **k)
 
-    monkeypatch.setattr(runner, "prepare", prepare)
+    monkeypatch.setattr(cells, "prepare", prepare)
     tiny_suite["precisions"] = ["fp32", "bf16"]
     tiny_suite["attacks"] = tiny_suite["attacks"][:1]
     _, result, df = run(tiny_suite)
@@ -305,7 +306,7 @@ def test_an_exception_while_preparing_a_model_fails_that_models_cells_only(run, 
 
 
 def test_a_cuda_index_beyond_the_machines_gpus_is_skipped_with_a_reason(run, tiny_suite, monkeypatch):
-    from bench.runner import cuda_unavailable
+    from bench.cells import cuda_unavailable
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
@@ -396,7 +397,7 @@ def test_l2_attacks_take_l2_budgets_and_are_checked_in_l2(run, tiny_suite):
 
 
 def test_budget_checks_follow_the_norm_and_allow_exactly_the_quantisation_slack():
-    from bench.runner import CellFailure, check_budget, perturbation_norms
+    from bench.cells import CellFailure, check_budget, perturbation_norms
 
     clean = torch.full((1, 3, 4, 4), 100, dtype=torch.uint8)
     adv = clean.clone()
@@ -418,7 +419,7 @@ def test_warm_up_covers_every_shape_the_timers_see(run, tiny_suite, monkeypatch)
     """With compile on, nothing may compile inside a timed region: not the first no-grad pass,
     not the last, shorter batch (6 images in batches of 4)."""
     import bench.fastpath as fastpath
-    import bench.runner as runner
+    import bench.cells as cells
     from bench.timing import Stopwatch
 
     graphs = []
@@ -439,7 +440,7 @@ def test_warm_up_covers_every_shape_the_timers_see(run, tiny_suite, monkeypatch)
                 yield
             timed_compiles.append(len(graphs) - before)
 
-    monkeypatch.setattr(runner, "Stopwatch", Watch)
+    monkeypatch.setattr(cells, "Stopwatch", Watch)
     torch._dynamo.reset()
     tiny_suite["compile"] = True
     _, _, df = run(tiny_suite)

@@ -88,6 +88,12 @@ BAD = [
     (lambda d: d["data"].update(source="kaggle"), "data.source", "imagefolder"),
     (lambda d: d.update(include=[{"model": "nobody"}]), "include/exclude", "empty grid"),
     (lambda d: d.pop("models"), "models", "required"),
+    (lambda d: d.update(executor="slurm"), "executor.type", "allowed: local, ray"),
+    (lambda d: d.update(executor={"type": "ray", "workers": 0}), "executor.workers", ">= 1"),
+    (lambda d: d.update(executor={"type": "ray", "max_retries": -1}), "executor.max_retries", ">= 0"),
+    (lambda d: d.update(executor={"type": "ray", "gpus": 2}), "executor.gpus", "allowed: type, address"),
+    (lambda d: d.update(executor={"type": "local", "workers": 2}), "executor.workers", "ray executor only"),
+    (lambda d: d.update(executor={"workers": 2}), "executor.type", "required"),
 ]
 
 
@@ -218,3 +224,13 @@ def test_a_model_name_no_source_claims_is_a_suite_error(write_suite, tiny_suite)
     tiny_suite["models"] = [{"arch": "torchvison/resnet18"}]  # a typo in the source prefix
     with pytest.raises(SuiteError, match=r"models\[0\]\.arch: unknown model 'torchvison/resnet18'; allowed: resnet18, .*torchvision/<name>"):
         load_suite(write_suite(tiny_suite))
+
+
+def test_the_executor_is_not_part_of_the_suite_digest(write_suite, tiny_suite):
+    """The same grid gives the same table on any executor, so a run started locally resumes on Ray."""
+    local = load_suite(write_suite(tiny_suite))
+    tiny_suite["executor"] = {"type": "ray", "address": "auto", "workers": 3, "max_retries": 1}
+    ray = load_suite(write_suite(tiny_suite, "ray.yaml"))
+    assert ray.executor.type == "ray" and ray.executor.address == "auto" and ray.executor.workers == 3
+    assert ray.executor.max_retries == 1 and ray.executor.cpus_per_worker == 1
+    assert local.executor.type == "local" and ray.digest() == local.digest()

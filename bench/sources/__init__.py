@@ -216,6 +216,14 @@ def create_model(spec: ModelSpec, seed: int = 0) -> Classifier:
     return model
 
 
+def missing_files(spec: ModelSpec) -> list[str]:
+    """The files a model needs that are not on this machine: its checkpoint, and the source's own
+    (a factory's ``file.py``, an exported ``.pt2``). A remote worker checks them before a cell."""
+    source = SOURCES[spec.source]
+    needed = ([spec.checkpoint] if spec.checkpoint else []) + (source.files(spec) if hasattr(source, "files") else [])
+    return [p for p in needed if not Path(p).is_file()]
+
+
 def probe(spec: ModelSpec) -> None:
     """Build the network without weights and push one image of its input size through it, so a
     shape problem is a suite error before anything runs. The meta device makes this free (no

@@ -177,6 +177,11 @@ def resolve(entry: dict[str, Any], ctx: "Context") -> dict[str, Any]:
     return {"arch": str(path), "weights": None, "kwargs": (), **fields}
 
 
+def files(spec: "ModelSpec") -> list[str]:
+    """The program file itself."""
+    return [spec.arch]
+
+
 def build(spec: "ModelSpec") -> nn.Module:
     """The program's module, wrapped (see :class:`ExportedModel`), on the CPU — or moved to the meta
     device when built under ``torch.device("meta")`` (the probe): loading itself needs real storage."""

@@ -119,6 +119,12 @@ def build(spec: "ModelSpec") -> nn.Module:
     return model
 
 
+def files(spec: "ModelSpec") -> list[str]:
+    """The factory's file, for ``file.py:function`` (a ``pkg.module`` comes with the environment)."""
+    left = spec.arch.rpartition(":")[0]
+    return [left] if _is_file(left) else []
+
+
 def defaults(spec: "ModelSpec") -> dict[str, Any]:
     """mean/std/class names for a spec made in code (not resolved from a suite): what the model says."""
     model, said = build_with_info(spec)

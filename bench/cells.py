@@ -1,0 +1,499 @@
+"""Running one grid cell: ``run_cell(cell, workspace)`` is a function from a cell spec to one result row.
+
+The workspace holds what cells share and must not recompute: the decoded datasets, models (loaded
+once per process), clean predictions per model and defense, and the latest adversarial batch.
+Oblivious attacks are crafted on the undefended model, so the same adversarial images serve every
+defense of a (model, attack, ε) and are crafted once; every cell of that group reports that one
+crafting's time. Randomness is seeded per (model, attack, ε, device, precision), so a row does not
+depend on which cells ran before it, nor on which process or machine ran it (executors rely on it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import socket
+import time
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+
+from bench import attacks as attack_registry
+from bench import defenses as defense_registry
+from bench.data import Dataset, load_dataset
+from bench.fastpath import Levers, PrecisionError, Wrapper, backend_flags, input_gradient, prepare
+from bench.flags import cell_flags
+from bench.flags import join as join_flags
+from bench.stats import wilson
+from bench.models import CheckpointError, ModelUnavailable
+from bench.sources import create_model
+from bench.results import COLUMNS, PREDICTIONS_KEY
+from bench.specs import CellSpec, DataSpec, DefenseSpec, ModelSpec, Preprocess
+from bench.suite import Suite
+from bench.timing import Stopwatch, peak_memory_mb, reset_peak_memory
+
+log = logging.getLogger(__name__)
+# Tracebacks of failed cells go to the run's log file only (run_suite attaches it), not the terminal.
+_trace = logging.getLogger("bench.trace")
+_trace.propagate = False
+_trace.addHandler(logging.NullHandler())  # outside a run (tests, the API) tracebacks go nowhere
+LOG_FILE = "run.log"
+
+class CellFailure(RuntimeError):
+    """The cell ran but its result cannot be trusted (non-finite logits, a budget violation)."""
+
+    def __init__(self, message: str, flag: str = ""):
+        super().__init__(message)
+        self.flag = flag  # a sanity flag (bench/flags.py) the failure also raises
+
+
+class CellSkipped(RuntimeError):
+    """The cell cannot run on this machine; the message says why and how to fix it."""
+
+
+@dataclass
+class Adversarial:
+    images: torch.Tensor  # uint8, quantised as a saved image would be
+    zero_grad: bool  # the attacked model's input gradient on the first batch was all zero
+    seconds: float
+    steps: int  # images × gradient steps: forward passes with autograd on, summed over images
+    peak_mem_mb: float
+    batch_size: int  # the batch size actually used (smaller than asked after a GPU out-of-memory)
+
+
+class StepCounter(Wrapper):
+    """Counts the images the attack pushes through the model with autograd on (its steps)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__(model)
+        self.images = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled():
+            self.images += x.shape[0]
+        return self.model(x)
+
+
+@dataclass
+class Prepared:
+    model: nn.Module
+    warmup_seconds: float  # building, fp16 calibration, compilation and warm-up passes; never in throughput
+    warm: set[int] = field(default_factory=set)  # batch sizes already warmed up (grad and no-grad)
+
+
+def failure(exc: BaseException, cell: CellSpec | None = None) -> "CellFailure":
+    """A foreign exception as a cell failure: the reason names its type and message; the full
+    traceback goes to the run's log file."""
+    if isinstance(exc, CellFailure):
+        return exc
+    _trace.error("%s failed", cell.cell_id if cell else "cell", exc_info=(type(exc), exc, exc.__traceback__))
+    text = str(exc).strip().splitlines()
+    return CellFailure(f"{type(exc).__name__}: {text[0][:300]}" if text else type(exc).__name__)
+
+
+def worker_name() -> str:
+    """This process as the ``worker`` column names it: host and process id."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def cuda_unavailable(device: str) -> str | None:
+    """Why a CUDA device cannot be used here, or None when it can (always None for the CPU)."""
+    if not device.startswith("cuda"):
+        return None
+    if not torch.cuda.is_available():
+        return "CUDA is not available on this machine"
+    index, count = torch.device(device).index or 0, torch.cuda.device_count()
+    if index >= count:
+        return f"{device} does not exist: this machine has {count} GPU(s) (cuda:0 to cuda:{count - 1})"
+    return None
+
+
+@dataclass
+class Workspace:
+    suite: Suite
+    datasets: dict[tuple[DataSpec, Preprocess], Dataset]  # decoded once per source and preprocessing
+    run_id: str
+    env: dict[str, Any]
+    on_batch: Callable[[int], None] = lambda n: None  # progress hook: n batches done
+    should_stop: Callable[[], bool] = lambda: False  # polled between batches (Ctrl-C)
+    worker: str = field(default_factory=lambda: worker_name())  # the rows' worker column
+    _base: dict = field(default_factory=dict)
+    _prepared: dict = field(default_factory=dict)
+    _clean: dict = field(default_factory=dict)
+    _adv_key: Any = None
+    _adv: Adversarial | None = None
+
+    def data(self, cell: CellSpec) -> Dataset:
+        return self.datasets[data_key(self.suite, cell.model)]
+
+    def model(self, cell: CellSpec) -> Prepared:
+        """The cell's model on its device and precision with the fast-path levers; built once per
+        run. A model that cannot be built or prepared fails (or skips) each of its cells alike."""
+        reason = cuda_unavailable(cell.device)
+        if reason:
+            raise CellSkipped(reason)
+        if cell.model not in self._base:
+            try:
+                self._base[cell.model] = create_model(cell.model, seed=self.suite.seed)
+            except ModelUnavailable as exc:
+                self._base[cell.model] = CellSkipped(str(exc))
+            except CheckpointError as exc:
+                self._base[cell.model] = CellFailure(str(exc))
+            except Exception as exc:
+                self._base[cell.model] = failure(exc, cell)
+        base = self._base[cell.model]
+        if isinstance(base, Exception):
+            raise base.with_traceback(None)  # a cached failure: no frames piling up cell after cell
+        key = (cell.model, cell.device, cell.precision)
+        if key not in self._prepared:
+            t0 = time.perf_counter()
+            sample = next(self.data(cell).batches(cell.batch_size))[0]
+            try:
+                # lever check and fp16 calibration on a few images; the warm-up happens at the sizes
+                # each pass really uses (after any out-of-memory shrink), in _clean_pass and _craft
+                model = prepare(base, cell.device, cell.precision, Levers(compile=cell.model.compile), sample=sample[:8])
+                self._prepared[key] = Prepared(model, time.perf_counter() - t0)
+            except PrecisionError as exc:  # fp16 gradients that cannot be trusted: the reason says what to use
+                self._prepared[key] = CellFailure(str(exc))
+            except torch.cuda.OutOfMemoryError as exc:  # not cached: a later cell may find the memory free
+                raise failure(exc, cell) from None
+            except Exception as exc:  # a compile error, a broken network …
+                self._prepared[key] = failure(exc, cell)
+        prepared = self._prepared[key]
+        if isinstance(prepared, Exception):
+            raise prepared.with_traceback(None)
+        return prepared
+
+    def warm_up(self, cell: CellSpec, prep: Prepared, batch_size: int) -> None:
+        """Untimed passes at every shape the timed regions will see: the full batch and the last,
+        shorter one, each without and with gradients. First-call overheads, compilation (and
+        recompilation for a new shape or grad mode) and cuDNN autotuning stay out of throughput."""
+        n = len(self.data(cell))
+        sizes = {min(batch_size, n), n % batch_size or min(batch_size, n)} - prep.warm
+        if not sizes:
+            return
+        t0 = time.perf_counter()
+        images = next(self.data(cell).batches(batch_size))[0].to(cell.device)
+        for size in sorted(sizes, reverse=True):
+            x = images[:size]
+            with torch.no_grad():
+                prep.model(x)
+            xg = x.clone().requires_grad_(True)
+            torch.autograd.grad(prep.model(xg).sum(), xg)
+            prep.warm.add(size)
+        if images.is_cuda:
+            torch.cuda.synchronize(images.device)
+        prep.warmup_seconds += time.perf_counter() - t0
+
+    def clean(self, cell: CellSpec, prep: Prepared) -> tuple[torch.Tensor, float]:
+        """Predictions on defended clean images, and the model's clean-inference seconds."""
+        key = (cell.model, cell.device, cell.precision, cell.defense)
+        if key not in self._clean:
+            defense = defense_registry.build(cell.defense)
+            self._clean[key] = _shrink_on_oom(cell.batch_size, lambda bs: self._clean_pass(cell, prep, defense, bs))
+        return self._clean[key]
+
+    def _clean_pass(self, cell: CellSpec, prep: Prepared, defense, batch_size: int) -> tuple[torch.Tensor, float]:
+        self.warm_up(cell, prep, batch_size)
+        watch = Stopwatch(cell.device)
+        # a randomized defense: one seeded draw per image, the same for every attack of this model
+        draws = defense_registry.generator(cell.device, seed_of(cell.seed, "clean", cell.model.name, cell.defense.label))
+        preds = []
+        for x, _ in self.data(cell).batches(batch_size):
+            preds.append(_predict(prep.model, defense(x.to(cell.device), draws), watch))
+        return torch.cat(preds), watch.seconds
+
+    def adversarial(self, cell: CellSpec, prep: Prepared) -> Adversarial:
+        """The cell's adversarial images. Oblivious ones are crafted on the undefended model and
+        reused across defenses; adaptive ones are crafted against this cell's defense."""
+        key = (cell.model, cell.attack, cell.device, cell.precision)
+        if cell.eval_mode != "oblivious":
+            key += (cell.defense, cell.eval_mode)
+        if key != self._adv_key:
+            self._adv, self._adv_key = None, None  # free the previous group's images first
+            try:
+                self._adv = _shrink_on_oom(cell.batch_size, lambda bs: self._craft(cell, prep, bs))
+                if any(m.training for m in prep.model.modules()):  # dropout or batch statistics would now be live
+                    prep.model.eval()  # so that later craftings on this model are not affected
+                    self._adv = CellFailure("the attack left the model in training mode; its predictions cannot be trusted")
+            except Exception as exc:  # the attack's own error: every cell of this crafting fails alike
+                self._adv = failure(exc, cell)
+            self._adv_key = key
+        if isinstance(self._adv, Exception):
+            raise self._adv.with_traceback(None)
+        return self._adv
+
+    def _craft(self, cell: CellSpec, prep: Prepared, batch_size: int) -> Adversarial:
+        self.warm_up(cell, prep, batch_size)
+        model = prep.model
+        counter = StepCounter(model)
+        # a randomized defense's draws while crafting (EOT averages eot_samples of them per gradient)
+        draws = defense_registry.generator(cell.device, seed_of(cell.attack_seed, "craft"))
+        attacked = defense_registry.attack_model(counter, cell.defense, cell.eval_mode, cell.eot_samples, draws)
+        first = next(self.data(cell).batches(batch_size))[0].to(cell.device)
+        zero_grad = not bool((input_gradient(attacked, first) != 0).any())  # untimed, not counted as steps
+        counter.images = 0
+        draws.manual_seed(seed_of(cell.attack_seed, "craft"))  # the check's draws do not shift the attack's
+        torch.manual_seed(cell.attack_seed)
+        attack = attack_registry.build(cell.attack, attacked)
+        watch = Stopwatch(cell.device)
+        reset_peak_memory(cell.device)
+        out = []
+        for x, y in self.data(cell).batches(batch_size):
+            x, y = x.to(cell.device), y.to(cell.device)
+            with watch.region():
+                adv = attack(x, y)
+            out.append(defense_registry.to_uint8(adv).cpu())
+            self.on_batch(1)
+            if self.should_stop():
+                raise Interrupted()
+        return Adversarial(torch.cat(out), zero_grad, watch.seconds, counter.images, peak_memory_mb(cell.device), batch_size)
+
+
+def _shrink_on_oom(batch_size: int, run: Callable[[int], Any]) -> Any:
+    """Run ``run(batch_size)``; on a GPU out-of-memory halve the batch and start over, giving up
+    only at batch size 1. The smaller size holds for this crafting (or clean pass) only: one
+    greedy attack must not shrink every later cell."""
+    while True:
+        try:
+            return run(batch_size)
+        except torch.cuda.OutOfMemoryError:
+            if batch_size == 1:
+                raise CellFailure("GPU out of memory even at batch size 1") from None
+            batch_size = max(1, batch_size // 2)
+        # outside the except block, so the failed attempt's tensors (held by the traceback) are freed
+        log.warning("GPU out of memory: retrying with batch size %d", batch_size)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def _predict(model: nn.Module, x: torch.Tensor, watch: Stopwatch) -> torch.Tensor:
+    with torch.no_grad(), watch.region():
+        logits = model(x)
+    if not torch.isfinite(logits).all():
+        raise CellFailure("the model returned non-finite logits (NaN or inf); check the weights and the precision", flag="non-finite")
+    return logits.argmax(1).cpu()
+
+
+def run_cell(cell: CellSpec, ws: Workspace) -> dict[str, Any]:
+    """Run one cell and return its result row (status ok, skipped or failed; never raises for
+    a problem of the cell itself)."""
+    try:
+        row = base_row(cell, ws)
+    except Exception as exc:  # even the row's own fields (a GPU that cannot say its name): fail this cell only
+        return _bare_row(cell, ws, "failed", str(failure(exc, cell)))
+    try:
+        # process-wide backend flags (cudnn.benchmark) for this cell only, restored after it
+        with backend_flags(Levers(compile=cell.model.compile)):
+            prep = ws.model(cell)
+            row.update(_measure(cell, ws, prep))
+        row["status"] = "ok"
+    except CellSkipped as exc:
+        row.update(status="skipped", reason=str(exc), weights=None)  # nothing was loaded
+    except Exception as exc:  # anything a cell raises fails that cell alone; Ctrl-C is not an Exception
+        exc = failure(exc, cell)
+        row.update(status="failed", reason=str(exc), flags=exc.flag)
+    return row
+
+
+def _measure(cell: CellSpec, ws: Workspace, prep: Prepared) -> dict[str, Any]:
+    ds = ws.data(cell)
+    n = len(ds)
+    clean_pred, clean_seconds = ws.clean(cell, prep)
+    undefended_pred, _ = ws.clean(replace(cell, defense=DefenseSpec("none")), prep)
+    adv = ws.adversarial(cell, prep)
+    defense = defense_registry.build(cell.defense)
+    model_watch, defense_watch = Stopwatch(cell.device), Stopwatch(cell.device)
+    # draw 0 gives robust_acc (and the defense's throughput); a randomized defense is drawn
+    # eval_draws times per image, and an image counts for robust_acc_all_draws only if it survives all
+    draws = cell.eval_draws if defense.randomized else 1
+    predictions = []
+    for draw in range(draws):
+        g = defense_registry.generator(cell.device, seed_of(cell.seed, "eval", cell.cell_id, draw))
+        pred = []
+        for i in range(0, n, adv.batch_size):
+            x = adv.images[i : i + adv.batch_size].to(cell.device).float().div_(255)
+            with defense_watch.region() if draw == 0 else contextlib.nullcontext():
+                x = defense(x, g)
+            pred.append(_predict(prep.model, x, model_watch))
+        predictions.append(torch.cat(pred))
+    robust_pred = predictions[0]
+    survived = torch.stack([p == ds.labels for p in predictions]).all(0)
+
+    norm = attack_registry.norm(cell.attack)
+    norms = perturbation_norms(adv.images, ds.images)
+    check_budget(norm, cell.attack.eps, norms)
+    linf, l2 = norms["linf"].max().item(), norms["l2"]
+    defense_seconds = defense_watch.seconds
+    flags = cell_flags(zero_grad=adv.zero_grad, delta=norms[norm.lower()].max().item() if norm != "none" else linf,
+                       eps=cell.attack.eps, clean_changed=(clean_pred != undefended_pred).float().mean().item())
+    return {
+        "n": n,
+        "batch_size": adv.batch_size,
+        **rates(ds.labels, clean_pred, robust_pred, cell.attack.target),
+        "robust_acc_all_draws": survived.float().mean().item(),
+        "eval_draws": draws,
+        "flags": join_flags(flags),
+        "linf_max": linf,
+        "l2_mean": l2.mean().item(),
+        "l2_max": l2.max().item(),
+        "attack_seconds": adv.seconds,
+        "attack_images_per_s": _per_s(n, adv.seconds),
+        "attack_steps_per_s": _per_s(adv.steps, adv.seconds),
+        "clean_images_per_s": _per_s(n, clean_seconds),
+        # identity costs nothing: a throughput for "none" would only measure the timer
+        "defense_images_per_s": _per_s(n, defense_seconds) if cell.defense.type != "none" else math.nan,
+        "warmup_seconds": prep.warmup_seconds,
+        "peak_mem_mb": adv.peak_mem_mb,
+        # per-image predictions: not table columns, kept in predictions.parquet for per-class views
+        PREDICTIONS_KEY: {"labels": ds.labels.tolist(), "clean": clean_pred.tolist(), "robust": robust_pred.tolist()},
+    }
+
+
+def perturbation_norms(adv: torch.Tensor, clean: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-image ‖x_adv − x‖ (L∞, L2, L1, pixel space of [0, 1] images) of 8-bit images, and the
+    number of values the attack changed (what quantisation can have moved)."""
+    diff = (adv.to(torch.int16) - clean.to(torch.int16)).flatten(1).float() / 255
+    return {"linf": diff.abs().amax(1), "l2": diff.norm(dim=1), "l1": diff.abs().sum(1), "changed": (diff != 0).sum(1).float()}
+
+
+def check_budget(norm: str, eps: float | None, norms: dict[str, torch.Tensor]) -> None:
+    """Fail the cell if any image's measured perturbation breaks the attack's budget. Rounding to
+    8 bits moves each changed value by at most 1/510, so with k changed values the quantised
+    perturbation may exceed ε by 1/510 (L∞), √k/510 (L2) or k/510 (L1), and by no more."""
+    if eps is None or norm == "none":
+        return
+    slack = {"Linf": torch.ones_like(norms["changed"]) / 510, "L2": norms["changed"].sqrt() / 510,
+             "L1": norms["changed"] / 510}[norm]
+    measured = norms[norm.lower()]
+    over = measured > eps + slack + 1e-6
+    if over.any():
+        i = int(over.nonzero()[0])
+        raise CellFailure(f"measured {norm} perturbation {measured[i].item():.6f} of image {i} exceeds eps {eps:.6f} "
+                          f"+ quantisation slack {slack[i].item():.6f}: the attack broke its budget")
+
+
+def _per_s(count: float, seconds: float) -> float:
+    return count / seconds if seconds > 0 else math.nan
+
+
+def rates(labels: torch.Tensor, clean_pred: torch.Tensor, robust_pred: torch.Tensor, target: int | None) -> dict[str, float]:
+    """The accuracy metrics of one cell with their 95 % Wilson intervals (definitions in the README)."""
+    clean_ok, robust_ok = clean_pred == labels, robust_pred == labels
+    n, n_clean_ok = len(labels), int(clean_ok.sum())
+    counts = {
+        "clean_acc": (n_clean_ok, n),
+        "robust_acc": (int(robust_ok.sum()), n),
+        # among images the defended model got right without attack, the share the attack flips
+        "attack_success_rate": (int((clean_ok & ~robust_ok).sum()), n_clean_ok),
+        "targeted_success_rate": (int((robust_pred == target).sum()), n) if target is not None else (0, 0),
+    }
+    out: dict[str, float] = {}
+    for name, (k, m) in counts.items():
+        out[name] = k / m if m else math.nan
+        out[f"{name}_ci_low"], out[f"{name}_ci_high"] = wilson(k, m)
+    return out
+
+
+def unrun_row(cell: CellSpec, ws: Workspace, status: str, reason: str) -> dict[str, Any]:
+    """The row of a cell that did not run (``skipped``) or could not finish (``failed``) for a
+    reason outside it: a lost worker, a file missing on a node, no GPU in the cluster."""
+    try:
+        row = base_row(cell, ws)
+    except Exception:  # the row's own fields cannot be had here (a device name): the cell's identity is enough
+        return _bare_row(cell, ws, status, reason)
+    row.update(status=status, reason=reason, weights=None)
+    return row
+
+
+def _bare_row(cell: CellSpec, ws: Workspace, status: str, reason: str) -> dict[str, Any]:
+    row = {c: None for c in COLUMNS}
+    row.update(suite=cell.suite, run_id=ws.run_id, cell_id=cell.cell_id, model=cell.model.name, attack=cell.attack.name,
+               defense=cell.defense.label, eval_mode=cell.eval_mode, device=cell.device, precision=cell.precision,
+               status=status, reason=reason, flags="", worker=ws.worker)
+    return row
+
+
+def base_row(cell: CellSpec, ws: Workspace) -> dict[str, Any]:
+    row: dict[str, Any] = {c: None for c in COLUMNS}
+    row.update(
+        suite=cell.suite,
+        run_id=ws.run_id,
+        cell_id=cell.cell_id,
+        status="failed",
+        reason="",
+        model=cell.model.name,
+        model_source=cell.model.source,
+        weights=(f"checkpoint:{Path(cell.model.checkpoint).name}" if cell.model.checkpoint
+                 else cell.model.weights or "random"),
+        input_size=cell.model.input_size,
+        dataset=ws.data(cell).name,
+        attack=cell.attack.name,
+        attack_args=json.dumps(cell.attack.resolved(), sort_keys=True, default=str),
+        eps=cell.attack.eps if cell.attack.eps is not None else math.nan,
+        norm=attack_registry.norm(cell.attack),
+        defense=cell.defense.label,
+        eval_mode=cell.eval_mode,
+        eot_samples=_eot_samples(cell),
+        device=cell.device,
+        precision=cell.precision,
+        batch_size=cell.batch_size,
+        n=len(ws.data(cell)),
+        n_skipped=len(ws.data(cell).skipped),
+        seed=cell.seed,
+        git_sha=ws.env["git_sha"],
+        torch_version=ws.env["torch"],
+        device_name=_device_name(cell.device),
+        worker=ws.worker,
+        started_at=_now(),
+    )
+    return row
+
+
+def _eot_samples(cell: CellSpec) -> int | None:
+    """Draws averaged per gradient: none for an oblivious attack (it never sees the defense), one
+    for a deterministic defense."""
+    if cell.eval_mode == "oblivious":
+        return None
+    return cell.eot_samples if defense_registry.randomized(cell.defense) else 1
+
+
+def seed_of(*parts: Any) -> int:
+    """A 63-bit seed from the parts (the suite seed first): stable across processes and runs."""
+    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def _device_name(device: str) -> str:
+    from bench.results import device_name
+
+    return device_name(device)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def data_key(suite: Suite, model: ModelSpec) -> tuple[DataSpec, Preprocess]:
+    """Which decoded copy of which data a model reads: models with the same data and the same
+    preprocessing (resize, crop, interpolation) share one."""
+    return (model.data or suite.data, model.preprocess)
+
+
+def load_datasets(suite: Suite) -> dict[tuple[DataSpec, Preprocess], Dataset]:
+    """Every data source the suite uses (its own and any model's), decoded once per distinct preprocessing."""
+    keys = dict.fromkeys(data_key(suite, m) for m in suite.models)
+    return {key: load_dataset(*key) for key in keys}
+
+
+class Interrupted(KeyboardInterrupt):
+    """Stopped on request (Ctrl-C) at a safe point: between batches or cells."""
+

@@ -1,0 +1,36 @@
+"""The local executor: every cell in this process, in suite order (cells of one crafting group are
+adjacent, so each adversarial batch is crafted once)."""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+from bench.cells import Interrupted, Workspace, run_cell, worker_name
+from bench.executors import Job, group_key
+
+
+class Local:
+    name = "local"
+
+    def start(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def describe(self) -> dict[str, Any]:
+        return {"type": "local", "worker": worker_name()}
+
+    def run(self, job: Job) -> Iterator[dict[str, Any]]:
+        ws = Workspace(job.suite, job.datasets, job.run_id, job.env, on_batch=job.batches, should_stop=job.stop)
+        seen: set = set()
+        for cell in job.cells:
+            if job.stop():
+                raise Interrupted()
+            job.started(cell)
+            row = run_cell(cell, ws)
+            group = group_key(cell)
+            if group not in seen and row["status"] != "ok":
+                job.batches(job.batches_of(cell))  # nothing to craft for a group that cannot run
+            seen.add(group)
+            yield row

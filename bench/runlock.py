@@ -1,0 +1,77 @@
+"""One writer per run folder: an OS file lock on ``<run>/.lock``.
+
+Two processes appending to one ``rows.jsonl`` (a ``--resume`` started while the run is still going)
+would duplicate rows. The lock is ``flock``'s: the kernel drops it when the holding process exits,
+however it exits (Ctrl-C, ``kill -9``, a crash), so a stale lock never blocks a resume. The file
+also says who holds it (process, host, start time, command) for the second writer's error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; the run folder is then unguarded (documented in the README)
+    fcntl = None  # type: ignore[assignment]
+
+LOCK_FILE = ".lock"
+
+
+class RunLocked(RuntimeError):
+    """Another process is writing this run folder; the message names it."""
+
+
+class RunLock:
+    """Held from ``acquire()`` to ``release()`` (or the end of a ``with`` block, or the process)."""
+
+    def __init__(self, run_dir: str | Path):
+        self.path = Path(run_dir) / LOCK_FILE
+        self._fd: int | None = None
+
+    def acquire(self) -> "RunLock":
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            if fcntl is not None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise RunLocked(f"{self.path.parent}: another process is writing this run ({_read_holder(fd)}); "
+                                    "wait for it to finish or stop it, then --resume") from None
+            info = json.dumps(_holder()).encode()
+            os.pwrite(fd, info, 0)
+            os.ftruncate(fd, len(info))  # written first, then cut: a reader never sees an empty file
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _holder() -> dict:
+    return {"pid": os.getpid(), "host": socket.gethostname(),
+            "since": datetime.now(timezone.utc).isoformat(timespec="seconds"), "command": " ".join(sys.argv)}
+
+
+def _read_holder(fd: int) -> str:
+    try:
+        info = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+        return f"process {info['pid']} on {info['host']} since {info['since']}: {info['command']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "a process that did not say who it is"

@@ -1,0 +1,222 @@
+"""Executors: the Ray executor gives the local executor's table, loses nothing when a worker dies
+or the run is stopped, and says how to install Ray when it is missing. One Ray instance (2 CPUs)
+serves every test here; the suite's local table is computed once."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from bench import executors
+from bench.cli import main
+from bench.results import COLUMNS, VOLATILE_COLUMNS, read_rows
+from bench.cells import Interrupted
+from bench.runner import run_suite
+from bench.specs import ExecutorSpec
+from bench.suite import load_suite
+
+ray = pytest.importorskip("ray", reason="the ray extra is not installed (make install installs it)")
+
+# Lite0 on the bundled photos, FGSM and PGD × 2 ε × none/JPEG, oblivious and adaptive (bpda, diff)
+SUITE = {
+    "name": "scale", "seed": 0, "data": {"source": "samples", "limit": 4},
+    "models": [{"name": "lite0", "arch": "efficientnet_lite0", "weights": "imagenet", "input_size": 96}],
+    "attacks": [{"name": "fgsm", "type": "fgsm", "eps": ["1/255", "4/255"]},
+                {"name": "pgd", "type": "pgd", "eps": ["1/255", "4/255"], "steps": 2, "alpha": "1/255"}],
+    "defenses": ["none", {"type": "jpeg", "quality": 50}],
+    "eval_mode": ["oblivious", "adaptive"], "batch_size": 4,
+}
+# what may differ between two executors: timings, when, and who ran it
+IGNORED = set(VOLATILE_COLUMNS) | {"worker", "started_at"}
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False, logging_level=logging.WARNING)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def suite_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("suite") / "scale.yaml"
+    path.write_text(yaml.safe_dump(SUITE))
+    return path
+
+
+@pytest.fixture
+def tiny_file(tmp_path, tiny_suite):
+    """The custom-CNN suite of the runner tests (6 cells in 3 crafting groups): for the fault paths, where
+    Lite0's compute would only add time."""
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_suite))
+    return path
+
+
+@pytest.fixture(scope="module")
+def local_table(suite_file, tmp_path_factory):
+    out = tmp_path_factory.mktemp("local")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each Ray worker (1 CPU): float sums, and so perturbations, can depend on the thread count
+    try:
+        result = run_suite(load_suite(suite_file), out / "results", out / "reports")
+    finally:
+        torch.set_num_threads(threads)
+    assert result.complete and result.counts == {"ok": 16}
+    return _table(result.run_dir)
+
+
+def _table(run_dir) -> pd.DataFrame:
+    return pd.read_parquet(run_dir / "results.parquet")[[c for c in COLUMNS if c not in IGNORED]]
+
+
+def _ray(**spec) -> executors.Executor:
+    return executors.create(ExecutorSpec("ray", workers=2, **spec))
+
+
+class KillOnFirstRow:
+    """A progress hook that kills one worker actor the moment the first row lands."""
+
+    def __init__(self):
+        self.killed = None
+
+    def start(self, cells, batches): pass
+    def cell(self, cell): pass
+    def batch(self, n): pass
+    def stop(self): pass
+
+    def cell_done(self):
+        if self.killed is None:
+            names = sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith("bench-"))
+            self.killed = names[0]
+            ray.kill(ray.get_actor(names[0], namespace="bench"), no_restart=True)
+
+
+def test_ray_gives_the_local_table(ray_session, suite_file, local_table, tmp_path):
+    result = run_suite(load_suite(suite_file), tmp_path / "results", tmp_path / "reports", executor=_ray())
+    assert result.complete and result.counts == {"ok": 16}
+    pd.testing.assert_frame_equal(_table(result.run_dir), local_table)
+    df = pd.read_parquet(result.run_dir / "results.parquet")
+    assert df["worker"].str.contains(" node ").all()  # host:pid node <ray node id>
+    assert df["worker"].nunique() == 2  # both workers took groups
+    oblivious = df[df["eval_mode"] == "oblivious"].groupby(["attack", "eps"])["worker"].nunique()
+    assert (oblivious == 1).all()  # a crafting group stays on one worker: crafted once
+
+
+def test_a_killed_worker_loses_nothing_and_no_cell_runs_twice(ray_session, suite_file, local_table, tmp_path):
+    executor, hook = _ray(), KillOnFirstRow()
+    result = run_suite(load_suite(suite_file), tmp_path / "results", tmp_path / "reports", executor=executor, progress=hook)
+    assert hook.killed and result.complete and result.counts == {"ok": 16}
+    ids = [r["cell_id"] for r in read_rows(result.run_dir)]
+    assert len(ids) == 16 and len(set(ids)) == 16  # every cell exactly once, in rows.jsonl too
+    pd.testing.assert_frame_equal(_table(result.run_dir), local_table)
+    meta = executor.describe()
+    assert meta["retries"] >= 1 and len(meta["lost_workers"]) == 1
+    assert "killed by `ray.kill`" in meta["lost_workers"][0]["reason"]
+
+
+CRASHING_NET = """
+import os
+import torch.nn as nn
+
+
+class Crash(nn.Module):
+    def __init__(self, num_classes):
+        super().__init__()
+        self.fc = nn.Linear(3, num_classes)
+
+    def forward(self, x):
+        if x.device.type != "meta" and x.shape[0] > 1:  # a real batch: the process dies, as an OOM kill would do it
+            os._exit(3)
+        return self.fc(x.mean((2, 3)))
+
+
+def build(num_classes=2):
+    return Crash(num_classes)
+"""
+
+
+def test_a_group_whose_worker_keeps_dying_fails_after_the_last_retry_and_the_rest_runs(ray_session, tiny_suite, tmp_path, write_suite):
+    (tmp_path / "crash.py").write_text(CRASHING_NET)
+    tiny_suite["models"].append({"name": "crash", "factory": "crash.py:build", "num_classes": 2, "input_size": 96,
+                                 "mean": [0.5] * 3, "std": [0.5] * 3})
+    tiny_suite["attacks"], tiny_suite["defenses"] = [{"name": "fgsm", "type": "fgsm", "eps": "8/255"}], ["none"]
+    executor = _ray(max_retries=1)
+    result = run_suite(load_suite(write_suite(tiny_suite)), tmp_path / "results", tmp_path / "reports", executor=executor)
+    df = pd.read_parquet(result.run_dir / "results.parquet").set_index("model")
+    assert result.complete and len(df) == 2 and df.loc["cnn", "status"] == "ok"
+    assert df.loc["crash", "status"] == "failed"
+    # one retry (max_retries=1), so the group ran on two workers and both died
+    assert re.fullmatch(r"lost its worker 2 time\(s\), the last .+ node [0-9a-f]{8}: ActorDiedError: .+", df.loc["crash", "reason"])
+    meta = executor.describe()
+    assert meta["retries"] == 1 and len(meta["lost_workers"]) == 2
+
+
+def test_cuda_groups_on_a_cluster_without_gpus_are_skipped_saying_so(ray_session, tiny_suite, write_suite, tmp_path):
+    tiny_suite["devices"] = ["cuda"]
+    result = run_suite(load_suite(write_suite(tiny_suite)), tmp_path / "results", tmp_path / "reports", executor=_ray())
+    df = pd.read_parquet(result.run_dir / "results.parquet")
+    assert result.complete and len(df) == 6 and (df["status"] == "skipped").all()
+    assert (df["reason"] == "the Ray cluster has no GPU (none of its nodes lists one)").all()
+
+
+def test_ctrl_c_keeps_the_rows_that_landed_and_resume_completes_the_run(ray_session, tiny_file, tmp_path, caplog):
+    """(With more workers asked for than the 2 CPUs hold: the pool is cut to what fits, with a warning.)"""
+    landed = []
+
+    class StopAfterTwo(KillOnFirstRow):
+        def cell_done(self):
+            landed.append(1)
+
+    suite = load_suite(tiny_file)
+    with pytest.raises(Interrupted):
+        run_suite(suite, tmp_path / "results", tmp_path / "reports", executor=executors.create(ExecutorSpec("ray", workers=4)),
+                  progress=StopAfterTwo(), stop=lambda: len(landed) >= 2)
+    assert "4 CPU workers of 1 CPUs do not fit on the Ray cluster's nodes; starting 2" in caplog.text
+    run_dir = next((tmp_path / "results" / "tiny").iterdir())
+    kept = read_rows(run_dir)
+    assert 2 <= len(kept) < 6 and len(kept) == len(landed)
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "interrupted"
+    assert not ray.util.list_named_actors(all_namespaces=True)  # its workers went with it
+    result = run_suite(suite, tmp_path / "results", tmp_path / "reports", resume=run_dir)  # resumed here, locally
+    ids = [r["cell_id"] for r in read_rows(run_dir)]
+    assert result.complete and result.counts == {"ok": 6} and len(ids) == len(set(ids)) == 6
+
+
+def test_without_ray_the_ray_executor_says_how_to_install_it(monkeypatch, suite_file, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray now fails
+    monkeypatch.delitem(sys.modules, "bench.executors.ray_actors", raising=False)
+    assert main(["run", str(suite_file), "--executor", "ray"]) == 2
+    err = capsys.readouterr().err
+    assert "executor: the ray executor needs Ray" in err and "pip install -e '.[ray]'" in err and "Traceback" not in err
+
+
+def test_ray_only_options_need_the_ray_executor(suite_file, capsys):
+    assert main(["run", str(suite_file), "--workers", "2"]) == 2
+    assert "--workers applies to --executor ray only" in capsys.readouterr().err
+
+
+def test_a_worker_without_the_models_file_skips_its_cells_and_names_itself(ray_session, tmp_path, write_suite):
+    from bench.executors.ray_actors import CellWorker
+    from bench.cells import load_datasets
+
+    net = tmp_path / "net.py"
+    net.write_text("import torch.nn as nn\n\ndef build(num_classes=1000):\n"
+                   "    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, num_classes))\n")
+    doc = {"name": "gone", "data": {"source": "samples", "limit": 2, "image_size": 32},
+           "models": [{"name": "net", "factory": f"{net}:build", "num_classes": 1000, "input_size": 32,
+                       "mean": [0.5] * 3, "std": [0.5] * 3}],
+           "attacks": [{"name": "fgsm", "type": "fgsm", "eps": "1/255"}]}
+    suite = load_suite(write_suite(doc))
+    net.unlink()  # present where the suite was loaded, not where the worker runs
+    worker = CellWorker(suite, load_datasets(suite), "r", {"git_sha": "x", "torch": "x"}, threads=None)
+    row = worker.run(suite.cells()[0])
+    assert row["status"] == "skipped" and str(net) in row["reason"] and worker.name in row["reason"]
+    assert "every Ray node needs" in row["reason"]
