@@ -59,16 +59,20 @@ perf-gate: $(STAMP)
 		exit 2; fi
 	$(BIN)/python -m pytest $(PERF_ARGS) --benchmark-compare --benchmark-compare-fail=$(PERF_FAIL)
 
-# Nightly: run the GPU suite, compare with this device's stored baseline run, exit 1 on regression.
+# Nightly: run the GPU suite, compare with this device's stored baseline run, then the history of
+# every night (reports/nightly-gpu/history.md: trends and change points). The history is written even
+# when the compare finds a regression; the target still exits 1 then.
 nightly: $(STAMP) $(foreach r,$(RECIPES),$(FACES_MODELS)/$(r).pt)
 	$(BIN)/bench run $(NIGHTLY_SUITE) --no-progress
-	@latest=$$(ls -1d results/nightly-gpu/*/ | sort | tail -n 1); \
+	@latest=$$(ls -1d results/nightly-gpu/*/ | sort | tail -n 1); status=0; \
 	if [ ! -f $(NIGHTLY_BASELINE) ]; then \
 		echo "nightly: no baseline for this device yet; storing $$latest as $(NIGHTLY_BASELINE)"; \
 		mkdir -p $$(dirname $(NIGHTLY_BASELINE)) && cp $$latest/results.parquet $$latest/run.json $$(dirname $(NIGHTLY_BASELINE))/; \
 	else \
-		$(BIN)/bench compare $(NIGHTLY_BASELINE) $$latest --out reports/nightly-gpu/compare-latest.md; \
-	fi
+		$(BIN)/bench compare $(NIGHTLY_BASELINE) $$latest --out reports/nightly-gpu/compare-latest.md || status=$$?; \
+	fi; \
+	$(BIN)/bench history $(NIGHTLY_SUITE) --out reports/nightly-gpu || status=$$((status ? status : $$?)); \
+	exit $$status
 
 nightly-baseline: $(STAMP)
 	@latest=$$(ls -1d results/nightly-gpu/*/ | sort | tail -n 1); \

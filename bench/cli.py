@@ -142,6 +142,11 @@ def _parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="rebuild the report of a run")
     rep.add_argument("run_dir", type=Path, help="results/<suite>/<run_id>")
     rep.add_argument("--reports-dir", type=Path, default=Path("reports"))
+    hist = sub.add_parser("history", help="a suite's runs over time: trends and change points (history.md)")
+    hist.add_argument("suite", help="a suite name, or its YAML file")
+    hist.add_argument("--results", type=Path, default=Path("results"), help="where the runs are (default: results)")
+    hist.add_argument("--last", type=_positive, default=None, metavar="N", help="only the last N complete runs")
+    hist.add_argument("--out", type=Path, default=None, help="output folder (default: reports/<suite>)")
     return p
 
 
@@ -169,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
             return _train(args, console)
         if args.command == "models":
             return _models(args)
+        if args.command == "history":
+            return _history(args)
         return _report(args)
     except KeyboardInterrupt:
         log.warning("interrupted: finished cells are kept")
@@ -391,6 +398,32 @@ def _models(args: argparse.Namespace) -> int:
         print(f"| {e.name} | {e.weights} | {e.available} |")
     print(f"\n{len(entries)} model(s). Weights not on this machine: a suite may still name them; their cells are "
           "skipped with the file to put where. Your own models: `factory:` or `file:` (see the README).")
+    return EXIT_OK
+
+
+def _history(args: argparse.Namespace) -> int:
+    from bench.history import HistoryError, load_runs, write_history
+
+    name = args.suite
+    if name.endswith((".yaml", ".yml")):  # a suite file: its runs are filed under its name
+        import yaml
+
+        try:
+            doc = yaml.safe_load(Path(name).read_text(encoding="utf-8"))
+            name = doc["name"]
+        except (OSError, yaml.YAMLError, KeyError, TypeError) as exc:
+            print(f"error: {args.suite}: cannot read the suite's name ({type(exc).__name__}: {exc})", file=sys.stderr)
+            return EXIT_BAD_INPUT
+    if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
+        print(f"error: {args.suite}: not a suite name", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        runs = load_runs(args.results, name, args.last)
+    except HistoryError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    path = write_history(runs, args.out or Path("reports") / name)
+    print(f"history of {len(runs)} run(s): {path}")
     return EXIT_OK
 
 

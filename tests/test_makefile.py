@@ -52,6 +52,10 @@ def test_nightly_runs_the_gpu_suite_then_compares_with_this_devices_baseline(dry
     assert compare and compare[0] > run  # compared after the run, against this device's stored run
     assert "--out reports/nightly-gpu/compare-latest.md" in lines[compare[0]]
     assert any(f"if [ ! -f {baseline} ]" in line for line in lines)  # the first night stores a baseline instead
+    history = [i for i, line in enumerate(lines) if line.startswith(".venv/bin/bench history suites/nightly-gpu.yaml")]
+    assert history and history[0] > compare[0] and "--out reports/nightly-gpu" in lines[history[0]]
+    # a regression found by the compare still fails the target, after the history is written
+    assert lines[compare[0]].endswith("|| status=$?; \\") and lines[history[0] + 1].strip() == "exit $status"
 
 
 def test_perf_gate_compares_against_this_devices_stored_benchmarks(dry_run, paths):

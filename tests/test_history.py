@@ -1,0 +1,148 @@
+"""bench history: change points over a suite's runs, found where they are and nowhere else.
+
+The run folders are synthetic but written by the project's own writer (RowLog, to_frame,
+write_table, write_json), so the reader sees exactly what a run leaves behind."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from bench.cli import main
+from bench.history import change_points, load_runs, rate_series, segments, write_history
+from bench.results import COLUMNS, ROWS_FILE, RUN_FILE, TABLE_FILE, RowLog, to_frame, write_json, write_table
+
+N = 16
+
+
+def cell(defense: str = "none", device: str = "cpu") -> str:
+    return f"m/pgd@abc123/eps=4/255/{defense}/oblivious/{device}/fp32"
+
+
+def write_run(root, i: int, cells: dict[str, tuple[int, float, float]], digest: str = "d1", status: str = "complete"):
+    """Run i of suite s: per cell id (images right out of N, attack img·steps/s, clean img/s)."""
+    run_id = f"20261101T{i:02d}0000Z-{i:04x}"
+    run_dir = root / "s" / run_id
+    run_dir.mkdir(parents=True)
+    rows = []
+    for cell_id, (right, steps, clean) in cells.items():
+        model, attack, eps = cell_id.split("/")[0], "pgd", 4 / 255
+        defense, mode, device, precision = cell_id.split("/")[-4:]
+        row = {c: None for c in COLUMNS}
+        row.update(suite="s", run_id=run_id, cell_id=cell_id, status="ok", reason="", model=model, attack=attack, eps=eps,
+                   defense=defense, eval_mode=mode, device=device, precision=precision, n=N, robust_acc=right / N,
+                   attack_steps_per_s=steps, attack_seconds=5.0, clean_images_per_s=clean, git_sha=f"{i:02d}" * 20)
+        rows.append(row)
+    log = RowLog(run_dir / ROWS_FILE)
+    for row in rows:
+        log.append(row)
+    log.close()
+    write_table(to_frame(rows), run_dir / TABLE_FILE)
+    write_json({"suite": "s", "run_id": run_id, "suite_digest": digest, "status": status, "wall_seconds": 60.0,
+                "started_at": f"2026-11-01T{i:02d}:00:00+00:00", "environment": {"git_sha": f"{i:02d}" * 20}}, run_dir / RUN_FILE)
+    return run_dir
+
+
+def sha(i: int) -> str:
+    return f"{i:02d}" * 6  # the first 12 hex digits, as the commit range shows them
+
+
+def test_a_step_in_robust_accuracy_at_run_k_is_found_at_run_k(tmp_path):
+    for i in range(8):
+        write_run(tmp_path, i, {cell("none"): (14 if i < 5 else 4, 100.0, 50.0), cell("jpeg-q50"): (8, 100.0, 50.0)})
+    (step,) = change_points(load_runs(tmp_path, "s"))
+    assert (step.metric, step.run, step.series) == ("robust_acc", 5, "m · pgd · 4/255 · none · oblivious · cpu · fp32")
+    assert (step.before, step.after) == (14 / 16, 4 / 16) and step.commits == f"{sha(4)}..{sha(5)}"
+
+
+def test_two_steps_are_both_found_and_a_single_odd_run_is_not_a_step(tmp_path):
+    rights = [16, 16, 16, 3, 16, 16, 16, 8, 8, 8, 0, 0, 0]  # run 3: one odd run; steps at 7 and at 10
+    for i, right in enumerate(rights):
+        write_run(tmp_path, i, {cell(): (right, 100.0, 50.0)})
+    assert [c.run for c in change_points(load_runs(tmp_path, "s"))] == [7, 10]
+
+
+def test_noise_inside_the_intervals_finds_nothing(tmp_path):
+    rights = [8, 9, 7, 10, 8, 9, 7, 8, 10, 9, 8, 7]
+    speed = [100, 120, 80, 110, 40, 95, 105, 90, 130, 85, 100, 45]  # one slow run at a time: load, not a slowdown
+    for i, (right, s) in enumerate(zip(rights, speed)):
+        write_run(tmp_path, i, {cell(d): (right, s * f, 50.0 + i % 3) for f, d in ((1, "none"), (1.1, "jpeg-q50"))})
+    assert change_points(load_runs(tmp_path, "s")) == []
+
+
+def test_a_2x_throughput_drop_is_found_where_it_starts(tmp_path):
+    for i in range(8):
+        slow = 0.5 if i >= 4 else 1.0
+        write_run(tmp_path, i, {cell(d): (8, 100.0 * slow * (1 + 0.05 * (i % 2)), 50.0) for d in ("none", "jpeg-q50", "jpeg-q75", "bits-4")})
+    (drop,) = change_points(load_runs(tmp_path, "s"))
+    assert (drop.metric, drop.run, drop.series, drop.commits) == ("attack_steps_per_s", 4, "cpu · fp32", f"{sha(3)}..{sha(4)}")
+    assert drop.after / drop.before == pytest.approx(0.5, abs=0.03)
+
+
+def test_a_drop_in_the_latest_run_alone_is_not_yet_sustained(tmp_path):
+    for i in range(6):
+        write_run(tmp_path, i, {cell(): (8, 100.0 if i < 5 else 40.0, 50.0)})
+    assert change_points(load_runs(tmp_path, "s")) == []
+
+
+def test_a_suite_change_splits_the_series(tmp_path):
+    """Runs 0-3 and 4-8 ran different suites: their difference is not a step; a step inside the
+    second suite's runs still is, and the runs table marks the change."""
+    for i in range(9):
+        right = 16 if i < 4 else (8 if i < 7 else 0)  # 16 → 8 would be a step within one suite
+        write_run(tmp_path, i, {cell(): (right, 100.0 if i < 4 else 30.0, 50.0)}, digest="d1" if i < 4 else "d2")
+    runs = load_runs(tmp_path, "s")
+    assert [list(s) for s in segments(runs)] == [[0, 1, 2, 3], [4, 5, 6, 7, 8]]
+    assert [(c.metric, c.run) for c in change_points(runs)] == [("robust_acc", 7)]
+    text = write_history(runs, tmp_path / "out").read_text()
+    assert text.count("**suite changed**") == 1
+    assert re.search(r"\| +4 \| 20261101T040000Z-0004 \|.*\| d2 \*\*suite changed\*\* +\|", text)
+
+
+def test_cells_missing_from_runs_are_gaps_not_zeros(tmp_path):
+    for i in range(7):
+        cells = {cell("none"): (12, 100.0, 50.0)}
+        if i not in (2, 3):
+            cells[cell("jpeg-q50")] = (12 if i < 5 else 3, 100.0, 50.0)
+        write_run(tmp_path, i, cells)
+    runs = load_runs(tmp_path, "s")
+    series = rate_series(runs)[cell("jpeg-q50")]
+    assert series[2] is None and series[3] is None and series[4] == (12, N)
+    (step,) = change_points(runs)
+    assert step.run == 5 and step.commits == f"{sha(4)}..{sha(5)}"
+    text = write_history(runs, tmp_path / "out").read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| m · pgd · 4/255 · jpeg-q50"))
+    assert [c.strip() for c in row.strip("|").split("|")][1:] == ["75.0", "75.0", "—", "—", "75.0", "18.8", "18.8"]
+
+
+def test_bench_history_writes_the_markdown_and_its_plots_from_complete_runs_only(tmp_path, capsys):
+    for i in range(4):
+        write_run(tmp_path, i, {cell(): (10, 100.0, 50.0)}, status="complete" if i != 2 else "interrupted")
+    code = main(["history", "s", "--results", str(tmp_path), "--out", str(tmp_path / "out")])
+    assert code == 0, capsys.readouterr().err
+    text = (tmp_path / "out" / "history.md").read_text()
+    assert "3 complete run(s)" in text and "T020000Z" not in text  # the interrupted run is left out
+    for section in ("## Change points", "## Robust accuracy over runs", "## Throughput over runs", "## Runs"):
+        assert section in text
+    for png in ("history-robust.png", "history-throughput.png"):
+        assert (tmp_path / "out" / png).stat().st_size > 5000 and f"]({png})" in text
+    assert main(["history", "s", "--results", str(tmp_path), "--last", "1", "--out", str(tmp_path / "one")]) == 0
+    assert "1 complete run(s)" in (tmp_path / "one" / "history.md").read_text()
+    assert main(["history", "nobody", "--results", str(tmp_path)]) == 2
+    assert "no complete run of suite 'nobody'" in capsys.readouterr().err
+
+
+def test_three_runs_of_a_real_suite_make_a_history_without_change_points(tmp_path, tiny_suite, write_suite, capsys):
+    from bench.runner import run_suite
+    from bench.suite import load_suite
+
+    tiny_suite["attacks"], tiny_suite["defenses"] = [{"name": "fgsm", "type": "fgsm", "eps": "8/255"}], ["none", "bit_depth"]
+    suite = load_suite(write_suite(tiny_suite))
+    for _ in range(3):
+        assert run_suite(suite, tmp_path / "results", tmp_path / "reports").complete
+    assert main(["history", str(write_suite(tiny_suite)), "--results", str(tmp_path / "results"),
+                 "--out", str(tmp_path / "reports" / "tiny")]) == 0
+    text = (tmp_path / "reports" / "tiny" / "history.md").read_text()
+    assert "3 complete run(s)" in text and "None: every rate series" in text, text  # the same seeds: the same rates
+    assert len([line for line in text.split("## Runs")[1].splitlines() if line.startswith("| ")]) == 1 + 3
