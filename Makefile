@@ -67,7 +67,7 @@ nightly: $(STAMP) $(foreach r,$(RECIPES),$(FACES_MODELS)/$(r).pt)
 	@latest=$$(ls -1d results/nightly-gpu/*/ | sort | tail -n 1); status=0; \
 	if [ ! -f $(NIGHTLY_BASELINE) ]; then \
 		echo "nightly: no baseline for this device yet; storing $$latest as $(NIGHTLY_BASELINE)"; \
-		mkdir -p $$(dirname $(NIGHTLY_BASELINE)) && cp $$latest/results.parquet $$latest/run.json $$(dirname $(NIGHTLY_BASELINE))/; \
+		{ mkdir -p $$(dirname $(NIGHTLY_BASELINE)) && cp $$latest/results.parquet $$latest/run.json $$(dirname $(NIGHTLY_BASELINE))/; } || status=$$?; \
 	else \
 		$(BIN)/bench compare $(NIGHTLY_BASELINE) $$latest --out reports/nightly-gpu/compare-latest.md || status=$$?; \
 	fi; \

@@ -422,7 +422,11 @@ def _history(args: argparse.Namespace) -> int:
     except HistoryError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    path = write_history(runs, args.out or Path("reports") / name)
+    try:
+        path = write_history(runs, args.out or Path("reports") / name)
+    except OSError as exc:  # an output folder that cannot be written
+        print(f"error: cannot write the history: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     print(f"history of {len(runs)} run(s): {path}")
     return EXIT_OK
 

@@ -2,29 +2,34 @@
 
 ``bench compare`` judges two runs; a nightly job makes one run a night, and a drift of a few
 percent a night never trips a pairwise gate. Like airspeed velocity (asv), this reads every complete
-run of a suite and looks at each series as a whole:
+run of a suite and looks at each series as a whole. At every run k of a series, the up to
+:data:`WINDOW` runs before k are compared with the up to WINDOW runs from k on (at least
+:data:`MIN_SIDE` runs with data on each side, so one odd run — first, last or anywhere — is never a
+change point, and a change is judged against its neighbourhood, so a dip that recovers shows both
+edges). A change makes its neighbours candidates too; of each stretch of candidates the one with the
+largest effect on the windows' means is kept.
 
-- **Rates** (robust accuracy per cell: model, attack, ε, defense, mode, device, precision). A step
-  at run k: the median of the runs since the previous step and the median of the runs from k on
-  have 95 % Wilson intervals (at the runs' n images) that do not overlap. Found by binary
-  segmentation: the split whose two sides separate and whose means differ most, then each side
-  again. Medians, so one odd run does not make a step; per-run intervals, not pooled ones, because
-  every run scores the same images (pooling would count them again as new evidence).
-- **Throughput** (attack img·steps/s, clean img/s, per device and precision). A drop at run k:
-  from k on, every run is slow by the rule ``bench compare`` uses for machine noise
-  (:data:`bench.compare.THROUGHPUT_RULES`: at least a share of the judged cells below a ratio of
-  their median over the runs before k, cells timed under ``min_seconds`` left out), with at least
-  :data:`SUSTAINED` runs on each side. A slow latest run alone is ``bench compare``'s to flag.
+- **Rates** (robust accuracy per cell: model, attack, ε, defense, mode, device, precision): a step
+  at k when the medians of the two windows have 95 % Wilson intervals (at one run's n images) that
+  do not overlap. Per-run intervals, not pooled ones, because every run scores the same images.
+- **Throughput** (attack img·steps/s, clean img/s) per (model, device, precision) group, as
+  ``bench compare`` groups cells (and per device name, so a new GPU is a new series): a drop at k
+  when, per cell, the median of the window from k over the median of the window before is below the
+  ratio of ``bench compare``'s noise rule for at least its share of the cells
+  (:data:`bench.compare.THROUGHPUT_RULES`; cells timed under ``min_seconds`` left out). Drops only:
+  a recovery is not a regression.
 - A change of the suite's digest splits every series: numbers across a suite change are not
-  comparable, so no step is looked for across it, and the plots break there. A cell missing from a
-  run is a gap, never a zero.
+  comparable, so no change is looked for across it, and the plots break there. A cell missing from
+  a run is a gap, never a zero; a run without data in a series is skipped, not counted as unchanged.
 
-Each change point names the first run after it and the commit range ``previous sha..sha``.
+Each change point names the first run after it and the commit range ``previous sha..sha`` (the
+previous run that has the series).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import statistics
 import warnings
@@ -40,10 +45,12 @@ from bench.results import RUN_FILE, load_run, write_atomic
 from bench.specs import format_eps
 from bench.stats import wilson
 
-SUSTAINED = 2  # runs a throughput drop must last, and runs before it to judge it against
+MIN_SIDE = 3  # runs (with data) on each side of a change point: their median outvotes one odd run, first, last or anywhere
+WINDOW = 5  # runs on each side whose medians are compared: a change is judged against its neighbourhood
 THROUGHPUTS = {"attack_steps_per_s": ("attack img·steps/s", "attack_seconds"), "clean_images_per_s": ("clean img/s", None)}
 TABLE_RUNS = 12  # runs shown in the per-cell table (all are in the plots and the change points)
 HISTORY_FILE = "history.md"
+log = logging.getLogger(__name__)
 
 
 class HistoryError(ValueError):
@@ -62,7 +69,7 @@ class Run:
 
     @property
     def sha(self) -> str:
-        return str(self.meta.get("environment", {}).get("git_sha") or "unknown")
+        return str((self.meta.get("environment") or {}).get("git_sha") or "unknown")
 
     @property
     def digest(self) -> str:
@@ -91,11 +98,13 @@ def load_runs(results_root: str | Path, suite: str, last: int | None = None) -> 
     for run_dir in sorted(p for p in folder.iterdir() if (p / RUN_FILE).is_file()) if folder.is_dir() else []:
         try:
             meta = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if meta.get("status") == "complete":
+            if not isinstance(meta, dict) or meta.get("status") != "complete":
+                continue
             df, meta = load_run(run_dir)
-            runs.append(Run(run_dir, meta, df))
+        except Exception as exc:  # a run folder that cannot be read (a corrupt table): left out, said once
+            log.warning("%s: left out of the history, cannot be read (%s: %s)", run_dir, type(exc).__name__, exc)
+            continue
+        runs.append(Run(run_dir, meta, df))
     if not runs:
         raise HistoryError(f"no complete run of suite {suite!r} under {folder}")
     return runs[-last:] if last else runs
@@ -141,18 +150,28 @@ def labels(runs: list[Run]) -> dict[str, str]:
             for row in zip(*(long[c] for c in long.columns[:8]))}
 
 
-def throughput_series(runs: list[Run], metric: str) -> dict[tuple[str, str], list[dict[str, float]]]:
-    """(device, precision) → per run {cell id: value} of a throughput column, over ok cells timed long
-    enough to judge (``min_seconds`` of the device's rule)."""
+def throughput_series(runs: list[Run], metric: str) -> dict[tuple[str, ...], np.ndarray]:
+    """(model, device, precision, device name) → a runs × cells array of a throughput column (NaN
+    where a run has no ok row for the cell, or timed it under the device rule's ``min_seconds``).
+    Grouped as ``bench compare`` groups cells; the device name keeps a new GPU from reading as a drop."""
     _, seconds_column = THROUGHPUTS[metric]
-    long = _long(runs, ["cell_id", "device", "precision", metric, "n", *([seconds_column] if seconds_column else [])])
-    long = long[long[metric].notna() & (long[metric] > 0)]
-    seconds = long[seconds_column] if seconds_column else long["n"] / long[metric]
-    minimum = long["device"].map(lambda d: _rule(d).min_seconds)
-    long = long[seconds.notna() & (seconds >= minimum)]
-    out: dict[tuple[str, str], list[dict[str, float]]] = {}
-    for cell_id, device, precision, i, value in zip(long["cell_id"], long["device"], long["precision"], long["run"], long[metric]):
-        out.setdefault((device, precision), [{} for _ in runs])[i][cell_id] = float(value)
+    columns = ["cell_id", "model", "device", "precision", "device_name", metric, "n", *([seconds_column] if seconds_column else [])]
+    long = _long(runs, columns)
+    long = long[long[metric].notna() & (long[metric].astype(float) > 0)]
+    if long.empty:
+        return {}
+    values = long[metric].astype(float)
+    seconds = long[seconds_column].astype(float) if seconds_column else long["n"].astype(float) / values
+    minimum = np.array([_rule(d).min_seconds for d in long["device"]], dtype=float)
+    long = long[(seconds.notna() & (seconds.to_numpy() >= minimum)).to_numpy()]
+    out: dict[tuple[str, ...], np.ndarray] = {}
+    for key, group in long.groupby(["model", "device", "precision", "device_name"], sort=False, dropna=False):
+        cells = list(dict.fromkeys(group["cell_id"]))
+        array = np.full((len(runs), len(cells)), np.nan)
+        column = {c: j for j, c in enumerate(cells)}
+        for cell_id, i, value in zip(group["cell_id"], group["run"], group[metric].astype(float)):
+            array[i, column[cell_id]] = value
+        out[tuple("" if pd.isna(k) else str(k) for k in key)] = array
     return out
 
 
@@ -161,39 +180,58 @@ def _rule(device: str):
 
 
 # ---------------------------------------------------------------------------------------------
-# Change points
+# Change points: a two-sided window at every run, the best run of each stretch of candidates
 
 
-def rate_steps(points: list[tuple[int, int] | None], spans: Iterable[range]) -> list[int]:
-    """Runs where a rate series steps (see the module docstring), within each span (suite digest)."""
-    found: list[int] = []
+def _segment(count: int, judge) -> list[tuple[int, float, float]]:
+    """Positions of change points among ``count`` runs with data: ``judge(before, after)`` (two
+    ranges of positions) gives (effect, before value, after value) when they differ, else None. The
+    strongest change over the whole range first, then each side again, windows never reaching across
+    a change already found (two steps a few runs apart are both found, and a dip shows both edges)."""
+    def search(lo: int, hi: int) -> list[tuple[int, float, float]]:  # (effects compare as tuples)
+        best = None
+        for j in range(lo + MIN_SIDE, hi - MIN_SIDE + 1):
+            verdict = judge(range(max(lo, j - WINDOW), j), range(j, min(hi, j + WINDOW)))
+            if verdict is not None and (best is None or verdict[0] > best[1][0]):
+                best = (j, verdict)
+        if best is None:
+            return []
+        j, (_, before, after) = best
+        return search(lo, j) + [(j, before, after)] + search(j, hi)
+
+    return search(0, count)
+
+
+def rate_steps(points: list[tuple[int, int] | None], spans: Iterable[range]) -> list[tuple[int, float, float]]:
+    """(run, median rate before, median rate after) of each step of a rate series (module docstring)."""
+    found = []
     for span in spans:
         present = [i for i in span if points[i] is not None]
-        found += _split(points, present)
-    return sorted(found)
-
-
-def _split(points: list[tuple[int, int] | None], idx: list[int]) -> list[int]:
-    rates = [points[i][0] / points[i][1] for i in idx]
-    best, best_diff = None, 0.0
-    # a step starts where the value changes: runs with the same rate on both sides of a split add nothing
-    # (and a year of identical nightly rates costs no more than one)
-    for j in (j for j in range(1, len(idx)) if rates[j] != rates[j - 1]):
-        before, after = [points[i] for i in idx[:j]], [points[i] for i in idx[j:]]
-        if not _separate(before, after):
+        if len({points[i][0] / points[i][1] for i in present}) <= 1:  # constant (the usual nightly series)
             continue
-        diff = abs(statistics.fmean(k / n for k, n in after) - statistics.fmean(k / n for k, n in before))
-        if diff > best_diff:
-            best, best_diff = j, diff
-    if best is None:
-        return []
-    return _split(points, idx[:best]) + [idx[best]] + _split(points, idx[best:])
+
+        def judge(b: range, a: range, present=present):
+            before, after = [points[present[i]] for i in b], [points[present[i]] for i in a]
+            if not _separate(before, after):
+                return None
+            effect = _widest_effect(before, after, lambda x, y: abs(statistics.fmean(k / n for k, n in y)
+                                                                     - statistics.fmean(k / n for k, n in x)))
+            return effect, _median_rate(before), _median_rate(after)
+
+        found += [(present[j], before, after) for j, before, after in _segment(len(present), judge)]
+    return found
+
+
+def _widest_effect(before, after, effect) -> tuple[float, float]:
+    """How strongly two windows differ: first over the MIN_SIDE runs nearest the change (at the true
+    change those differ most; wider windows reach past a short dip or into the next step), then over
+    the whole windows (a tie-break)."""
+    return effect(before[len(before) - MIN_SIDE:], after[:MIN_SIDE]), effect(before, after)
 
 
 def _median_interval(side: list[tuple[int, int]]) -> tuple[float, float]:
-    n = round(statistics.median(n for _, n in side))
-    k = round(statistics.median(k / m for k, m in side) * n)
-    return wilson(k, n)
+    n = statistics.median(n for _, n in side)
+    return wilson(statistics.median(k / m for k, m in side) * n, n)  # Wilson's formula takes a fractional count
 
 
 def _separate(before: list[tuple[int, int]], after: list[tuple[int, int]]) -> bool:
@@ -201,75 +239,60 @@ def _separate(before: list[tuple[int, int]], after: list[tuple[int, int]]) -> bo
     return hi_b < lo_a or hi_a < lo_b
 
 
-def throughput_drops(per_run: list[dict[str, float]], spans: Iterable[range], device: str) -> list[int]:
-    """Runs from which a throughput series stays slow (see the module docstring), within each span."""
+def throughput_drops(values: np.ndarray, spans: Iterable[range], device: str) -> list[tuple[int, float, float]]:
+    """(run, median before, median after) of each drop of a runs × cells throughput array (module
+    docstring); runs without a judged cell are skipped, not counted as fast."""
     rule = _rule(device)
-    cells = sorted({c for run in per_run for c in run})
-    values = np.array([[run.get(c, np.nan) for c in cells] for run in per_run], dtype=float).reshape(len(per_run), len(cells))
-    found: list[int] = []
+    found = []
     for span in spans:
-        start = span.start
-        k = start + SUSTAINED  # a reference of one run would make one burst of load a "drop"
-        while k <= span.stop - SUSTAINED:
-            with warnings.catch_warnings():  # a cell absent from every reference run: NaN, not judged
+        present = [i for i in span if not np.isnan(values[i]).all()]
+
+        def judge(b: range, a: range, present=present):
+            before, after = values[[present[i] for i in b]], values[[present[i] for i in a]]
+            with warnings.catch_warnings():  # a cell absent from one side: NaN, not judged
                 warnings.simplefilter("ignore", RuntimeWarning)
-                reference = np.nanmedian(values[start:k], axis=0)
-            if all(_slow(values[r], reference, rule) for r in range(k, span.stop)):
-                found.append(k)
-                start = k  # a later drop is judged against the runs after this one
-                k = start + SUSTAINED
-                continue
-            k += 1
+                ref, now = np.nanmedian(before, axis=0), np.nanmedian(after, axis=0)
+                judged = ~np.isnan(ref) & ~np.isnan(now) & (ref > 0)
+                if not judged.any() or (now[judged] / ref[judged] < rule.min_ratio).sum() < rule.share * judged.sum():
+                    return None
+                drop = _widest_effect(before[:, judged], after[:, judged],
+                                      lambda x, y: 1 - float(np.nanmean(np.nanmean(y, axis=0) / np.nanmean(x, axis=0))))
+            return drop, float(np.median(ref[judged])), float(np.median(now[judged]))
+
+        found += [(present[j], before, after) for j, before, after in _segment(len(present), judge)]
     return found
 
 
-def _slow(run: np.ndarray, reference: np.ndarray, rule) -> bool:
-    """At least ``share`` of the cells timed in both run and reference below ``min_ratio`` of the reference."""
-    judged = ~np.isnan(run) & ~np.isnan(reference) & (reference > 0)
-    if not judged.any():
-        return False
-    ratios = run[judged] / reference[judged]
-    return bool((ratios < rule.min_ratio).sum() >= rule.share * len(ratios))
-
-
 def change_points(runs: list[Run]) -> list[ChangePoint]:
-    """Every step of every rate series and every sustained throughput drop, oldest first."""
+    """Every step of every rate series and every throughput drop, oldest first."""
     spans = segments(runs)
     names = labels(runs)
     found: list[ChangePoint] = []
     for cell_id, points in rate_series(runs).items():
-        for k in rate_steps(points, spans):
-            before = [p for p in points[_span_of(spans, k).start:k] if p is not None]
-            after = [p for p in points[k:_span_of(spans, k).stop] if p is not None]
-            found.append(ChangePoint(names.get(cell_id, cell_id), "robust_acc", k, _median_rate(before), _median_rate(after),
-                                     _commits(runs, k, points)))
+        for k, before, after in rate_steps(points, spans):
+            found.append(ChangePoint(names.get(cell_id, cell_id), "robust_acc", k, before, after, _commits(runs, k, points)))
     for metric in THROUGHPUTS:
-        for (device, precision), per_run in throughput_series(runs, metric).items():
-            for k in throughput_drops(per_run, spans, device):
-                span = _span_of(spans, k)
-                before = _median_of_runs(per_run[span.start:k])
-                after = _median_of_runs(per_run[k:span.stop])
-                found.append(ChangePoint(f"{device} · {precision}", metric, k, before, after, _commits(runs, k)))
+        series = throughput_series(runs, metric)
+        for key, values in series.items():
+            for k, before, after in throughput_drops(values, spans, key[1]):
+                present = [None if np.isnan(row).all() else 1 for row in values]
+                found.append(ChangePoint(_group_label(key, series), metric, k, before, after, _commits(runs, k, present)))
     return sorted(found, key=lambda c: (c.run, c.metric, c.series))
 
 
-def _span_of(spans: list[range], k: int) -> range:
-    return next(s for s in spans if k in s)
+def _group_label(key: tuple[str, ...], series: dict) -> str:
+    """model · device · precision, with the device's name when the runs saw more than one."""
+    names = {k[3] for k in series if k[:3] == key[:3]}
+    return " · ".join(key[:3]) + (f" · {key[3]}" if len(names) > 1 else "")
 
 
 def _median_rate(side: list[tuple[int, int]]) -> float:
     return statistics.median(k / n for k, n in side) if side else math.nan
 
 
-def _median_of_runs(runs: list[dict[str, float]]) -> float:
-    """The median over runs of each run's median cell: one number for a throughput series."""
-    medians = [statistics.median(r.values()) for r in runs if r]
-    return statistics.median(medians) if medians else math.nan
-
-
 def _commits(runs: list[Run], k: int, points: list | None = None) -> str:
-    """previous sha..sha: the commits between the last run before the step (that has the series)
-    and the first run after it."""
+    """previous sha..sha: the commits between the last run before the step that has the series and
+    the first run after it."""
     prev = k - 1
     while points is not None and prev > 0 and points[prev] is None:
         prev -= 1
@@ -310,7 +333,7 @@ def render(runs: list[Run], points: list[ChangePoint], plot_names: list[str]) ->
     lines += [_rules_text(), ""]
     for name in plot_names:
         title = "Robust accuracy over runs (bands: 95 % Wilson intervals)" if "robust" in name else \
-            "Throughput over runs (median over cells)"
+            "Throughput over runs (each cell relative to its usual; median over a group's cells)"
         lines += [f"## {title}", "", f"![{title}]({name})", ""]
     lines += ["## Robust accuracy by run", "", _rate_table(runs), ""]
     lines += ["## Runs", "", _runs_table(runs), ""]
@@ -329,10 +352,10 @@ def _change_text(c: ChangePoint) -> str:
 def _rules_text() -> str:
     rules = "; ".join(f"{kind}: {r.share:.0%} of the cells below ×{r.min_ratio} (cells timed under {r.min_seconds} s left out)"
                       for kind, r in THROUGHPUT_RULES.items())
-    return ("A rate steps where the medians before and after have separate 95 % Wilson intervals; a throughput drops "
-            f"where every run from there on is slow by `bench compare`'s noise rule ({rules}) against the median of the "
-            f"runs before, with at least {SUSTAINED} runs on each side. "
-            "Cells missing from a run are gaps (—), not zeros.")
+    return (f"At every run, the up to {WINDOW} runs before it are compared with the up to {WINDOW} from it on (at least "
+            f"{MIN_SIDE} with data on each side): a rate steps where the two medians have separate 95 % Wilson intervals; "
+            f"a throughput group (model · device · precision) drops where the cells' medians fall by `bench compare`'s "
+            f"noise rule ({rules}). Before → after are those medians. Cells missing from a run are gaps (—), not zeros.")
 
 
 def _date(run: Run) -> str:
@@ -384,7 +407,7 @@ def _plot_rates(runs: list[Run], points: list[ChangePoint], path: Path) -> Path 
 
     def draw(ax, lines):
         for name, pts in lines:
-            colour = colours.setdefault(name, f"C{len(colours) % 10}")
+            colour = colours.setdefault(name, _colour(len(colours)))
             for span in segments(runs):  # one stroke per suite digest: no line across a suite change
                 x = list(span)
                 y = [100 * pts[i][0] / pts[i][1] if pts[i] else math.nan for i in span]  # NaN: a gap
@@ -396,24 +419,40 @@ def _plot_rates(runs: list[Run], points: list[ChangePoint], path: Path) -> Path 
 
 
 def _plot_throughput(runs: list[Run], points: list[ChangePoint], path: Path) -> Path | None:
-    colours: dict[str, str] = {}
+    """Per group, the median over its cells of each cell's throughput relative to that cell's median
+    in the span (1 = as usual): cells of very different speeds share one line, and a missing cell
+    does not move it."""
     panels = []
     for metric, (title, _) in THROUGHPUTS.items():
+        series = throughput_series(runs, metric)
         lines = []
-        for (device, precision), per_run in throughput_series(runs, metric).items():
-            lines.append((f"{device} · {precision}", [statistics.median(r.values()) if r else math.nan for r in per_run]))
+        for key, values in series.items():
+            index = np.full(len(runs), np.nan)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                for span in segments(runs):
+                    rows = values[span.start:span.stop]
+                    index[span.start:span.stop] = np.nanmedian(rows / np.nanmedian(rows, axis=0), axis=1)
+            lines.append((_group_label(key, series), list(index)))
         if lines:
             panels.append((title, lines))
     if not panels:
         return None
+    colours: dict[str, str] = {}
 
     def draw(ax, lines):
         for name, ys in lines:
-            colour = colours.setdefault(name, f"C{len(colours) % 10}")
+            colour = colours.setdefault(name, _colour(len(colours)))
             for span in segments(runs):
                 ax.plot(list(span), [ys[i] for i in span], marker="o", ms=3, color=colour, label=name if span.start == 0 else None)
 
-    return _figure(runs, panels, path, "per second", draw, (0, None), points, None)
+    return _figure(runs, panels, path, "× the cell's usual (median over cells)", draw, (0, None), points, None)
+
+
+def _colour(i: int):
+    import matplotlib
+
+    return matplotlib.colormaps["tab20"](i % 20)
 
 
 def _figure(runs: list[Run], panels: list[tuple[str, list]], path: Path, ylabel: str, draw, ylim, points, metric) -> Path:
@@ -436,7 +475,7 @@ def _figure(runs: list[Run], panels: list[tuple[str, list]], path: Path, ylabel:
             ax.axvline(b, color="0.3", linestyle="--", linewidth=1)
         wanted = metric or {"attack img·steps/s": "attack_steps_per_s", "clean img/s": "clean_images_per_s"}.get(title)
         for c in points:
-            if c.metric == wanted and (metric is None or c.series.startswith(title)):
+            if c.metric == wanted and (metric is None or c.series.startswith(title + " · ")):
                 ax.axvline(c.run - 0.5, color="red", alpha=0.5, linewidth=1)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("run #")

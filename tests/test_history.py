@@ -5,6 +5,7 @@ write_table, write_json), so the reader sees exactly what a run leaves behind.""
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -16,8 +17,8 @@ from bench.results import COLUMNS, ROWS_FILE, RUN_FILE, TABLE_FILE, RowLog, to_f
 N = 16
 
 
-def cell(defense: str = "none", device: str = "cpu") -> str:
-    return f"m/pgd@abc123/eps=4/255/{defense}/oblivious/{device}/fp32"
+def cell(defense: str = "none", device: str = "cpu", model: str = "m") -> str:
+    return f"{model}/pgd@abc123/eps=4/255/{defense}/oblivious/{device}/fp32"
 
 
 def write_run(root, i: int, cells: dict[str, tuple[int, float, float]], digest: str = "d1", status: str = "complete"):
@@ -60,7 +61,32 @@ def test_two_steps_are_both_found_and_a_single_odd_run_is_not_a_step(tmp_path):
     rights = [16, 16, 16, 3, 16, 16, 16, 8, 8, 8, 0, 0, 0]  # run 3: one odd run; steps at 7 and at 10
     for i, right in enumerate(rights):
         write_run(tmp_path, i, {cell(): (right, 100.0, 50.0)})
-    assert [c.run for c in change_points(load_runs(tmp_path, "s"))] == [7, 10]
+    steps = change_points(load_runs(tmp_path, "s"))
+    # before → after: the medians of the runs between one step and the next
+    assert [(c.run, c.before, c.after) for c in steps] == [(7, 1.0, 0.5), (10, 0.5, 0.0)]
+
+
+@pytest.mark.parametrize("rights", [
+    [3] + [16] * 8,  # an odd first run
+    [16] * 8 + [3],  # an odd last run (the nightly compare's to flag)
+    [16, 16, 16, 16, 2, 16, 16, 16, 16],  # an odd run in the middle
+], ids=["first", "last", "middle"])
+def test_one_odd_run_is_never_a_step(tmp_path, rights):
+    for i, right in enumerate(rights):
+        write_run(tmp_path, i, {cell(): (right, 100.0, 50.0)})
+    assert change_points(load_runs(tmp_path, "s")) == []
+
+
+def test_an_odd_run_right_after_a_step_does_not_add_a_second_one(tmp_path):
+    for i, right in enumerate([16] * 6 + [0] + [8] * 6):
+        write_run(tmp_path, i, {cell(): (right, 100.0, 50.0)})
+    assert [c.run for c in change_points(load_runs(tmp_path, "s"))] == [6]
+
+
+def test_a_dip_that_recovers_shows_both_edges(tmp_path):
+    for i, right in enumerate([16] * 5 + [8] * 4 + [16] * 5):
+        write_run(tmp_path, i, {cell(): (right, 100.0, 50.0)})
+    assert [(c.run, c.before, c.after) for c in change_points(load_runs(tmp_path, "s"))] == [(5, 1.0, 0.5), (9, 0.5, 1.0)]
 
 
 def test_noise_inside_the_intervals_finds_nothing(tmp_path):
@@ -76,8 +102,43 @@ def test_a_2x_throughput_drop_is_found_where_it_starts(tmp_path):
         slow = 0.5 if i >= 4 else 1.0
         write_run(tmp_path, i, {cell(d): (8, 100.0 * slow * (1 + 0.05 * (i % 2)), 50.0) for d in ("none", "jpeg-q50", "jpeg-q75", "bits-4")})
     (drop,) = change_points(load_runs(tmp_path, "s"))
-    assert (drop.metric, drop.run, drop.series, drop.commits) == ("attack_steps_per_s", 4, "cpu · fp32", f"{sha(3)}..{sha(4)}")
+    assert (drop.metric, drop.run, drop.series, drop.commits) == ("attack_steps_per_s", 4, "m · cpu · fp32", f"{sha(3)}..{sha(4)}")
     assert drop.after / drop.before == pytest.approx(0.5, abs=0.03)
+
+
+def test_a_throughput_drop_is_found_where_it_starts_despite_a_near_normal_night_and_a_gap_after_it(tmp_path):
+    speed = [100] * 6 + [50, 50, 70, None, 50, 50, 100, 100, 100]  # then a fix: the drop stays listed
+    for i, v in enumerate(speed):
+        write_run(tmp_path, i, {cell(d): (8, v, 50.0) for d in ("none", "jpeg-q50")} if v else {cell("other", model="x"): (8, 1.0, 1.0)})
+    drops = [c for c in change_points(load_runs(tmp_path, "s")) if c.metric == "attack_steps_per_s"]
+    assert [(c.run, c.commits) for c in drops] == [(6, f"{sha(5)}..{sha(6)}")]
+
+
+def test_one_model_slowing_down_among_several_is_found_for_that_model(tmp_path):
+    for i in range(10):
+        write_run(tmp_path, i, {cell(d, "cuda", m): (8, 100.0 * (0.5 if m == "m1" and i >= 5 else 1), 50.0)
+                                for m in ("m0", "m1", "m2", "m3") for d in ("none", "jpeg-q50")})
+    (drop,) = change_points(load_runs(tmp_path, "s"))
+    assert (drop.series, drop.run) == ("m1 · cuda · fp32", 5)
+
+
+@pytest.mark.parametrize("device,found", [("cuda", True), ("cpu", False)])
+def test_a_20_percent_drop_is_beyond_the_noise_on_cuda_and_within_it_on_cpu(tmp_path, device, found):
+    for i in range(10):
+        write_run(tmp_path, i, {cell(d, device): (8, 100.0 * (0.8 if i >= 5 else 1), 50.0) for d in ("none", "jpeg-q50")})
+    assert [c.run for c in change_points(load_runs(tmp_path, "s"))] == ([5] if found else [])
+
+
+def test_runs_without_ok_cells_and_sparse_run_json_make_a_history_too(tmp_path):
+    for i in range(3):
+        run_dir = write_run(tmp_path, i, {})
+        meta = json.loads((run_dir / RUN_FILE).read_text())
+        meta["environment"] = None
+        del meta["started_at"], meta["wall_seconds"]
+        write_json(meta, run_dir / RUN_FILE)
+    runs = load_runs(tmp_path, "s")
+    assert change_points(runs) == []
+    assert "No ok cells." in write_history(runs, tmp_path / "out").read_text()
 
 
 def test_a_drop_in_the_latest_run_alone_is_not_yet_sustained(tmp_path):
@@ -87,13 +148,13 @@ def test_a_drop_in_the_latest_run_alone_is_not_yet_sustained(tmp_path):
 
 
 def test_a_suite_change_splits_the_series(tmp_path):
-    """Runs 0-3 and 4-8 ran different suites: their difference is not a step; a step inside the
+    """Runs 0-3 and 4-9 ran different suites: their difference is not a step; a step inside the
     second suite's runs still is, and the runs table marks the change."""
-    for i in range(9):
+    for i in range(10):
         right = 16 if i < 4 else (8 if i < 7 else 0)  # 16 → 8 would be a step within one suite
         write_run(tmp_path, i, {cell(): (right, 100.0 if i < 4 else 30.0, 50.0)}, digest="d1" if i < 4 else "d2")
     runs = load_runs(tmp_path, "s")
-    assert [list(s) for s in segments(runs)] == [[0, 1, 2, 3], [4, 5, 6, 7, 8]]
+    assert [list(s) for s in segments(runs)] == [[0, 1, 2, 3], [4, 5, 6, 7, 8, 9]]
     assert [(c.metric, c.run) for c in change_points(runs)] == [("robust_acc", 7)]
     text = write_history(runs, tmp_path / "out").read_text()
     assert text.count("**suite changed**") == 1
@@ -101,19 +162,19 @@ def test_a_suite_change_splits_the_series(tmp_path):
 
 
 def test_cells_missing_from_runs_are_gaps_not_zeros(tmp_path):
-    for i in range(7):
+    for i in range(8):
         cells = {cell("none"): (12, 100.0, 50.0)}
-        if i not in (2, 3):
+        if i not in (2, 4):
             cells[cell("jpeg-q50")] = (12 if i < 5 else 3, 100.0, 50.0)
         write_run(tmp_path, i, cells)
     runs = load_runs(tmp_path, "s")
     series = rate_series(runs)[cell("jpeg-q50")]
-    assert series[2] is None and series[3] is None and series[4] == (12, N)
+    assert series[2] is None and series[4] is None and series[3] == (12, N)
     (step,) = change_points(runs)
-    assert step.run == 5 and step.commits == f"{sha(4)}..{sha(5)}"
+    assert step.run == 5 and step.commits == f"{sha(3)}..{sha(5)}"  # from the last run that had the cell
     text = write_history(runs, tmp_path / "out").read_text()
     row = next(line for line in text.splitlines() if line.startswith("| m · pgd · 4/255 · jpeg-q50"))
-    assert [c.strip() for c in row.strip("|").split("|")][1:] == ["75.0", "75.0", "—", "—", "75.0", "18.8", "18.8"]
+    assert [c.strip() for c in row.strip("|").split("|")][1:] == ["75.0", "75.0", "—", "75.0", "—", "18.8", "18.8", "18.8"]
 
 
 def test_bench_history_writes_the_markdown_and_its_plots_from_complete_runs_only(tmp_path, capsys):
