@@ -17,11 +17,13 @@ import yaml
 from bench.results import read_rows
 from bench.runlock import RunLock
 
+CELLS = 12  # slow_suite: 6 ε × 2 defenses
+
 
 @pytest.fixture
 def slow_suite(tmp_path, tiny_suite) -> Path:
     """Enough cells (about a second each) that a run can be stopped in the middle."""
-    tiny_suite["attacks"] = [{"name": "pgd", "type": "pgd", "eps": [f"{k}/255" for k in range(1, 9)], "steps": 20, "alpha": "1/255"}]
+    tiny_suite["attacks"] = [{"name": "pgd", "type": "pgd", "eps": [f"{k}/255" for k in range(1, CELLS // 2 + 1)], "steps": 20, "alpha": "1/255"}]
     path = tmp_path / "slow.yaml"
     path.write_text(yaml.safe_dump(tiny_suite))
     return path
@@ -59,14 +61,14 @@ def test_sigkill_mid_run_then_resume_gives_every_cell_exactly_one_row(tmp_path, 
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     before = {r["cell_id"]: r for r in read_rows(run_dir)}
-    assert 3 <= len(before) < 16  # killed in the middle, rows so far on disk
+    assert 3 <= len(before) < CELLS  # killed in the middle, rows so far on disk
 
     code, err = _resume(slow_suite, tmp_path, capsys)
     assert code == 0, err
     ids = [r["cell_id"] for r in read_rows(run_dir)]
-    assert len(ids) == len(set(ids)) == 16  # nothing repeated, nothing missing
+    assert len(ids) == len(set(ids)) == CELLS  # nothing repeated, nothing missing
     df = pd.read_parquet(run_dir / "results.parquet")
-    assert df["cell_id"].is_unique and len(df) == 16 and (df["status"] == "ok").all()
+    assert df["cell_id"].is_unique and len(df) == CELLS and (df["status"] == "ok").all()
     for cell_id, row in before.items():  # rows from before the kill are kept as they were
         assert df.set_index("cell_id").loc[cell_id, "robust_acc"] == row["robust_acc"]
     meta = json.loads((run_dir / "run.json").read_text())
@@ -82,10 +84,10 @@ def test_ctrl_c_stops_after_the_current_batch_and_keeps_finished_cells(tmp_path,
     meta = json.loads((run_dir / "run.json").read_text())
     assert meta["status"] == "interrupted"
     df = pd.read_parquet(run_dir / "results.parquet")
-    assert 2 <= len(df) < 16 and df["cell_id"].is_unique and (df["status"] == "ok").all()
+    assert 2 <= len(df) < CELLS and df["cell_id"].is_unique and (df["status"] == "ok").all()
     assert "interrupted" in (tmp_path / "reports" / "tiny" / "latest.md").read_text()
     assert _resume(slow_suite, tmp_path, capsys)[0] == 0
-    assert len(pd.read_parquet(run_dir / "results.parquet")) == 16
+    assert len(pd.read_parquet(run_dir / "results.parquet")) == CELLS
 
 
 def test_resume_refuses_a_changed_suite(tmp_path, slow_suite, tiny_suite, capsys):
