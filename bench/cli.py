@@ -195,19 +195,24 @@ def _run(args: argparse.Namespace, console: Console) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     cells = suite.cells()
+    from bench import executors
+
+    try:  # the command line's executor options are checked with the suite, --dry-run included
+        spec = executors.override(suite.executor, type=args.executor, address=args.address, workers=args.workers,
+                                  cpus_per_worker=args.cpus_per_worker, max_retries=args.max_retries)
+    except executors.ExecutorError as exc:
+        print(f"error: {args.suite}: executor: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     if args.dry_run:
         print(f"suite {suite.name}: {len(cells)} cells")
         for c in cells:
             print(f"  {c.model.name:<16} {c.attack.name:<14} eps={format_eps(c.attack.eps):<8} {c.defense.label:<9} "
                   f"{c.eval_mode:<10} {c.device:<6} {c.precision}")
         return EXIT_OK
-    from bench import executors
     from bench.cells import load_datasets
     from bench.runner import run_suite
 
     try:
-        spec = executors.override(suite.executor, type=args.executor, address=args.address, workers=args.workers,
-                                  cpus_per_worker=args.cpus_per_worker, max_retries=args.max_retries)
         executor = executors.create(spec)
     except executors.ExecutorError as exc:
         print(f"error: {args.suite}: executor: {exc}", file=sys.stderr)

@@ -327,6 +327,9 @@ def render(runs: list[Run], points: list[ChangePoint], plot_names: list[str]) ->
         rows = [{"first run after": f"#{c.run} {runs[c.run].run_id}", "series": c.series, "metric": _METRIC_NAMES[c.metric],
                  "before → after": _change_text(c), "commits": f"`{c.commits}`"} for c in points]
         lines += [pd.DataFrame(rows).to_markdown(index=False), ""]
+    elif max(len(span) for span in spans) < 2 * MIN_SIDE:
+        lines += [f"Not looked for yet: a change point needs {MIN_SIDE} runs of one suite on each side, so at least "
+                  f"{2 * MIN_SIDE} runs ({len(runs)} so far); until then `bench compare` judges pairs of runs.", ""]
     else:
         lines += ["None: every rate series stays inside its Wilson intervals, and no throughput stays below the "
                   "machine's noise threshold.", ""]

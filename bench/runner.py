@@ -181,6 +181,8 @@ def run_suite(
                 "started_at": _now(),
             }
         meta["status"] = "running"
+        if "executor" in meta:  # a resume: the earlier sessions' record (retries, lost workers) is kept
+            meta.setdefault("earlier_executors", []).append(meta["executor"])
         meta["executor"] = executor.describe()
         try:
             write_json(meta, run_dir / RUN_FILE)

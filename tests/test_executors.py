@@ -179,7 +179,7 @@ def test_ctrl_c_keeps_the_rows_that_landed_and_resume_completes_the_run(ray_sess
     with pytest.raises(Interrupted):
         run_suite(suite, tmp_path / "results", tmp_path / "reports", executor=executors.create(ExecutorSpec("ray", workers=4)),
                   progress=StopAfterTwo(), stop=lambda: len(landed) >= 2)
-    assert "4 CPU workers of 1 CPUs do not fit on the Ray cluster's nodes; starting 2" in caplog.text
+    assert "4 CPU workers of 1 CPU(s) each do not fit on the Ray cluster's nodes; starting 2" in caplog.text
     run_dir = next((tmp_path / "results" / "tiny").iterdir())
     kept = read_rows(run_dir)
     assert 2 <= len(kept) < 6 and len(kept) == len(landed)
@@ -201,6 +201,8 @@ def test_without_ray_the_ray_executor_says_how_to_install_it(monkeypatch, suite_
 def test_ray_only_options_need_the_ray_executor(suite_file, capsys):
     assert main(["run", str(suite_file), "--workers", "2"]) == 2
     assert "--workers applies to --executor ray only" in capsys.readouterr().err
+    assert main(["run", str(suite_file), "--max-retries", "1", "--dry-run"]) == 2  # checked at --dry-run too
+    assert "--max-retries applies to --executor ray only" in capsys.readouterr().err
 
 
 def test_a_worker_without_the_models_file_skips_its_cells_and_names_itself(ray_session, tmp_path, write_suite):

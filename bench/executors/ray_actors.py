@@ -190,7 +190,7 @@ class RayExecutor:
 
         wanted = self.spec.workers or self._places[False]
         if wanted > self._places[False]:
-            log.warning("%d CPU workers of %d CPUs do not fit on the Ray cluster's nodes; starting %d", wanted,
+            log.warning("%d CPU workers of %d CPU(s) each do not fit on the Ray cluster's nodes; starting %d", wanted,
                         self.spec.cpus_per_worker, self._places[False])
         for kind, size in ((False, min(wanted, self._places[False])), (True, self._places[True])):
             for _ in range(min(size, len(queue[kind]))):
