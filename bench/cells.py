@@ -95,8 +95,13 @@ def failure(exc: BaseException, cell: CellSpec | None = None) -> "CellFailure":
     if isinstance(exc, CellFailure):
         return exc
     _trace.error("%s failed", cell.cell_id if cell else "cell", exc_info=(type(exc), exc, exc.__traceback__))
+    return CellFailure(one_line(exc))
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line of a row's reason: its type and the first line of its message."""
     text = str(exc).strip().splitlines()
-    return CellFailure(f"{type(exc).__name__}: {text[0][:300]}" if text else type(exc).__name__)
+    return f"{type(exc).__name__}: {text[0][:300]}" if text else type(exc).__name__
 
 
 def worker_name() -> str:

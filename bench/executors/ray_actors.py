@@ -32,7 +32,7 @@ import ray
 import ray.exceptions
 
 from bench import sources
-from bench.cells import Interrupted, Workspace, run_cell, unrun_row
+from bench.cells import Interrupted, Workspace, one_line, run_cell, unrun_row
 from bench.executors import ExecutorError, Job, groups
 from bench.specs import CellSpec, ExecutorSpec
 
@@ -131,7 +131,7 @@ class RayExecutor:
                     ray.init(**kwargs)  # a local instance sized to this machine (its CPUs and GPUs)
             except Exception as exc:  # ConnectionError, a bad address, a version mismatch …
                 where = f"at {self.spec.address}" if self.spec.address else "locally"
-                raise ExecutorError(f"cannot start Ray {where}: {_first_line(exc)}") from None
+                raise ExecutorError(f"cannot start Ray {where}: {one_line(exc)}") from None
             self._started_ray = True
         self._resources = ray.cluster_resources()
         nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
@@ -232,7 +232,7 @@ class RayExecutor:
                     row = ray.get(ref)
                 except ray.exceptions.RayTaskError as exc:  # the worker's own bug, not the cell's: this cell fails
                     row = unrun_row(cell, Workspace(job.suite, job.datasets, job.run_id, job.env, worker=w.name or w.label),
-                                    "failed", f"worker error: {_first_line(exc)}")
+                                    "failed", f"worker error: {one_line(exc)}")
                 except ray.exceptions.RayError as exc:  # the worker died, or its result went with its node
                     yield from self._lost_worker(w, exc, inflight, queue, job, spawn)
                     continue
@@ -335,9 +335,3 @@ def _death(exc: BaseException) -> str:
     cause = (causes[-1] if causes else lines[0] if lines else "")[:300]
     where = ", ".join(f"{k} {fields[k]}" for k in ("ip", "pid") if k in fields)
     return f"{type(exc).__name__}: {cause}" + (f" ({where})" if where else "")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:300]}" if text else type(exc).__name__
-
