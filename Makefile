@@ -18,6 +18,8 @@ PERF_ARGS = tests/benchmarks -m benchmark_suite --benchmark-only --benchmark-war
 	--benchmark-timer=bench.timing.synchronized_timer --benchmark-storage=file://$(CURDIR)/$(PERF_STORAGE)
 
 NIGHTLY_SUITE ?= suites/nightly-gpu.yaml
+# a baseline run keeps its per-image predictions and worst case, so bench compare can pair the images
+BASELINE_FILES = results.parquet run.json predictions.parquet worst_case.parquet worst_case_images.parquet
 NIGHTLY_BASELINE = benchmarks/nightly/$(shell $(BIN)/python -c "from bench.results import machine_slug; print(machine_slug())" 2>/dev/null)/results.parquet
 
 .PHONY: bench test install clean-results faces perf-baseline perf-gate nightly nightly-baseline
@@ -67,7 +69,7 @@ nightly: $(STAMP) $(foreach r,$(RECIPES),$(FACES_MODELS)/$(r).pt)
 	@latest=$$(ls -1d results/nightly-gpu/*/ | sort | tail -n 1); status=0; \
 	if [ ! -f $(NIGHTLY_BASELINE) ]; then \
 		echo "nightly: no baseline for this device yet; storing $$latest as $(NIGHTLY_BASELINE)"; \
-		{ mkdir -p $$(dirname $(NIGHTLY_BASELINE)) && cp $$latest/results.parquet $$latest/run.json $$(dirname $(NIGHTLY_BASELINE))/; } || status=$$?; \
+		{ mkdir -p $$(dirname $(NIGHTLY_BASELINE)) && cp $(addprefix $$latest/,$(BASELINE_FILES)) $$(dirname $(NIGHTLY_BASELINE))/; } || status=$$?; \
 	else \
 		$(BIN)/bench compare $(NIGHTLY_BASELINE) $$latest --out reports/nightly-gpu/compare-latest.md || status=$$?; \
 	fi; \
@@ -76,7 +78,7 @@ nightly: $(STAMP) $(foreach r,$(RECIPES),$(FACES_MODELS)/$(r).pt)
 
 nightly-baseline: $(STAMP)
 	@latest=$$(ls -1d results/nightly-gpu/*/ | sort | tail -n 1); \
-	mkdir -p $$(dirname $(NIGHTLY_BASELINE)) && cp $$latest/results.parquet $$latest/run.json $$(dirname $(NIGHTLY_BASELINE))/ && \
+	mkdir -p $$(dirname $(NIGHTLY_BASELINE)) && cp $(addprefix $$latest/,$(BASELINE_FILES)) $$(dirname $(NIGHTLY_BASELINE))/ && \
 	echo "nightly baseline is now $$latest"
 
 clean-results:

@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import os
+import random
 import socket
 import time
 from dataclasses import dataclass, field, replace
@@ -23,6 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -30,8 +32,23 @@ from bench import attacks as attack_registry
 from bench import defenses as defense_registry
 from bench.data import Dataset, load_dataset
 from bench.fastpath import Levers, PrecisionError, Wrapper, backend_flags, input_gradient, prepare
+from bench.cascade import Cascade
 from bench.flags import cell_flags
 from bench.flags import join as join_flags
+from bench.indicators import (
+    UNCONSTRAINED_IMAGES,
+    UNCONSTRAINED_SUCCESS,
+    at_chance,
+    chance_accuracy,
+    fires,
+    is_softmax,
+    replayed,
+    silent_successes,
+    stability,
+    stability_flags,
+    still_improving,
+)
+from bench.queries import QueryLog, margins
 from bench.stats import wilson
 from bench.models import CheckpointError, ModelUnavailable
 from bench.sources import create_model
@@ -52,7 +69,7 @@ class CellFailure(RuntimeError):
 
     def __init__(self, message: str, flag: str = ""):
         super().__init__(message)
-        self.flag = flag  # a sanity flag (bench/flags.py) the failure also raises
+        self.flag = flag  # a flag (bench/flags.py) the failure also raises
 
 
 class CellSkipped(RuntimeError):
@@ -61,12 +78,18 @@ class CellSkipped(RuntimeError):
 
 @dataclass
 class Adversarial:
-    images: torch.Tensor  # uint8, quantised as a saved image would be
-    zero_grad: bool  # the attacked model's input gradient on the first batch was all zero
+    images: torch.Tensor  # uint8, every image of the data (those not attacked keep their clean pixels)
+    attacked: torch.Tensor  # bool per image: the attack ran on it (all, unless a cascade skipped it)
+    reached: torch.Tensor  # bool per image: the returned point reaches the attack's goal on the attacked model
     seconds: float
     steps: int  # images × gradient steps: forward passes with autograd on, summed over images
     peak_mem_mb: float
     batch_size: int  # the batch size actually used (smaller than asked after a GPU out-of-memory)
+    forward_passes: int = 0  # query rows the attack sent through the model
+    backward_passes: int = 0  # rows whose input gradient it took
+    flags: list[str] = field(default_factory=list)  # indicators judged on the crafting (bench/indicators.py)
+    evidence: dict[str, Any] = field(default_factory=dict)
+    check_seconds: float = 0.0  # the indicators' checks of this crafting (untimed in the throughput)
 
 
 class StepCounter(Wrapper):
@@ -135,6 +158,11 @@ class Workspace:
     _clean: dict = field(default_factory=dict)
     _adv_key: Any = None
     _adv: Adversarial | None = None
+    cascade: Cascade = field(default_factory=Cascade)  # images still standing (used with `cascade: true`)
+    _softmax: dict = field(default_factory=dict)
+    _stability: dict = field(default_factory=dict)
+    _unconstrained: dict = field(default_factory=dict)
+    _served: dict | None = None
 
     def data(self, cell: CellSpec) -> Dataset:
         return self.datasets[data_key(self.suite, cell.model)]
@@ -165,6 +193,8 @@ class Workspace:
                 # lever check and fp16 calibration on a few images; the warm-up happens at the sizes
                 # each pass really uses (after any out-of-memory shrink), in _clean_pass and _craft
                 model = prepare(base, cell.device, cell.precision, Levers(compile=cell.model.compile), sample=sample[:8])
+                with torch.no_grad():  # AutoAttack's check: probabilities instead of logits
+                    self._softmax[key] = is_softmax(model(sample[:8].to(cell.device)))
                 self._prepared[key] = Prepared(model, time.perf_counter() - t0)
             except PrecisionError as exc:  # fp16 gradients that cannot be trusted: the reason says what to use
                 self._prepared[key] = CellFailure(str(exc))
@@ -216,12 +246,13 @@ class Workspace:
             preds.append(_predict(prep.model, defense(x.to(cell.device), draws), watch))
         return torch.cat(preds), watch.seconds
 
+    def softmax(self, cell: CellSpec) -> bool:
+        return self._softmax.get((cell.model, cell.device, cell.precision), False)
+
     def adversarial(self, cell: CellSpec, prep: Prepared) -> Adversarial:
         """The cell's adversarial images. Oblivious ones are crafted on the undefended model and
         reused across defenses; adaptive ones are crafted against this cell's defense."""
-        key = (cell.model, cell.attack, cell.device, cell.precision)
-        if cell.eval_mode != "oblivious":
-            key += (cell.defense, cell.eval_mode)
+        key = crafting_key(cell)
         if key != self._adv_key:
             self._adv, self._adv_key = None, None  # free the previous group's images first
             try:
@@ -236,31 +267,163 @@ class Workspace:
             raise self._adv.with_traceback(None)
         return self._adv
 
+    def served(self, cell: CellSpec) -> list[DefenseSpec]:
+        """The defenses one crafting serves: every defense of the suite's cells that share it."""
+        if self._served is None:
+            self._served = {}
+            for c in self.suite.cells():
+                self._served.setdefault(crafting_key(c), []).append(c.defense)
+        return self._served.get(crafting_key(cell), [cell.defense])
+
+    def standing(self, cell: CellSpec, prep: Prepared) -> torch.Tensor:
+        """The images this cell's crafting attacks: all, or with `cascade: true` those still standing."""
+        labels = self.data(cell).labels
+        if not self.suite.cascade:
+            return torch.ones(len(labels), dtype=torch.bool)
+        clean = {d.label: self.clean(replace(cell, defense=d), prep)[0] for d in self.served(cell)}
+        return self.cascade.standing(cell, attack_registry.norm(cell.attack), labels, clean)
+
     def _craft(self, cell: CellSpec, prep: Prepared, batch_size: int) -> Adversarial:
         self.warm_up(cell, prep, batch_size)
-        model = prep.model
-        counter = StepCounter(model)
+        ds = self.data(cell)
+        attacked_mask = self.standing(cell, prep)
+        counter = StepCounter(prep.model)
         # a randomized defense's draws while crafting (EOT averages eot_samples of them per gradient)
         draws = defense_registry.generator(cell.device, seed_of(cell.attack_seed, "craft"))
-        attacked = defense_registry.attack_model(counter, cell.defense, cell.eval_mode, cell.eot_samples, draws)
-        first = next(self.data(cell).batches(batch_size))[0].to(cell.device)
-        zero_grad = not bool((input_gradient(attacked, first) != 0).any())  # untimed, not counted as steps
+        target = defense_registry.attack_model(counter, cell.defense, cell.eval_mode, cell.eot_samples, draws)
+        first_x, first_y = (t.to(cell.device) for t in next(ds.batches(batch_size)))
+        t0 = time.perf_counter()
+        # the indicators' model checks: untimed, not counted as steps, draws replayed
+        zero_grad = not bool((input_gradient(target, first_x) != 0).any())
+        stability_flags_, stability = self._model_checks(cell, target, first_x, first_y)
+        check_seconds = time.perf_counter() - t0
         counter.images = 0
-        draws.manual_seed(seed_of(cell.attack_seed, "craft"))  # the check's draws do not shift the attack's
-        torch.manual_seed(cell.attack_seed)
-        attack = attack_registry.build(cell.attack, attacked)
+        draws.manual_seed(seed_of(cell.attack_seed, "craft"))  # the checks' draws do not shift the attack's
+        norm = attack_registry.norm(cell.attack)
+        log = QueryLog(target, len(ds), norm, cell.attack.eps, cell.attack.targeted)
+        images, reached = ds.images.clone(), torch.zeros(len(ds), dtype=torch.bool)
+        chosen = attacked_mask.nonzero().squeeze(1)
         watch = Stopwatch(cell.device)
         reset_peak_memory(cell.device)
-        out = []
-        for x, y in self.data(cell).batches(batch_size):
-            x, y = x.to(cell.device), y.to(cell.device)
-            with watch.region():
-                adv = attack(x, y)
-            out.append(defense_registry.to_uint8(adv).cpu())
-            self.on_batch(1)
-            if self.should_stop():
-                raise Interrupted()
-        return Adversarial(torch.cat(out), zero_grad, watch.seconds, counter.images, peak_memory_mb(cell.device), batch_size)
+        batches = 0
+        with seeded(cell.attack_seed, cell.device):
+            attack = attack_registry.build(cell.attack, log, seed=cell.attack_seed)
+            for start in range(0, len(chosen), batch_size):
+                index = chosen[start : start + batch_size]
+                x = ds.images[index].float().div_(255).to(cell.device)
+                y = ds.labels[index].to(cell.device)
+                goal = torch.full_like(y, cell.attack.target) if cell.attack.targeted else y
+                log.begin(x, goal, index)
+                with watch.region():
+                    adv = attack(x, y)
+                log.end()
+                t0 = time.perf_counter()
+                reached[index] = _reaches(target, adv, goal, cell.attack.targeted)
+                check_seconds += time.perf_counter() - t0
+                images[index] = defense_registry.to_uint8(adv).cpu()
+                batches += 1
+                self.on_batch(1)
+                if self.should_stop():
+                    raise Interrupted()
+        self.on_batch(max(0, -(-len(ds) // batch_size) - batches))  # batches a cascade did not need
+        flags, evidence = _crafting_indicators(cell, log, reached, attacked_mask, zero_grad, len(ds))
+        if log.backward_rows == 0:  # a score-based attack: gradients, masked or not, do not steer it
+            stability_flags_ = [f for f in stability_flags_ if f != "shattered-gradients"]
+        return Adversarial(images, attacked_mask, reached, watch.seconds, counter.images, peak_memory_mb(cell.device),
+                           batch_size, log.forward_rows, log.backward_rows, flags + stability_flags_,
+                           {**evidence, **stability}, check_seconds)
+
+    def _model_checks(self, cell: CellSpec, target: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[list[str], dict]:
+        """Stability of the model the attack works on (once per attacked model: the bare model for
+        every oblivious crafting, model ∘ defense for each adaptive one)."""
+        key = (cell.model, cell.device, cell.precision) + ((cell.defense, cell.eval_mode) if cell.eval_mode != "oblivious" else ())
+        if key not in self._stability:
+            with seeded(seed_of(cell.seed, "stability", cell.model.name, cell.device), cell.device):
+                check = stability(target, x, y, seed_of(cell.seed, "stability-noise", cell.model.name))
+            self._stability[key] = (stability_flags(check), {"repeat_difference": check["repeat"],
+                                                             "loss_spread": check["spread"], "gradient_cosine": check["cosine"]})
+        return self._stability[key]
+
+    def unconstrained(self, cell: CellSpec, prep: Prepared) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The unconstrained-attack indicator's crafting: the cell's attack (its largest ε's arguments)
+        with an unbounded budget on up to 16 images the attacked model classifies correctly, crafted
+        once per (model, attack, device, precision, and defense and mode for adaptive attacks).
+        Returns (image indices, their adversarial uint8 images), or None when not checked."""
+        norm = attack_registry.norm(cell.attack)
+        if not self.suite.unconstrained_check or norm == "none" or cell.attack.eps is None:
+            return None
+        key = (cell.model, cell.attack.name, cell.device, cell.precision) + (
+            (cell.defense, cell.eval_mode) if cell.eval_mode != "oblivious" else ())
+        if key not in self._unconstrained:
+            self._unconstrained[key] = self._unconstrained_craft(cell, prep, key)
+        return self._unconstrained[key]
+
+    def _unconstrained_craft(self, cell: CellSpec, prep: Prepared, key: tuple):
+        ds = self.data(cell)
+        variants = next((v for v in self.suite.attacks if cell.attack in v), (cell.attack,))
+        template = max((a for a in variants if a.eps is not None), key=lambda a: a.eps)
+        spec = attack_registry.unbounded(template, tuple(ds.images.shape[1:]))
+        attacked_defense = cell.defense if cell.eval_mode != "oblivious" else DefenseSpec("none")
+        clean, _ = self.clean(replace(cell, defense=attacked_defense), prep)
+        pick = (clean == ds.labels).nonzero().squeeze(1)[:UNCONSTRAINED_IMAGES]
+        if len(pick) == 0:
+            return pick, ds.images[:0]
+        seed = seed_of(cell.seed, "unconstrained", *[str(k) for k in key])
+        draws = defense_registry.generator(cell.device, seed)
+        target = defense_registry.attack_model(prep.model, cell.defense, cell.eval_mode, cell.eot_samples, draws)
+        x = ds.images[pick].float().div_(255).to(cell.device)
+        y = ds.labels[pick].to(cell.device)
+        try:
+            with seeded(seed, cell.device):
+                attack = attack_registry.build(spec, target, seed=seed % 2**31)
+                adv = torch.cat([attack(x[i : i + cell.batch_size], y[i : i + cell.batch_size])
+                                 for i in range(0, len(pick), cell.batch_size)])
+        except Exception as exc:  # the check's own failure must not fail the cell: say so in the log
+            log.warning("%s: the unconstrained-attack check failed (%s); not judged", cell.cell_id, one_line(exc))
+            return None
+        finally:
+            if any(m.training for m in prep.model.modules()):  # as after any crafting: later passes stay in eval mode
+                prep.model.eval()
+        return pick, defense_registry.to_uint8(adv).cpu()
+
+
+def crafting_key(cell: CellSpec) -> tuple:
+    """The cells that share one crafting: oblivious ones of every defense, adaptive ones per defense and method."""
+    key = (cell.model, cell.attack, cell.device, cell.precision)
+    return key + ((cell.defense, cell.eval_mode) if cell.eval_mode != "oblivious" else ())
+
+
+def _reaches(target: nn.Module, adv: torch.Tensor, goal: torch.Tensor, targeted: bool) -> torch.Tensor:
+    """Whether the attacked model, on the returned (float) points, is where the attack wanted it; a
+    randomized defense's declared draws are replayed, so the attack's next batch sees the same ones."""
+    with torch.no_grad(), replayed(target):
+        return (margins(target(adv.detach()), goal, targeted) < 0).cpu()
+
+
+def _crafting_indicators(cell: CellSpec, log: QueryLog, reached: torch.Tensor, attacked: torch.Tensor, zero_grad: bool,
+                         n: int) -> tuple[list[str], dict[str, Any]]:
+    """The indicators judged on one crafting's queries (bench/indicators.py has the rules)."""
+    flags, evidence = [], {}
+    dead = int(((log.dead_gradients > 0) & attacked).sum())
+    evidence["dead_gradient_images"] = dead
+    evidence["first_batch_zero_gradient"] = zero_grad
+    if (zero_grad and log.backward_rows > 0) or fires(dead, n):  # only for attacks that take gradients
+        flags.append("unavailable-gradients")
+    # a randomized attacked model (EOT, a random defense) reaches a goal on one draw and not the next:
+    # a query's success there is luck, not a point the attack could have returned
+    random_path = cell.eval_mode != "oblivious" and defense_registry.randomized(cell.defense)
+    if random_path:
+        evidence["silent_success_images"] = None
+    else:
+        silent = int(silent_successes(log, reached, attacked).sum())
+        evidence["silent_success_images"] = silent
+        if fires(silent, n):
+            flags.append("silent-success")
+    improving, judged = still_improving(log, reached, attacked)
+    evidence["still_improving_images"], evidence["judged_for_improvement"] = int(improving.sum()), int(judged.sum())
+    if fires(int(improving.sum()), n):
+        flags.append("incomplete-optimization")
+    return flags, evidence
 
 
 def _shrink_on_oom(batch_size: int, run: Callable[[int], Any]) -> Any:
@@ -301,6 +464,9 @@ def run_cell(cell: CellSpec, ws: Workspace) -> dict[str, Any]:
             prep = ws.model(cell)
             row.update(_measure(cell, ws, prep))
         row["status"] = "ok"
+        if ws.suite.cascade:  # the images this cell broke are not attacked again at this ε or a larger one
+            pred = row[PREDICTIONS_KEY]
+            ws.cascade.record(cell, row["norm"], torch.tensor(pred["labels"]), torch.tensor(pred["robust"]))
     except CellSkipped as exc:
         row.update(status="skipped", reason=str(exc), weights=None)  # nothing was loaded
     except Exception as exc:  # anything a cell raises fails that cell alone; Ctrl-C is not an Exception
@@ -338,29 +504,99 @@ def _measure(cell: CellSpec, ws: Workspace, prep: Prepared) -> dict[str, Any]:
     check_budget(norm, cell.attack.eps, norms)
     linf, l2 = norms["linf"].max().item(), norms["l2"]
     defense_seconds = defense_watch.seconds
-    flags = cell_flags(zero_grad=adv.zero_grad, delta=norms[norm.lower()].max().item() if norm != "none" else linf,
-                       eps=cell.attack.eps, clean_changed=(clean_pred != undefended_pred).float().mean().item())
+    flags = list(adv.flags)
+    flags += cell_flags(delta=norms[norm.lower()].max().item() if norm != "none" else linf,
+                        eps=cell.attack.eps, clean_changed=(clean_pred != undefended_pred).float().mean().item())
+    t0 = time.perf_counter()
+    extra_flags, evidence = _cell_indicators(cell, ws, prep, adv, clean_pred, robust_pred)
+    check_seconds = adv.check_seconds + time.perf_counter() - t0
+    flags += extra_flags
+    n_attacked = int(adv.attacked.sum())
     return {
         "n": n,
+        "n_attacked": n_attacked,
         "batch_size": adv.batch_size,
         **rates(ds.labels, clean_pred, robust_pred, cell.attack.target),
         "robust_acc_all_draws": survived.float().mean().item(),
         "eval_draws": draws,
         "flags": join_flags(flags),
+        "indicators": json.dumps({**adv.evidence, **evidence}, sort_keys=True),
+        "unconstrained_success": evidence.get("unconstrained_success", math.nan),
         "linf_max": linf,
         "l2_mean": l2.mean().item(),
         "l2_max": l2.max().item(),
         "attack_seconds": adv.seconds,
-        "attack_images_per_s": _per_s(n, adv.seconds),
+        "attack_images_per_s": _per_s(n_attacked, adv.seconds),
         "attack_steps_per_s": _per_s(adv.steps, adv.seconds),
+        "forward_passes": adv.forward_passes / n_attacked if n_attacked else math.nan,
+        "backward_passes": adv.backward_passes / n_attacked if n_attacked else math.nan,
         "clean_images_per_s": _per_s(n, clean_seconds),
         # identity costs nothing: a throughput for "none" would only measure the timer
         "defense_images_per_s": _per_s(n, defense_seconds) if cell.defense.type != "none" else math.nan,
         "warmup_seconds": prep.warmup_seconds,
+        "check_seconds": check_seconds,
         "peak_mem_mb": adv.peak_mem_mb,
-        # per-image predictions: not table columns, kept in predictions.parquet for per-class views
-        PREDICTIONS_KEY: {"labels": ds.labels.tolist(), "clean": clean_pred.tolist(), "robust": robust_pred.tolist()},
+        # per-image predictions: not table columns, kept in predictions.parquet (worst case, paired tests)
+        PREDICTIONS_KEY: {"labels": ds.labels.tolist(), "clean": clean_pred.tolist(), "robust": robust_pred.tolist(),
+                          "robust_all": survived.tolist(), "attacked": adv.attacked.tolist()},
     }
+
+
+def _goal(pred: torch.Tensor, labels: torch.Tensor, target: int | None) -> torch.Tensor:
+    """Per image, whether a prediction is where the attack wanted it: wrong, or the target class."""
+    return pred == target if target is not None else pred != labels
+
+
+def _cell_indicators(cell: CellSpec, ws: Workspace, prep: Prepared, adv: Adversarial, clean_pred: torch.Tensor,
+                     robust_pred: torch.Tensor) -> tuple[list[str], dict[str, Any]]:
+    """The indicators judged on one cell: on its real evaluation, its clean accuracy, and the
+    unconstrained attack's images through this cell's defense (bench/indicators.py has the rules)."""
+    ds = ws.data(cell)
+    labels, n, target = ds.labels, len(ds.labels), cell.attack.target
+    flags, evidence = [], {}
+    if cell.eval_mode != "oblivious":  # the surrogate was fooled, the real defended model was not
+        lost = int((adv.reached & ~_goal(robust_pred, labels, target) & adv.attacked).sum())
+        evidence["transfer_failure_images"] = lost
+        if fires(lost, n):
+            flags.append("transfer-failure")
+    if ws.softmax(cell):
+        flags.append("softmax-output")
+    evidence["chance_accuracy"] = chance_accuracy(labels, clean_pred)
+    if at_chance(labels, clean_pred):
+        flags.append("clean-at-chance")
+    judged = _unconstrained_success(cell, ws, prep, adv, clean_pred, robust_pred)
+    if judged is not None:
+        broken, count = judged
+        evidence["unconstrained_success"] = broken / count
+        evidence["unconstrained_images"] = count
+        if broken < UNCONSTRAINED_SUCCESS * count:
+            flags.append("unconstrained-fails")
+    return flags, evidence
+
+
+def _unconstrained_success(cell: CellSpec, ws: Workspace, prep: Prepared, adv: Adversarial, clean_pred: torch.Tensor,
+                           robust_pred: torch.Tensor) -> tuple[int, int] | None:
+    """(images broken, images judged) by the attack with an unbounded budget, through this cell's
+    defense, among images the defended model classifies correctly; None when not judged. An attack
+    without a budget is its own unconstrained attack, judged where it saw the model it is evaluated on."""
+    labels, target = ws.data(cell).labels, cell.attack.target
+    if attack_registry.norm(cell.attack) == "none":
+        if cell.eval_mode == "oblivious" and cell.defense.type != "none":
+            return None  # crafted without the defense: a minimal perturbation is not meant to survive it
+        right = (clean_pred == labels) & adv.attacked
+        return (int((right & _goal(robust_pred, labels, target)).sum()), int(right.sum())) if bool(right.any()) else None
+    crafted = ws.unconstrained(cell, prep)
+    if crafted is None:
+        return None
+    pick, images = crafted
+    keep = (clean_pred[pick] == labels[pick]) if len(pick) else torch.zeros(0, dtype=torch.bool)
+    if not bool(keep.any()):
+        return None
+    defense = defense_registry.build(cell.defense)
+    g = defense_registry.generator(cell.device, seed_of(cell.seed, "unconstrained-eval", cell.cell_id))
+    with torch.no_grad():
+        pred = prep.model(defense(images[keep].to(cell.device).float().div_(255), g)).argmax(1).cpu()
+    return int(_goal(pred, labels[pick][keep], target).sum()), int(keep.sum())
 
 
 def perturbation_norms(adv: torch.Tensor, clean: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -442,6 +678,7 @@ def base_row(cell: CellSpec, ws: Workspace) -> dict[str, Any]:
         input_size=cell.model.input_size,
         dataset=ws.data(cell).name,
         attack=cell.attack.name,
+        attack_type=cell.attack.type,
         attack_args=json.dumps(cell.attack.resolved(), sort_keys=True, default=str),
         eps=cell.attack.eps if cell.attack.eps is not None else math.nan,
         norm=attack_registry.norm(cell.attack),
@@ -475,6 +712,27 @@ def seed_of(*parts: Any) -> int:
     """A 63-bit seed from the parts (the suite seed first): stable across processes and runs."""
     digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1
+
+
+@contextlib.contextmanager
+def seeded(seed: int, device: str = "cpu"):
+    """Every global random generator an attack may draw from (torch's on the CPU and on the cell's
+    GPU, NumPy's, Python's) seeded for the block, and put back as it was after it: an attack's
+    randomness depends on its crafting's seed only, and no state leaks into what runs next."""
+    devices = [torch.device(device).index or 0] if device.startswith("cuda") and torch.cuda.is_available() else []
+    np_state, py_state = np.random.get_state(), random.getstate()
+    with torch.random.fork_rng(devices=devices):
+        torch.random.default_generator.manual_seed(seed)
+        for index in devices:
+            with torch.cuda.device(index):
+                torch.cuda.manual_seed(seed)
+        np.random.seed(seed % 2**32)
+        random.seed(seed)
+        try:
+            yield
+        finally:
+            np.random.set_state(np_state)
+            random.setstate(py_state)
 
 
 def _device_name(device: str) -> str:

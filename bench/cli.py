@@ -132,7 +132,9 @@ def _parser() -> argparse.ArgumentParser:
     cmp_.add_argument("baseline", type=Path, help="run folder (results/<suite>/<run_id>) or results .parquet")
     cmp_.add_argument("candidate", type=Path)
     cmp_.add_argument("--abs-threshold", type=float, default=None,
-                      help="also a regression: a rate moving the bad way by more than this (0.05 = 5 points)")
+                      help="a rate regresses only when it moves the bad way by more than this (0.05 = 5 points; default: any amount)")
+    cmp_.add_argument("--alpha", type=float, default=0.05,
+                      help="significance level of a rate change (McNemar's exact test on the same images; default 0.05)")
     cmp_.add_argument("--min-throughput-ratio", type=float, default=None,
                       help="throughput regression below this ratio on every device (default: per device, see bench/compare.py)")
     cmp_.add_argument("--out", type=Path, default=None, help="also write the markdown here")
@@ -373,8 +375,11 @@ def _train(args: argparse.Namespace, console: Console) -> int:
 def _compare(args: argparse.Namespace) -> int:
     from bench.compare import compare
 
+    if not 0 < args.alpha < 1:
+        print(f"error: --alpha must be in (0, 1), got {args.alpha}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     try:
-        result = compare(args.baseline, args.candidate, args.abs_threshold, args.min_throughput_ratio)
+        result = compare(args.baseline, args.candidate, args.abs_threshold, args.min_throughput_ratio, args.alpha)
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

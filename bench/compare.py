@@ -1,10 +1,16 @@
 """``bench compare BASELINE CANDIDATE``: what changed between two runs, cell by cell.
 
 Cells are matched by their spec (the cell id names model, attack, ε, defense, mode, device and
-precision). A rate regresses when it moves the bad way and its 95 % Wilson intervals no longer
-overlap, or when it moves the bad way by more than an absolute threshold the user sets. Cells
-missing from the candidate count as regressions (a nightly that silently loses cells must shout);
-added cells are listed.
+precision), and so is each worst case over all attacks (``bench.worst_case``: its id reads
+``model/worst-case/Linf/eps=8/255/defense/device/precision``). Both runs score the same images, so
+a rate change is judged as paired data: McNemar's exact test on the per-image outcomes (right in
+one run, wrong in the other) gives its p-value. A rate regresses when it moves the bad way, its
+p-value is below ``alpha`` (default 0.05) and it moves by more than ``abs_threshold`` (default: any
+amount); an improvement likewise the other way; every other change is noise, and each one is listed
+with its p-value. Without per-image predictions for both runs (a bare results .parquet, runs made
+on other images) the test falls back to the 95 % Wilson intervals no longer overlapping, and the
+markdown says so. Cells missing from the candidate count as regressions (a nightly that silently
+loses cells must shout); added cells are listed.
 
 Throughput (``attack_images_per_s``, ``clean_images_per_s``) is judged so that machine noise does
 not cry wolf while a real slowdown still does. Noise on a shared CPU is load from other processes:
@@ -44,13 +50,16 @@ from typing import Any
 
 import pandas as pd
 
-from bench.results import RUN_FILE, TABLE_FILE, load_run
+from bench import worst_case
+from bench.results import PREDICTIONS_FILE, RUN_FILE, TABLE_FILE, load_run
+from bench.stats import paired
 
 # rate → +1 when higher is better for the defender, -1 when higher is worse
 RATES = {"clean_acc": +1, "robust_acc": +1, "attack_success_rate": -1, "targeted_success_rate": -1}
 THROUGHPUTS = ("attack_images_per_s", "clean_images_per_s")
 
 MAX_LISTED = 10  # slow cells / changed suite keys listed before "… and N more"
+MAX_NOISE_LISTED = 200  # rate changes judged noise, listed before "… and N more"
 
 
 @dataclass(frozen=True)
@@ -91,10 +100,66 @@ def _load(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any] | None]:
     raise FileNotFoundError(f"{path}: not a run folder (with {TABLE_FILE}) or a results .parquet file")
 
 
+def _folder(path: str | Path) -> Path:
+    path = Path(path)
+    return path if path.is_dir() else path.parent
+
+
+def _outcomes(path: str | Path, df: pd.DataFrame) -> tuple[dict[tuple[str, str], pd.Series], pd.DataFrame]:
+    """Per-image outcomes of a run, (cell id, rate) → booleans indexed by image, read from its
+    predictions and worst-case tables beside the table; and the worst-case rows shaped as cells."""
+    folder = _folder(path)
+    out: dict[tuple[str, str], pd.Series] = {}
+    preds_path = folder / PREDICTIONS_FILE
+    # only a run folder's own table (or a copy named as one) has its predictions beside it
+    if Path(path).is_dir() or Path(path).name == TABLE_FILE:
+        preds = pd.read_parquet(preds_path) if preds_path.exists() else None
+        if preds is not None and len(preds):
+            targets = {}
+            for cid, args in zip(df["cell_id"], df["attack_args"] if "attack_args" in df else [None] * len(df)):
+                try:
+                    targets[cid] = json.loads(args).get("target") if isinstance(args, str) else None
+                except ValueError:
+                    targets[cid] = None
+            for cid, g in preds.groupby("cell_id"):
+                g = g.set_index("image").sort_index()
+                clean_ok, robust_ok = g["clean_pred"] == g["label"], g["robust_pred"] == g["label"]
+                out[(cid, "labels")] = g["label"]
+                out[(cid, "clean_acc")] = clean_ok
+                out[(cid, "robust_acc")] = robust_ok
+                out[(cid, "attack_success_rate")] = clean_ok & ~robust_ok
+                if targets.get(cid) is not None:
+                    out[(cid, "targeted_success_rate")] = g["robust_pred"] == targets[cid]
+    loaded = worst_case.load(folder) if (Path(path).is_dir() or Path(path).name == TABLE_FILE) and (folder / TABLE_FILE).exists() else None
+    cells = pd.DataFrame()
+    if loaded is not None:
+        table, images = loaded
+        cells = worst_case.as_cells(table)
+        for wid, g in images.groupby("worst_case_id"):
+            g = g.set_index("image").sort_index()
+            out[(wid, "labels")] = g["label"]
+            out[(wid, "robust_acc")] = g["survived"].astype(bool)
+    return out, cells
+
+
+def _paired_p(base_out: dict, cand_out: dict, cell_id: str, rate: str) -> float | None:
+    """McNemar's p-value of a rate change of one cell, or None when the runs' per-image outcomes
+    cannot be paired (missing, or not the same images)."""
+    a, b = base_out.get((cell_id, rate)), cand_out.get((cell_id, rate))
+    la, lb = base_out.get((cell_id, "labels")), cand_out.get((cell_id, "labels"))
+    if a is None or b is None or la is None or lb is None or not la.index.equals(lb.index) or not la.equals(lb):
+        return None
+    return paired(a.to_numpy(), b.to_numpy())[2]
+
+
 def _fmt(x: float, pct: bool = True) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "–"
     return f"{100 * x:.1f} %" if pct else f"{x:.2f}"
+
+
+def _fmt_p(p: float | None) -> str:
+    return "– (intervals)" if p is None else (f"{p:.3f}" if p >= 0.001 else "<0.001")
 
 
 def _num(x: Any) -> float:
@@ -253,33 +318,42 @@ def _threshold_text(min_ratio: float | None) -> str:
 
 
 def compare(baseline: str | Path, candidate: str | Path, abs_threshold: float | None = None,
-            min_throughput_ratio: float | None = None) -> Comparison:
+            min_throughput_ratio: float | None = None, alpha: float = 0.05) -> Comparison:
     """Compare two runs. ``min_throughput_ratio`` None = the per-device default; a number applies
-    to every device."""
+    to every device. ``alpha``: the significance level of a rate change (McNemar's exact test)."""
     (base, base_meta), (cand, cand_meta) = _load(baseline), _load(candidate)
+    base_out, base_worst = _outcomes(baseline, base)
+    cand_out, cand_worst = _outcomes(candidate, cand)
+    base = pd.concat([base, base_worst], ignore_index=True) if len(base_worst) else base
+    cand = pd.concat([cand, cand_worst], ignore_index=True) if len(cand_worst) else cand
     base = base[base["status"] == "ok"].set_index("cell_id")
     cand_all = cand.set_index("cell_id")
     cand = cand_all[cand_all["status"] == "ok"]
     lines = ["# bench compare", "", f"Baseline `{baseline}`, candidate `{candidate}`.", ""]
     lines += _suite_check(Path(baseline), Path(candidate), base_meta, cand_meta)
     matched = list(base.index.intersection(cand.index))
-    rows, regressions = [], 0
+    rows, regressions, unpaired = [], 0, 0
     for cell_id in matched:
         b, c = base.loc[cell_id], cand.loc[cell_id]
         for rate, good in RATES.items():
-            if pd.isna(b[rate]) or pd.isna(c[rate]):
+            if rate not in b.index or rate not in c.index or pd.isna(b[rate]) or pd.isna(c[rate]):
                 continue
             delta = c[rate] - b[rate]
-            worse = delta * good < 0
-            separated = (c[f"{rate}_ci_high"] < b[f"{rate}_ci_low"]) or (c[f"{rate}_ci_low"] > b[f"{rate}_ci_high"]) \
-                if f"{rate}_ci_low" in c.index and f"{rate}_ci_low" in b.index else False
-            beyond = abs_threshold is not None and abs(delta) > abs_threshold
             if delta == 0:
                 continue
-            verdict = "regression" if worse and (separated or beyond) else ("improvement" if not worse and (separated or beyond) else "noise")
+            worse = delta * good < 0
+            p = _paired_p(base_out, cand_out, cell_id, rate)
+            if p is None:  # not pairable: do the 95 % intervals still overlap?
+                unpaired += 1
+                lo, hi = f"{rate}_ci_low", f"{rate}_ci_high"
+                significant = bool((c[hi] < b[lo]) or (c[lo] > b[hi])) if lo in c.index and lo in b.index else False
+            else:
+                significant = p < alpha
+            beyond = abs_threshold is None or abs(delta) > abs_threshold
+            verdict = ("regression" if worse else "improvement") if significant and beyond else "noise"
             regressions += verdict == "regression"
             rows.append({"cell": cell_id, "metric": rate, "baseline": _fmt(b[rate]), "candidate": _fmt(c[rate]),
-                         "Δ (points)": f"{100 * delta:+.1f}", "verdict": verdict})
+                         "Δ (points)": f"{100 * delta:+.1f}", "p (McNemar)": _fmt_p(p), "verdict": verdict})
     tp_table, tp_notes, tp_regressions = _throughput(base, cand, matched, min_throughput_ratio)
     regressions += tp_regressions
     missing = sorted(set(base.index) - set(cand.index))
@@ -287,15 +361,22 @@ def compare(baseline: str | Path, candidate: str | Path, abs_threshold: float | 
     added = sorted(set(cand.index) - set(base.index))
     regressions += len(missing)
     changed = [r for r in rows if r["verdict"] != "noise"]
-    lines.append(f"**{regressions} regression(s)** across {len(matched)} matched cells; "
-                 f"{len(missing)} missing, {len(added)} added. Rates regress when their 95 % intervals separate"
-                 + (f" or they move the bad way by more than {100 * abs_threshold:.1f} points" if abs_threshold is not None else "")
-                 + f"; {_threshold_text(min_throughput_ratio)}.")
+    lines.append(f"**{regressions} regression(s)** across {len(matched)} matched cells and worst cases; "
+                 f"{len(missing)} missing, {len(added)} added. A rate regresses when it moves the bad way"
+                 + (f" by more than {100 * abs_threshold:.1f} points" if abs_threshold is not None else "")
+                 + f" and McNemar's exact test on the per-image outcomes gives p < {alpha:g}"
+                 + (f" ({unpaired} change(s) without per-image outcomes for both runs: judged by their 95 % intervals separating)"
+                    if unpaired else "") + f"; {_threshold_text(min_throughput_ratio)}.")
     if changed:
         lines += ["", "## Changes beyond noise", "", pd.DataFrame(changed).to_markdown(index=False)]
     noise = [r for r in rows if r["verdict"] == "noise"]
     if noise:
-        lines += ["", f"{len(noise)} other rate change(s) stay inside the intervals (noise)."]
+        shown = noise[:MAX_NOISE_LISTED]
+        lines += ["", f"## Changes judged noise ({len(noise)})", "",
+                  "Not significant at this level" + (" or within the points threshold" if abs_threshold is not None else "")
+                  + ": listed so a change is never silent.", "", pd.DataFrame(shown).to_markdown(index=False)]
+        if len(noise) > MAX_NOISE_LISTED:
+            lines.append(f"\n… and {len(noise) - MAX_NOISE_LISTED} more")
     if tp_table:
         lines += ["", "## Throughput (candidate / baseline)", "", pd.DataFrame(tp_table).to_markdown(index=False)] + tp_notes
     if missing:

@@ -1,8 +1,13 @@
-"""Sanity flags: signs that a number in the table should not be trusted.
+"""Flags: signs that a number in the table should not be trusted, and the row's verdict.
 
-Each flag names what it suspects and what to try (AutoAttack's checks in the same spirit:
-zero gradients, an attack weaker than it should be, a defense that only breaks the model).
-Per-cell flags are raised while a cell runs; cross-cell flags once every row is in.
+Each flag names what it suspects and what to try. Most are indicators of attack failure (Pintor et
+al. 2022; AutoAttack's ``checks.py``): they say the attack did not find what it should have, so the
+robust accuracy is too high, and they make the row's ``verdict`` ``unreliable``. A few are notes
+about the setting (a defense that breaks the classifier itself) that do not. How each indicator is
+judged, with its thresholds, is in :mod:`bench.indicators`.
+
+Per-cell flags are raised while a cell runs; cross-cell flags (``eps-rise``, ``adaptive-weaker``,
+``black-box-stronger``) once every row is in.
 """
 
 from __future__ import annotations
@@ -19,22 +24,57 @@ class Flag:
     code: str
     suspects: str
     remedy: str
+    unreliable: bool = True  # raised, it makes the row's verdict `unreliable`
 
 
 FLAGS: dict[str, Flag] = {f.code: f for f in (
+    Flag("silent-success", "the attack queried a point inside its budget that reached its goal (misclassified, or "
+         "the target class) but returned a point that does not: it found an adversarial example and threw it away "
+         "(PGD returns its last iterate, not its best)",
+         "use an attack that keeps its best point (apgd), a smaller step size, or more steps"),
+    Flag("incomplete-optimization", "on images it did not break, the attack's margin was still falling over its last "
+         "10 % of queries: it stopped before it converged",
+         "raise steps (or n_queries for score-based attacks) until the margin stops falling"),
+    Flag("transfer-failure", "the adaptive attack fooled the model it attacked (the BPDA or differentiable surrogate, "
+         "the EOT average) but not the real defended model: the surrogate, the averaging or the 8-bit rounding lost it",
+         "use more eot_samples, the other adaptive method, or a surrogate closer to the real defense"),
+    Flag("unavailable-gradients", "input gradients were all zero or not finite on some query (or the whole first "
+         "batch) at points the attack had not yet won: gradient masking (a saturated softmax, a non-differentiable "
+         "step, a quantiser) or a broken backward pass",
+         "attack through BPDA (adaptive-bpda), a margin loss (apgd with loss: dlr), or a score-based attack (square)"),
+    Flag("unstable-predictions", "the attacked model gives different outputs for the same input, or its loss jumps "
+         "under tiny random noise: randomness the suite does not declare, which gradient attacks cannot average",
+         "declare the randomness (a randomized defense, EOT with eot_samples), or remove it from the model"),
+    Flag("shattered-gradients", "input gradients at an image and at the same image plus tiny noise point different "
+         "ways: shattered gradients (Athalye et al. 2018), so gradient steps are noise",
+         "attack through BPDA or a smooth surrogate of the shattering part, or with a score-based attack (square)"),
+    Flag("unconstrained-fails", "the same attack with an unbounded budget (ε = 1 for L∞, the largest possible "
+         "radius for L2) could not break nearly every image: it cannot find adversarial examples on this model at all",
+         "fix the attack (steps, step size, loss) or the gradients before trusting any bounded number"),
+    Flag("black-box-stronger", "a score-based black-box attack broke images that every gradient attack at the same ε "
+         "left standing: the gradients mislead (gradient masking)",
+         "trust the worst case over all attacks; attack through BPDA or with a margin loss"),
+    Flag("softmax-output", "the model returns probabilities (non-negative rows summing to 1), not logits: "
+         "cross-entropy on them saturates and its gradients vanish",
+         "return logits (drop the final softmax), or use a margin loss (apgd with loss: dlr)"),
+    Flag("clean-at-chance", "clean accuracy is within the 95 % interval of chance (what guessing without looking at "
+         "the image gets): wrong preprocessing, labels or weights; nothing else in the row means anything",
+         "check the model's mean/std, input size and class order against its weights, and the data's labels"),
     Flag("eps-rise", "robust accuracy rises with ε for this model, attack, defense and mode: the attack is not "
          "finding the worst case (gradient masking, or a step size that overshoots)",
          "use more steps or PGD with random restarts; check that ε and the step size fit together"),
     Flag("adaptive-weaker", "the adaptive attack leaves more accuracy than the oblivious one: its gradient through the "
          "defense is wrong or masked", "try the other adaptive method (bpda / diff), more steps, or more eot_samples"),
-    Flag("zero-grad", "the attacked model returns all-zero input gradients on the first batch: gradient masking or a "
-         "non-differentiable step in the attack path", "attack through BPDA (adaptive-bpda) or a smooth surrogate"),
     Flag("short-delta", "the largest measured ‖δ‖ (in the attack's norm: L∞ or L2) is far below ε (under half): the "
          "attack did not use its budget (vanishing gradients, saturated softmax, or too small a step)",
          "raise the step size (alpha / lr) or the number of steps"),
     Flag("defense-breaks-clean", "the defense changes the clean prediction of most images: its robust accuracy "
-         "measures a broken classifier, not a defended one", "use a milder setting (higher JPEG quality)"),
+         "measures a broken classifier, not a defended one", "use a milder setting (higher JPEG quality)",
+         unreliable=False),
     Flag("non-finite", "the model returned NaN or inf logits", "check the weights and the precision (fp16 overflow)"),
+    # runs made before the indicators of attack failure: `unavailable-gradients` covers it now
+    Flag("zero-grad", "the attacked model returns all-zero input gradients on the first batch: gradient masking or a "
+         "non-differentiable step in the attack path", "attack through BPDA (adaptive-bpda) or a smooth surrogate"),
 )}
 
 
@@ -46,12 +86,15 @@ def split(text: Any) -> list[str]:
     return [c for c in str(text).split(",") if c] if isinstance(text, str) else []
 
 
-def cell_flags(*, zero_grad: bool, delta: float, eps: float | None, clean_changed: float) -> list[str]:
-    """Flags one cell can raise on its own. ``delta`` is the largest measured perturbation in the
+def verdict(codes: Iterable[str]) -> str:
+    """``unreliable`` when any flag that marks an attack failure is raised, else ``reliable``."""
+    return "unreliable" if any(FLAGS[c].unreliable for c in codes if c in FLAGS) else "reliable"
+
+
+def cell_flags(*, delta: float, eps: float | None, clean_changed: float) -> list[str]:
+    """The setting's own flags of one cell. ``delta`` is the largest measured perturbation in the
     norm ``eps`` bounds."""
     out = []
-    if zero_grad:
-        out.append("zero-grad")
     if eps is not None and not math.isnan(eps) and delta < 0.5 * eps:
         out.append("short-delta")
     if clean_changed > 0.5:
@@ -59,8 +102,10 @@ def cell_flags(*, zero_grad: bool, delta: float, eps: float | None, clean_change
     return out
 
 
-def cross_cell_flags(df: pd.DataFrame) -> dict[str, list[str]]:
-    """Flags that need several cells: cell_id → codes."""
+def cross_cell_flags(df: pd.DataFrame, predictions: pd.DataFrame | None = None,
+                     black_box: Iterable[str] = ()) -> dict[str, list[str]]:
+    """Flags that need several cells: cell_id → codes. ``black_box`` names the attack types that
+    only query scores; with ``predictions`` (per image) they are compared with the gradient attacks."""
     out: dict[str, list[str]] = {}
     ok = df[df["status"] == "ok"]
     keys = ["model", "attack", "defense", "eval_mode", "device", "precision"]
@@ -75,12 +120,37 @@ def cross_cell_flags(df: pd.DataFrame) -> dict[str, list[str]]:
         key = (row["model"], row["attack"], row["eps"], row["defense"], row["device"], row["precision"])
         if key in oblivious.index and row["robust_acc"] > oblivious.loc[key, "robust_acc"]:
             out.setdefault(row["cell_id"], []).append("adaptive-weaker")
+    if predictions is not None and len(predictions) and "attack_type" in ok:
+        for cell_id in _black_box_stronger(ok, predictions, set(black_box)):
+            out.setdefault(cell_id, []).append("black-box-stronger")
     return out
 
 
-def apply_cross_cell(rows: list[dict[str, Any]], df: pd.DataFrame) -> None:
-    """Add the cross-cell flags to the rows, in place."""
-    extra = cross_cell_flags(df)
+def _black_box_stronger(ok: pd.DataFrame, predictions: pd.DataFrame, black_box: set[str]) -> list[str]:
+    """Gradient-attack cells of a (model, defense, device, precision, norm, ε) where a black-box
+    attack broke an image that every gradient attack there left standing."""
+    bounded = ok[ok["eps"].notna() & (ok["norm"] != "none")]
+    wrong = predictions.assign(broken=predictions["robust_pred"] != predictions["label"])
+    broken = {cid: g.set_index("image")["broken"] for cid, g in wrong.groupby("cell_id")}
+    out = []
+    for _, group in bounded.groupby(["model", "defense", "device", "precision", "norm", "eps"]):
+        is_bb = group["attack_type"].isin(black_box)
+        bb, grad = group[is_bb], group[~is_bb]
+        if bb.empty or grad.empty or not all(c in broken for c in group["cell_id"]):
+            continue
+        by_bb = pd.concat([broken[c] for c in bb["cell_id"]], axis=1).any(axis=1)
+        by_grad = pd.concat([broken[c] for c in grad["cell_id"]], axis=1).any(axis=1)
+        if bool((by_bb & ~by_grad).any()):
+            out += list(grad["cell_id"])
+    return out
+
+
+def apply_cross_cell(rows: list[dict[str, Any]], df: pd.DataFrame, predictions: pd.DataFrame | None = None,
+                     black_box: Iterable[str] = ()) -> None:
+    """Add the cross-cell flags to the rows and set every ok row's verdict, in place."""
+    extra = cross_cell_flags(df, predictions, black_box)
     for row in rows:
         if row["cell_id"] in extra:
             row["flags"] = join(split(row.get("flags")) + extra[row["cell_id"]])
+        if row.get("status") == "ok":
+            row["verdict"] = verdict(split(row.get("flags")))

@@ -9,9 +9,12 @@ change point, and a change is judged against its neighbourhood, so a dip that re
 edges). A change makes its neighbours candidates too; of each stretch of candidates the one with the
 largest effect on the windows' means is kept.
 
-- **Rates** (robust accuracy per cell: model, attack, ε, defense, mode, device, precision): a step
-  at k when the medians of the two windows have 95 % Wilson intervals (at one run's n images) that
-  do not overlap. Per-run intervals, not pooled ones, because every run scores the same images.
+- **Rates** (robust accuracy per cell: model, attack, ε, defense, mode, device, precision; and each
+  worst case over all attacks, ``bench.worst_case``): every run scores the same images, so a step is
+  judged on paired data. Each window's per-image outcome is the majority over its runs; a step at k
+  when McNemar's exact test between the two windows' outcomes gives p < :data:`ALPHA`. Where a run
+  of the windows has no per-image predictions (older runs), the rule falls back to the medians of
+  the two windows having 95 % Wilson intervals (at one run's n images) that do not overlap.
 - **Throughput** (attack img·steps/s, clean img/s) per (model, device, precision) group, as
   ``bench compare`` groups cells (and per device name, so a new GPU is a new series): a drop at k
   when, per cell, the median of the window from k over the median of the window before is below the
@@ -40,11 +43,13 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
+from bench import worst_case
 from bench.compare import THROUGHPUT_RULES
-from bench.results import RUN_FILE, load_run, write_atomic
+from bench.results import PREDICTIONS_FILE, RUN_FILE, load_run, write_atomic
 from bench.specs import format_eps
-from bench.stats import wilson
+from bench.stats import paired, wilson
 
+ALPHA = 0.05  # significance of a rate step (McNemar's exact test on the windows' per-image outcomes)
 MIN_SIDE = 3  # runs (with data) on each side of a change point: their median outvotes one odd run, first, last or anywhere
 WINDOW = 5  # runs on each side whose medians are compared: a change is judged against its neighbourhood
 THROUGHPUTS = {"attack_steps_per_s": ("attack img·steps/s", "attack_seconds"), "clean_images_per_s": ("clean img/s", None)}
@@ -61,7 +66,24 @@ class HistoryError(ValueError):
 class Run:
     run_dir: Path
     meta: dict[str, Any]
-    df: pd.DataFrame
+    df: pd.DataFrame  # its rows, and its worst cases shaped as rows (bench.worst_case.as_cells)
+    _outcomes: dict[str, np.ndarray] | None = None
+
+    def outcomes(self) -> dict[str, np.ndarray]:
+        """cell id (or worst-case id) → per image, right (True) or wrong, in image order; empty
+        for a run without per-image predictions."""
+        if self._outcomes is None:
+            self._outcomes = {}
+            path = self.run_dir / PREDICTIONS_FILE
+            if path.exists():
+                preds = pd.read_parquet(path, columns=["cell_id", "image", "label", "robust_pred"])
+                for cid, g in preds.sort_values("image").groupby("cell_id"):
+                    self._outcomes[cid] = (g["robust_pred"] == g["label"]).to_numpy()
+            loaded = worst_case.load(self.run_dir) if path.exists() else None
+            if loaded is not None:
+                for wid, g in loaded[1].sort_values("image").groupby("worst_case_id"):
+                    self._outcomes[wid] = g["survived"].to_numpy(dtype=bool)
+        return self._outcomes
 
     @property
     def run_id(self) -> str:
@@ -88,6 +110,7 @@ class ChangePoint:
     before: float
     after: float
     commits: str  # "sha_before..sha_after"
+    p: float | None = None  # McNemar's p-value of a rate step (None: judged by intervals, or a throughput)
 
 
 def load_runs(results_root: str | Path, suite: str, last: int | None = None) -> list[Run]:
@@ -101,6 +124,9 @@ def load_runs(results_root: str | Path, suite: str, last: int | None = None) -> 
             if not isinstance(meta, dict) or meta.get("status") != "complete":
                 continue
             df, meta = load_run(run_dir)
+            loaded = worst_case.load(run_dir)
+            if loaded is not None and len(loaded[0]):  # worst cases are series like any cell
+                df = pd.concat([df, worst_case.as_cells(loaded[0])], ignore_index=True)
         except Exception as exc:  # a run folder that cannot be read (a corrupt table): left out, said once
             log.warning("%s: left out of the history, cannot be read (%s: %s)", run_dir, type(exc).__name__, exc)
             continue
@@ -202,8 +228,10 @@ def _segment(count: int, judge) -> list[tuple[int, float, float]]:
     return search(0, count)
 
 
-def rate_steps(points: list[tuple[int, int] | None], spans: Iterable[range]) -> list[tuple[int, float, float]]:
-    """(run, median rate before, median rate after) of each step of a rate series (module docstring)."""
+def rate_steps(points: list[tuple[int, int] | None], spans: Iterable[range],
+               outcomes: list[np.ndarray | None] | None = None) -> list[tuple[int, float, float, float | None]]:
+    """(run, median rate before, median rate after, p-value or None) of each step of a rate series
+    (module docstring); ``outcomes`` are the runs' per-image outcomes of the series, where known."""
     found = []
     for span in spans:
         present = [i for i in span if points[i] is not None]
@@ -212,14 +240,29 @@ def rate_steps(points: list[tuple[int, int] | None], spans: Iterable[range]) -> 
 
         def judge(b: range, a: range, present=present):
             before, after = [points[present[i]] for i in b], [points[present[i]] for i in a]
-            if not _separate(before, after):
+            p = _paired_windows(outcomes, [present[i] for i in b], [present[i] for i in a])
+            if p is None and not _separate(before, after):
+                return None
+            if p is not None and p >= ALPHA:
                 return None
             effect = _widest_effect(before, after, lambda x, y: abs(statistics.fmean(k / n for k, n in y)
                                                                      - statistics.fmean(k / n for k, n in x)))
-            return effect, _median_rate(before), _median_rate(after)
+            return effect, _median_rate(before), (_median_rate(after), p)
 
-        found += [(present[j], before, after) for j, before, after in _segment(len(present), judge)]
+        found += [(present[j], before, after, p) for j, before, (after, p) in _segment(len(present), judge)]
     return found
+
+
+def _paired_windows(outcomes: list[np.ndarray | None] | None, before: list[int], after: list[int]) -> float | None:
+    """McNemar's p-value between the per-image majority outcomes of two windows of runs, or None
+    when a run of them has no per-image outcomes or the runs scored different numbers of images."""
+    if outcomes is None:
+        return None
+    sides = [[outcomes[i] for i in side] for side in (before, after)]
+    if any(o is None for side in sides for o in side) or len({len(o) for side in sides for o in side}) != 1:
+        return None
+    majority = [np.mean(np.stack(side), axis=0) >= 0.5 for side in sides]
+    return paired(majority[0], majority[1])[2]
 
 
 def _widest_effect(before, after, effect) -> tuple[float, float]:
@@ -269,8 +312,9 @@ def change_points(runs: list[Run]) -> list[ChangePoint]:
     names = labels(runs)
     found: list[ChangePoint] = []
     for cell_id, points in rate_series(runs).items():
-        for k, before, after in rate_steps(points, spans):
-            found.append(ChangePoint(names.get(cell_id, cell_id), "robust_acc", k, before, after, _commits(runs, k, points)))
+        outcomes = [run.outcomes().get(cell_id) if points[i] is not None else None for i, run in enumerate(runs)]
+        for k, before, after, p in rate_steps(points, spans, outcomes):
+            found.append(ChangePoint(names.get(cell_id, cell_id), "robust_acc", k, before, after, _commits(runs, k, points), p))
     for metric in THROUGHPUTS:
         series = throughput_series(runs, metric)
         for key, values in series.items():
@@ -325,7 +369,7 @@ def render(runs: list[Run], points: list[ChangePoint], plot_names: list[str]) ->
     lines += ["## Change points", ""]
     if points:
         rows = [{"first run after": f"#{c.run} {runs[c.run].run_id}", "series": c.series, "metric": _METRIC_NAMES[c.metric],
-                 "before → after": _change_text(c), "commits": f"`{c.commits}`"} for c in points]
+                 "before → after": _change_text(c), "p (McNemar)": _p_text(c), "commits": f"`{c.commits}`"} for c in points]
         lines += [pd.DataFrame(rows).to_markdown(index=False), ""]
     elif max(len(span) for span in spans) < 2 * MIN_SIDE:
         lines += [f"Not looked for yet: a change point needs {MIN_SIDE} runs of one suite on each side, so at least "
@@ -346,6 +390,14 @@ def render(runs: list[Run], points: list[ChangePoint], plot_names: list[str]) ->
 _METRIC_NAMES = {"robust_acc": "robust accuracy", **{k: v for k, (v, _) in THROUGHPUTS.items()}}
 
 
+def _p_text(c: ChangePoint) -> str:
+    if c.metric != "robust_acc":
+        return "–"
+    if c.p is None:
+        return "– (intervals)"
+    return f"{c.p:.3f}" if c.p >= 0.001 else "<0.001"
+
+
 def _change_text(c: ChangePoint) -> str:
     if c.metric == "robust_acc":
         return f"{100 * c.before:.1f} % → {100 * c.after:.1f} % ({100 * (c.after - c.before):+.1f} points)"
@@ -356,7 +408,10 @@ def _rules_text() -> str:
     rules = "; ".join(f"{kind}: {r.share:.0%} of the cells below ×{r.min_ratio} (cells timed under {r.min_seconds} s left out)"
                       for kind, r in THROUGHPUT_RULES.items())
     return (f"At every run, the up to {WINDOW} runs before it are compared with the up to {WINDOW} from it on (at least "
-            f"{MIN_SIDE} with data on each side): a rate steps where the two medians have separate 95 % Wilson intervals; "
+            f"{MIN_SIDE} with data on each side): a rate steps where McNemar's exact test between the two windows' per-image "
+            f"majority outcomes (the runs score the same images) gives p < {ALPHA} — where a run has no per-image "
+            "predictions, where the two medians have separate 95 % Wilson intervals; worst cases over all attacks are "
+            "series like any cell; "
             f"a throughput group (model · device · precision) drops where the cells' medians fall by `bench compare`'s "
             f"noise rule ({rules}). Before → after are those medians. Cells missing from a run are gaps (—), not zeros.")
 

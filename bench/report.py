@@ -10,8 +10,10 @@ from typing import Any
 
 import pandas as pd
 
+from bench import worst_case
 from bench.results import load_predictions, load_run, write_atomic
 from bench.specs import format_eps
+from bench.stats import paired
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
@@ -35,10 +37,12 @@ def write_report(run_dir: str | Path, reports_root: str | Path = "reports") -> P
             raise ValueError(f"{Path(run_dir) / 'run.json'}: {key} {meta.get(key)!r} is not a plain name")
     out_dir = Path(reports_root) / meta["suite"]
     out_dir.mkdir(parents=True, exist_ok=True)
-    by_defense = _plot_defenses(df, out_dir / f"{meta['run_id']}-defenses.png")
-    plots = [p for p in (by_defense or _plot(df, out_dir / f"{meta['run_id']}-robust.png"),
+    loaded = worst_case.load(Path(run_dir))
+    worst = loaded[0] if loaded is not None else None
+    by_defense = _plot_defenses(df, out_dir / f"{meta['run_id']}-defenses.png", worst)
+    plots = [p for p in (by_defense or _plot(df, out_dir / f"{meta['run_id']}-robust.png", worst),
                          _plot_quality(df, out_dir / f"{meta['run_id']}-quality.png")) if p]
-    text = render(df, meta, [p.name for p in plots], load_predictions(Path(run_dir)))
+    text = render(df, meta, [p.name for p in plots], load_predictions(Path(run_dir)), worst)
     path = out_dir / f"{meta['run_id']}.md"
     write_atomic(path, text.encode())
     # latest.md points at latest-*.png copies: a committed latest report keeps stable file names
@@ -53,7 +57,8 @@ def write_report(run_dir: str | Path, reports_root: str | Path = "reports") -> P
     return path
 
 
-def render(df: pd.DataFrame, meta: dict[str, Any], plot_names: list[str] | None = None, predictions: pd.DataFrame | None = None) -> str:
+def render(df: pd.DataFrame, meta: dict[str, Any], plot_names: list[str] | None = None, predictions: pd.DataFrame | None = None,
+           worst: pd.DataFrame | None = None) -> str:
     ok = df[df["status"] == "ok"].copy()
     counts = df["status"].value_counts().to_dict()
     lines = [
@@ -70,13 +75,17 @@ def render(df: pd.DataFrame, meta: dict[str, Any], plot_names: list[str] | None 
         "defense forward, identity backward; diff: a differentiable version of it, kornia's JPEG for jpeg; for "
         "randomized defenses both average the gradient over eot_samples draws). Adversarial images are "
         "quantised to 8 bits, then defended (always the real defense) and classified. ε is the L∞ budget in pixel "
-        "space of images in [0, 1]. Rates are shares of the n images, with 95 % Wilson intervals in brackets.",
+        "space of images in [0, 1]. Rates are shares of the n images, with 95 % Wilson intervals in brackets; p-values "
+        "compare two rates on the same images (McNemar's exact test on the per-image outcomes).",
     ]
     if meta.get("status") == "error":
         lines += ["", f"**This run stopped on an error ({meta.get('error', 'see run.log')}): tables show only the cells "
                   "that finished.**"]
     elif meta.get("status") != "complete":
         lines += ["", f"**This run is {meta.get('status', 'incomplete')}: tables show only the cells that finished.**"]
+    lines += ["", "## Can these numbers be trusted?", "", _trust_section(df)]
+    if worst is not None and len(worst):
+        lines += ["", "## Worst case over all attacks", "", _worst_case_section(worst)]
     models = _models_table(df)
     if models:
         lines += ["", "## Models", "", models]
@@ -93,7 +102,7 @@ def render(df: pd.DataFrame, meta: dict[str, Any], plot_names: list[str] | None 
         accepted = _fakes_accepted(ok, meta, predictions, ["model", "attack", "ε", *extra])
         if accepted:
             lines += ["", "## Fakes accepted as real (share of fake images the detector calls real)", "", accepted]
-        comparison = _defense_comparison(ok, extra)
+        comparison = _defense_comparison(ok, extra, predictions)
         if comparison:
             lines += ["", "## Defense comparison", "", comparison]
         draws = _draws_table(ok, extra)
@@ -103,7 +112,7 @@ def render(df: pd.DataFrame, meta: dict[str, Any], plot_names: list[str] | None 
             title = PLOT_TITLES[name.rsplit("-", 1)[-1].removesuffix(".png")]
             lines += ["", f"## {title}", "", f"![{title.lower()}]({name})"]
         lines += ["", "## Perturbation and cost", "", _cost_table(ok, extra)]
-    lines += ["", "## Sanity flags", "", _flags_section(df)]
+    lines += ["", "## Flags", "", _flags_section(df)]
     not_ok = df[df["status"] != "ok"]
     if len(not_ok):
         lines += ["", "## Skipped and failed cells", ""]
@@ -203,70 +212,100 @@ def _group_by_defense(columns: list[str]) -> list[str]:
 
 
 BROKEN_OBLIVIOUS_GAIN = 0.10  # a defense that seems to gain this much against oblivious attacks …
-BROKEN_ADAPTIVE_GAIN = 0.02  # … but keeps no more than this against an adaptive one is broken
+BROKEN_ADAPTIVE_GAIN = 0.02  # … but keeps no more than this against every attack is broken
+SIGNIFICANCE = 0.05  # the level at which the report calls a paired difference significant
 
 
-def _defense_comparison(ok: pd.DataFrame, extra: list[str]) -> str | None:
-    """Per model and attack: every defense ranked by what is left against its best adaptive attack,
-    beside what it costs on clean images, what it seems to buy against the oblivious attack, and
-    its throughput; a verdict says whether the oblivious gain survives an attacker who knows it."""
+def _defense_comparison(ok: pd.DataFrame, extra: list[str], predictions: pd.DataFrame | None) -> str | None:
+    """Per model (and norm): every defense ranked by its worst case over all attacks and modes, beside
+    what it costs on clean images, what the oblivious attacks alone leave, its gain over no defense
+    with McNemar's p-value on the same images, and a verdict on whether the oblivious gain survives
+    an attacker who knows the defense."""
+    if predictions is None or predictions.empty:
+        return None
     parts = []
-    for key, group in ok[ok["eps"].notna()].groupby(["model", "attack", *extra], sort=False):
-        none = group[(group["defense"] == "none") & (group["eval_mode"] == "oblivious")]
-        if none.empty or group["defense"].nunique() < 2:
+    bounded = ok[ok["eps"].notna() & (ok["norm"] != "none")]
+    for key, group in bounded.groupby(["model", *extra, "norm"], sort=False):
+        if group["defense"].nunique() < 2 or not (group["defense"] == "none").any():
             continue
-        base, clean0 = none.set_index("eps")["robust_acc"], none["clean_acc"].iloc[0]
+        spec = dict(zip(["model", *extra, "norm"], key if isinstance(key, tuple) else (key,)))
+        device = spec.get("device", group["device"].iloc[0])
+        precision = spec.get("precision", group["precision"].iloc[0])
+        where = dict(model=spec["model"], device=device, precision=precision, norm=spec["norm"])
         epsilons = sorted(group["eps"].unique())
-        rows = [_defense_row(defense, d, epsilons, base, clean0) for defense, d in group.groupby("defense", sort=False)]
+        base = {e: worst_case.survival(group, predictions, defense="none", eps=e, **where) for e in epsilons}
+        clean0 = group[group["defense"] == "none"]["clean_acc"].iloc[0]
+        rows = [_defense_row(defense, d, epsilons, base, clean0, group, predictions, where)
+                for defense, d in group.groupby("defense", sort=False)]
         table = pd.DataFrame([row for _, row in sorted(rows, key=lambda r: r[0])])
         table.insert(0, "rank", range(1, len(table) + 1))
-        title = " · ".join(str(k) for k in (key if isinstance(key, tuple) else (key,)))
+        title = " · ".join(str(v) for v in spec.values())
         parts.append(f"### {title}\n\n" + table.to_markdown(index=False))
     if not parts:
         return None
     return "\n\n".join(parts) + (
-        "\n\nRanked by robust accuracy against the strongest attack at the largest ε (the best adaptive attack where "
-        "one ran: the number that counts), then over all ε. Each ε column shows robust accuracy against the oblivious "
-        "attack → against the best adaptive one (its method). Δ: clean accuracy points against no defense. "
-        f"**broken by adaptive attack**: the oblivious attack leaves ≥ {100 * BROKEN_OBLIVIOUS_GAIN:.0f} points more "
-        f"robust accuracy than without the defense, the adaptive one ≤ {100 * BROKEN_ADAPTIVE_GAIN:.0f} points, at some ε."
+        "\n\nRanked by the worst case over every attack and mode at the largest ε (the share of images no attack broke: "
+        "the number that counts), then over all ε, then clean accuracy. Each ε shows the worst case over the oblivious "
+        "attacks alone → over every attack and mode (p: McNemar's exact test between the two, on the same images), and "
+        "the worst case's gain over no defense in points (p: the same test against no defense's worst case). "
+        "Δ: clean accuracy points against no defense. "
+        f"**broken by adaptive attack**: at some ε the oblivious attacks leave ≥ {100 * BROKEN_OBLIVIOUS_GAIN:.0f} points "
+        f"more than without the defense, and every attack together ≤ {100 * BROKEN_ADAPTIVE_GAIN:.0f} points more. "
+        f"A gain with p ≥ {SIGNIFICANCE} is not significant on these images."
     )
 
 
-def _defense_row(defense: str, d: pd.DataFrame, epsilons: list[float], base: pd.Series, clean0: float) -> tuple[tuple, dict]:
+def _p(p: float | None) -> str:
+    return "–" if p is None or pd.isna(p) else (f"{p:.3f}" if p >= 0.001 else "<0.001")
+
+
+def _defense_row(defense: str, d: pd.DataFrame, epsilons: list[float], base: dict, clean0: float, group: pd.DataFrame,
+                 predictions: pd.DataFrame, where: dict) -> tuple[tuple, dict]:
     """One defense's row of the comparison and its sort key."""
-    oblivious = d[d["eval_mode"] == "oblivious"].set_index("eps")["robust_acc"]
-    best = d[d["eval_mode"] != "oblivious"].sort_values("robust_acc").drop_duplicates("eps").set_index("eps")
     clean = d["clean_acc"].iloc[0]
     row = {"defense": defense, "clean acc (Δ)": f"{_pct(clean)} ({100 * (clean - clean0) + 0.0:+.0f})"}
-    strongest = []  # per ε: robust accuracy against the strongest attack run (the best adaptive one, where one ran)
+    adaptive = bool((d["eval_mode"] != "oblivious").any())
+    strongest, gains = [], []
     for eps in epsilons:
-        o, a = oblivious.get(eps), best["robust_acc"].get(eps)
-        text = "–" if o is None else _pct(o)
-        if a is not None:
-            text += f" → {_pct(a)} ({best.loc[eps, 'eval_mode'].removeprefix('adaptive-')})"
-        row[f"ε {format_eps(eps)}: oblivious → adaptive"] = text
-        strongest.append(a if a is not None else o)
+        every = worst_case.survival(group, predictions, defense=defense, eps=eps, **where)
+        oblivious = worst_case.survival(group, predictions, defense=defense, eps=eps, modes=("oblivious",), **where)
+        if every is None:
+            row[f"ε {format_eps(eps)}: oblivious → worst case (p)"] = "–"
+            row[f"ε {format_eps(eps)}: gain (p)"] = "–"
+            strongest.append(None)
+            continue
+        text = _pct(every.mean())
+        if adaptive and oblivious is not None:
+            text = f"{_pct(oblivious.mean())} → {text} ({_p(paired(oblivious, every)[2])})"
+        row[f"ε {format_eps(eps)}: oblivious → worst case (p)"] = text
+        none = base.get(eps)
+        if none is not None and defense != "none":
+            gain = every.mean() - none.mean()
+            p = paired(every, none)[2]
+            row[f"ε {format_eps(eps)}: gain (p)"] = f"{100 * gain:+.0f} ({_p(p)})"
+            gains.append((None if oblivious is None else oblivious.mean() - none.mean(), gain, p))
+        else:
+            row[f"ε {format_eps(eps)}: gain (p)"] = "–"
+        strongest.append(every.mean())
     speed = d["defense_images_per_s"].dropna()
     row["defense img/s"] = f"{speed.iloc[0]:.0f}" if len(speed) else "–"
-    row["verdict"] = _verdict(defense, oblivious, best["robust_acc"], base)
+    row["verdict"] = _verdict(defense, adaptive, gains)
     known = [x for x in strongest if x is not None]
     return (-(strongest[-1] or 0), -sum(known) / max(1, len(known)), -clean), row
 
 
-def _verdict(defense: str, oblivious: pd.Series, adaptive: pd.Series, base: pd.Series) -> str:
+def _verdict(defense: str, adaptive: bool, gains: list[tuple[float | None, float, float]]) -> str:
     if defense == "none":
         return "baseline"
-    if adaptive.empty:
+    if not adaptive:
         return "not attacked adaptively"
-    gains = []
-    for eps, a in adaptive.items():
-        if eps in base.index and eps in oblivious.index:
-            gains.append((oblivious[eps] - base[eps], a - base[eps]))
-    if any(o >= BROKEN_OBLIVIOUS_GAIN - 1e-9 and a <= BROKEN_ADAPTIVE_GAIN + 1e-9 for o, a in gains):
+    if any(o is not None and o >= BROKEN_OBLIVIOUS_GAIN - 1e-9 and a <= BROKEN_ADAPTIVE_GAIN + 1e-9 for o, a, _ in gains):
         return "**broken by adaptive attack**"
-    kept = max((a for _, a in gains), default=0.0)
-    return f"keeps up to {100 * kept:+.0f} points adaptively" if kept > BROKEN_ADAPTIVE_GAIN else "no robust gain"
+    best = max(gains, key=lambda g: g[1], default=None)
+    if best is None or best[1] <= BROKEN_ADAPTIVE_GAIN:
+        return "no robust gain"
+    note = "" if best[2] < SIGNIFICANCE else f", not significant (p {_p(best[2])})"
+    return f"keeps up to {100 * best[1]:+.0f} points against every attack{note}"
 
 
 def _draws_table(ok: pd.DataFrame, extra: list[str]) -> str | None:
@@ -282,6 +321,118 @@ def _draws_table(ok: pd.DataFrame, extra: list[str]) -> str | None:
             "survives them all). A randomized defense that looks robust on one draw but not on all is luck, not robustness.")
 
 
+TRUST_ROWS = 40  # unreliable cells listed in the trust section before "… and N more"
+
+
+def _evidence(code: str, ev: dict[str, Any], row: Any) -> str:
+    """A few words of what an indicator saw in this cell, from the row's ``indicators`` JSON."""
+    get = ev.get
+    return {
+        "silent-success": f"{get('silent_success_images')} image(s) reached the goal at a query, not at the returned point",
+        "incomplete-optimization": f"{get('still_improving_images')} of {get('judged_for_improvement')} unbroken image(s) still improving",
+        "transfer-failure": f"{get('transfer_failure_images')} image(s) fool the surrogate only",
+        "unavailable-gradients": ("all-zero gradients on the first batch" if get("first_batch_zero_gradient") else
+                                  f"zero or non-finite gradients on {get('dead_gradient_images')} image(s)"),
+        "unstable-predictions": f"repeat difference {get('repeat_difference')}, loss spread {get('loss_spread')}",
+        "shattered-gradients": f"gradient cosine {get('gradient_cosine')}",
+        "unconstrained-fails": (f"unbounded attack broke {_pct(get('unconstrained_success'))} of {get('unconstrained_images')}"
+                                if get("unconstrained_success") is not None else f"broke {_pct(row.get('attack_success_rate'))}"),
+        "black-box-stronger": "a black-box attack broke images it left standing",
+        "softmax-output": "outputs are probabilities",
+        "clean-at-chance": f"clean {_pct(row.get('clean_acc'))}, chance {_pct(get('chance_accuracy'))}",
+        "eps-rise": "more accuracy at a larger ε",
+        "adaptive-weaker": "more accuracy than the oblivious attack",
+        "short-delta": f"max ‖δ‖∞ {255 * row.get('linf_max', float('nan')):.1f}/255",
+        "non-finite": "NaN or inf logits",
+    }.get(code, "")
+
+
+def _trust_section(df: pd.DataFrame) -> str:
+    """Each unreliable cell, its indicators with what they saw, and what to try; or why the numbers
+    can be trusted as far as the indicators tell."""
+    import json
+
+    from bench.flags import FLAGS, split
+
+    ok = df[df["status"] == "ok"]
+    if ok.empty:
+        return "No cell ran, so there is nothing to trust yet."
+    verdicts = ok["verdict"] if "verdict" in ok else pd.Series([None] * len(ok), index=ok.index)
+    bad = ok[verdicts == "unreliable"]
+    checked = [c for c, f in FLAGS.items() if f.unreliable and c != "zero-grad"]
+    if bad.empty:
+        return (f"As far as the indicators of attack failure can tell, yes: none fired on the {len(ok)} cells that ran "
+                f"({', '.join(checked)}). They catch the known ways an attack fails; they do not prove robustness.")
+    rows, fired = [], {}
+    for _, r in bad.head(TRUST_ROWS).iterrows():
+        try:
+            ev = json.loads(r["indicators"]) if isinstance(r.get("indicators"), str) else {}
+        except ValueError:
+            ev = {}
+        codes = [c for c in split(r["flags"]) if c in FLAGS and FLAGS[c].unreliable]
+        for c in codes:
+            fired.setdefault(c, 0)
+        rows.append({"cell": " · ".join([r["model"], r["attack"], format_eps(r["eps"]), r["defense"], r["eval_mode"]]),
+                     "robust acc": _pct(r["robust_acc"]),
+                     "indicators": "; ".join(f"**{c}**: {_evidence(c, ev, r)}".rstrip(": ") for c in codes)})
+    for codes in bad["flags"]:
+        for c in split(codes):
+            if c in FLAGS and FLAGS[c].unreliable:
+                fired[c] = fired.get(c, 0) + 1
+    lines = [f"**No, not all of them: {len(bad)} of {len(ok)} cells are unreliable** — an indicator of attack failure "
+             "fired, so their robust accuracy is at best an upper bound. The worst case over all attacks (next section) "
+             "is the number to read; where every attack fails the same way, it is too high as well.", "",
+             pd.DataFrame(rows).to_markdown(index=False)]
+    if len(bad) > TRUST_ROWS:
+        lines.append(f"\n… and {len(bad) - TRUST_ROWS} more (results.parquet: columns verdict, flags, indicators).")
+    lines += ["", "What each indicator suspects, and what to try:", ""]
+    lines += [f"- **{c}** ({fired[c]} cells): {FLAGS[c].suspects}. Try: {FLAGS[c].remedy}." for c in fired]
+    return "\n".join(lines)
+
+
+def _worst_case_section(worst: pd.DataFrame) -> str:
+    """The worst case per (model, defense) and ε, then which attack broke images first and what each
+    attack broke alone."""
+    import json
+
+    w = worst.copy()
+    w["ε"] = [f"{n} {format_eps(e)}" if w["norm"].nunique() > 1 else format_eps(e) for n, e in zip(w["norm"], w["eps"])]
+    extra = [c for c in ("device", "precision") if w[c].nunique() > 1]
+    w["cell"] = [f"{100 * v:.1f} % [{100 * a:.0f}–{100 * b:.0f}]" for v, a, b in
+                 zip(w["worst_case_acc"], w["worst_case_acc_ci_low"], w["worst_case_acc_ci_high"])]
+    table = w.pivot_table(index=["model", "defense", *extra], columns="ε", values="cell", aggfunc="first", sort=False)
+    table = table[list(dict.fromkeys(w["ε"]))].fillna("–").reset_index()
+    table.columns.name = None
+    detail = []
+    for _, r in w.iterrows():
+        first = {k: v for k, v in json.loads(r["broke_first"]).items() if v}
+        only = {k: v for k, v in json.loads(r["only_broken_by"]).items() if v}
+        detail.append({"model": r["model"], "defense": r["defense"], **{c: r[c] for c in extra}, "ε": r["ε"],
+                       "worst case": _pct(r["worst_case_acc"]),
+                       "strongest single cell": f"{r['strongest']}: {_pct(r['strongest_acc'])}",
+                       "broke first (images)": ", ".join(f"{k} {v}" for k, v in first.items()) or "–",
+                       "only it broke (images)": ", ".join(f"{k} {v}" for k, v in only.items()) or "–"})
+    notes = []
+    if (w["cells_not_ok"] > 0).any():
+        notes.append("Some attacks failed or were skipped: their worst case misses them (column cells_not_ok in worst_case.parquet).")
+    if (w["unreliable_cells"] > 0).any():
+        notes.append("Cells flagged unreliable are part of these ensembles: where every attack fails the same way, the worst case is too high as well.")
+    if (w["worst_case_acc_all_draws"] != w["worst_case_acc"]).any():
+        notes.append("With a randomized defense drawn several times per image, worst_case_acc_all_draws in worst_case.parquet "
+                     "counts an image only if it survives every draw of every attack.")
+    return "\n\n".join([
+        table.to_markdown(index=False),
+        "Share of the n images classified correctly without attack and left correctly classified by every attack of the suite "
+        "— every attack, every mode (oblivious and adaptive) and every smaller ε of the same norm — with its 95 % Wilson "
+        "interval (AutoAttack's and RobustBench's robust accuracy). Attacks without a budget are not part of it. "
+        "Written to worst_case.parquet (per image: worst_case_images.parquet).",
+        pd.DataFrame(detail).to_markdown(index=False),
+        "'broke first': the first attack that broke each image, in the order ε ascending, then the suite's attack order, "
+        "then oblivious, bpda, diff ('clean': misclassified without attack). 'only it broke': images no other attack of "
+        "the ensemble broke (with `cascade: true` later attacks never see images already broken, so this counts less).",
+        *notes])
+
+
 def _flags_section(df: pd.DataFrame) -> str:
     from bench.flags import FLAGS, split
 
@@ -290,7 +441,7 @@ def _flags_section(df: pd.DataFrame) -> str:
         for code in split(text if isinstance(text, str) else None):
             found.setdefault(code, []).append(cell_id)
     if not found:
-        return "No sanity flag was raised."
+        return "No flag was raised."
     lines = []
     for code, cells in found.items():
         flag = FLAGS[code]
@@ -349,9 +500,10 @@ def _environment(meta: dict[str, Any]) -> str:
     return pd.DataFrame(rows, columns=["", "value"]).to_markdown(index=False)
 
 
-def _plot(df: pd.DataFrame, path: Path) -> Path | None:
+def _plot(df: pd.DataFrame, path: Path, worst: pd.DataFrame | None = None) -> Path | None:
     """Robust accuracy against ε: a panel per (model, attack), a line per defense and mode
-    (adaptive dashed)."""
+    (adaptive dashed); then a panel per model and norm with the worst case over all attacks per
+    defense (thick), the envelope below every attack's line."""
     ok = df[(df["status"] == "ok") & df["eps"].notna()]
     if ok.empty:
         return None
@@ -364,10 +516,24 @@ def _plot(df: pd.DataFrame, path: Path) -> Path | None:
             name += f" {label[2]} {label[3]}" if many else ""
             yield g["eps"] * 255, g["robust_acc"], name, "--" if label[1] != "oblivious" else "-"
 
-    return _panels(ok, path, "ε (×1/255)", "robust accuracy (%)", lines)
+    panels = [(f"{model} · {attack}", list(lines(ok[(ok["model"] == model) & (ok["attack"] == attack)])))
+              for model, attack in dict.fromkeys(zip(ok["model"], ok["attack"]))]
+    if worst is not None and len(worst):
+        for (model, norm), w in worst.groupby(["model", "norm"], sort=False):
+            # every attack's line, thin, and under them the worst case per defense, thick, in the defense's colour
+            part = ok[(ok["model"] == model) & (ok["norm"] == norm)]
+            envelope = [(*line[:4], {"alpha": 0.35}) for attack in dict.fromkeys(part["attack"])
+                        for line in lines(part[part["attack"] == attack])]
+            for (defense, dev, prec), g in w.groupby(["defense", "device", "precision"], sort=False):
+                g = g.sort_values("eps")
+                base = defense + (f" {dev} {prec}" if many else "")
+                envelope.append((g["eps"] * 255, g["worst_case_acc"], f"{base}: worst case", "-",
+                                 {"width": 3.5, "colour_of": base}))
+            panels.append((f"{model} · worst case over all attacks ({norm}, thick)", envelope))
+    return _draw(panels, path, "ε (×1/255)", "robust accuracy (%)")
 
 
-def _plot_defenses(df: pd.DataFrame, path: Path) -> Path | None:
+def _plot_defenses(df: pd.DataFrame, path: Path, worst: pd.DataFrame | None = None) -> Path | None:
     """Robust accuracy against ε, a panel per (model, attack, defense): the oblivious attack solid,
     each adaptive method dashed, no defense dotted. Only when adaptive attacks ran on at least two
     defenses; otherwise one panel per (model, attack) reads better."""
@@ -388,6 +554,13 @@ def _plot_defenses(df: pd.DataFrame, path: Path) -> Path | None:
                 g = g.sort_values("eps")
                 name = mode.removeprefix("adaptive-") + (f" {dev} {prec}" if many else "")
                 lines.append((g["eps"] * 255, g["robust_acc"], name, "-" if mode == "oblivious" else "--"))
+            if worst is not None and len(worst):  # the envelope: what no attack of the suite (any mode) broke
+                norm = group["norm"].iloc[0]
+                w = worst[(worst["model"] == model) & (worst["defense"] == defense) & (worst["norm"] == norm)]
+                for (dev, prec), g in w.groupby(["device", "precision"], sort=False):
+                    g = g.sort_values("eps")
+                    lines.append((g["eps"] * 255, g["worst_case_acc"], "worst case, all attacks" + (f" {dev} {prec}" if many else ""),
+                                  "-", {"width": 3.5, "colour": "black"}))
             panels.append((f"{model} · {attack} · {defense}", lines))
     return _draw(panels, path, "ε (×1/255)", "robust accuracy (%)")
 
@@ -424,8 +597,9 @@ def _panels(ok: pd.DataFrame, path: Path, xlabel: str, ylabel: str, lines) -> Pa
 
 
 def _draw(panels: list[tuple[str, list]], path: Path, xlabel: str, ylabel: str) -> Path:
-    """Panels of (title, [(x, y, name, style), …]), three to a row, one legend beside them; a line
-    name has one colour in every panel."""
+    """Panels of (title, [(x, y, name, style[, options]), …]), three to a row, one legend beside them;
+    a line name has one colour in every panel. Options: ``width``, ``alpha``, ``colour``, and
+    ``colour_of`` (take another line name's colour: a defense's worst case in the defense's colour)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -437,10 +611,17 @@ def _draw(panels: list[tuple[str, list]], path: Path, xlabel: str, ylabel: str) 
     colours: dict[str, str] = {}
     legend: dict[str, Any] = {}
     for ax, (title, lines) in zip(axes.flat, panels):
-        for x, y, name, style in lines:
+        for x, y, name, style, *more in lines:
+            opts = more[0] if more else {}
             reference = name.startswith("no defense")  # grey and on top: the other lines often lie on it
-            colour = colours.setdefault(name, "0.35" if reference else f"C{len(colours) % 10}")
-            (handle,) = ax.plot(x, 100 * y, marker="o", linestyle=style, color=colour, label=name, zorder=5 if reference else 2)
+            if "colour" in opts:
+                colour = opts["colour"]
+            else:
+                key = opts.get("colour_of", name)
+                colour = colours.setdefault(key, "0.35" if reference else f"C{len(colours) % 10}")
+            (handle,) = ax.plot(x, 100 * y, marker="o", linestyle=style, color=colour, label=name,
+                                linewidth=opts.get("width", 1.5), alpha=opts.get("alpha", 1.0),
+                                zorder=5 if reference or "width" in opts else 2)
             legend.setdefault(name, handle)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel(xlabel)

@@ -27,6 +27,7 @@ COLUMNS: dict[str, str] = {
     "input_size": "Int64",  # the model's own input size (its preprocessing decides which decoded copy it reads)
     "dataset": "string",
     "attack": "string",
+    "attack_type": "string",  # the attack's registry name (pgd, square, sgd, …)
     "attack_args": "string",  # JSON of the attack's resolved arguments (defaults filled in); digested in cell_id
     "eps": "float64",
     "norm": "string",  # what eps bounds: Linf, L2, L1, or none (CW, DeepFool, L0 attacks: measured, not bounded)
@@ -38,6 +39,7 @@ COLUMNS: dict[str, str] = {
     "batch_size": "Int64",
     "n": "Int64",
     "n_skipped": "Int64",  # unreadable images left out of n (named in run.json and the report)
+    "n_attacked": "Int64",  # images the attack ran on: n, fewer with `cascade: true` (the rest were already broken)
     "clean_acc": "float64",
     "robust_acc": "float64",
     "attack_success_rate": "float64",
@@ -55,16 +57,22 @@ COLUMNS: dict[str, str] = {
     "attack_success_rate_ci_high": "float64",
     "targeted_success_rate_ci_low": "float64",
     "targeted_success_rate_ci_high": "float64",
-    "flags": "string",  # comma-separated sanity flags (bench/flags.py), empty when none
+    "flags": "string",  # comma-separated flags and indicators of attack failure (bench/flags.py), empty when none
+    "verdict": "string",  # reliable | unreliable (an indicator of attack failure fired); empty for cells that did not run
+    "indicators": "string",  # JSON: the indicators' evidence (image counts, measured values; bench/indicators.py)
+    "unconstrained_success": "float64",  # share of up to 16 images the same attack broke with an unbounded budget
     "linf_max": "float64",
     "l2_mean": "float64",
     "l2_max": "float64",  # largest per-image ‖x_adv − x‖₂ (the L2 budget is checked on it)
     "attack_seconds": "float64",
     "attack_images_per_s": "float64",
     "attack_steps_per_s": "float64",  # images × gradient steps per second
+    "forward_passes": "float64",  # the attack's queries (forward passes) per attacked image
+    "backward_passes": "float64",  # input gradients the attack took per attacked image
     "clean_images_per_s": "float64",
     "defense_images_per_s": "float64",
     "warmup_seconds": "float64",  # model preparation, compilation, first pass: never in throughput
+    "check_seconds": "float64",  # the indicators' own checks (stability, the unconstrained attack): never in throughput
     "peak_mem_mb": "float64",
     "seed": "Int64",
     "git_sha": "string",
@@ -77,7 +85,7 @@ COLUMNS: dict[str, str] = {
 # Columns that vary from run to run on the same machine; every other column is reproducible.
 VOLATILE_COLUMNS = (
     "run_id", "started_at", "attack_seconds", "attack_images_per_s", "attack_steps_per_s",
-    "clean_images_per_s", "defense_images_per_s", "warmup_seconds", "peak_mem_mb", "worker",
+    "clean_images_per_s", "defense_images_per_s", "warmup_seconds", "check_seconds", "peak_mem_mb", "worker",
 )
 
 ROWS_FILE = "rows.jsonl"
@@ -85,6 +93,8 @@ PREDICTIONS_FILE = "predictions.parquet"
 PREDICTIONS_KEY = "_predictions"
 TABLE_FILE = "results.parquet"
 RUN_FILE = "run.json"
+WORST_CASE_FILE = "worst_case.parquet"
+WORST_CASE_IMAGES_FILE = "worst_case_images.parquet"
 
 
 def to_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
@@ -94,15 +104,20 @@ def to_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
 
 
 def predictions_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
-    """Per-image predictions of every ok cell, long format: cell_id, image, label, clean_pred, robust_pred."""
+    """Per-image predictions of every ok cell, long format: cell_id, image, label, clean_pred,
+    robust_pred, robust_all (right under every draw of a randomized defense: robust_acc_all_draws)
+    and attacked (the attack ran on the image: false for images a cascade skipped)."""
     parts = []
     for row in rows:
         pred = row.get(PREDICTIONS_KEY)
         if pred:
             labels = pred["labels"]
+            robust_all = pred.get("robust_all") or [r == y for r, y in zip(pred["robust"], labels)]
             parts.append(pd.DataFrame({"cell_id": row["cell_id"], "image": range(len(labels)), "label": labels,
-                                       "clean_pred": pred["clean"], "robust_pred": pred["robust"]}))
-    columns = {"cell_id": "string", "image": "int64", "label": "int64", "clean_pred": "int64", "robust_pred": "int64"}
+                                       "clean_pred": pred["clean"], "robust_pred": pred["robust"],
+                                       "robust_all": robust_all, "attacked": pred.get("attacked") or [True] * len(labels)}))
+    columns = {"cell_id": "string", "image": "int64", "label": "int64", "clean_pred": "int64", "robust_pred": "int64",
+               "robust_all": "bool", "attacked": "bool"}
     if not parts:
         return pd.DataFrame({c: pd.Series(dtype=t) for c, t in columns.items()})
     return pd.concat(parts, ignore_index=True).astype(columns)

@@ -18,7 +18,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from bench import executors
+from bench import executors, worst_case
+from bench.attacks import BLACK_BOX
 from bench.cells import LOG_FILE, Interrupted, _now, _trace, data_key, load_datasets
 from bench.data import Dataset
 from bench.executors import Executor, Job
@@ -201,7 +202,7 @@ def _execute(suite: Suite, cells: list, done_rows: list[dict[str, Any]], retry_r
 
     done = {r["cell_id"] for r in done_rows}
     todo = [c for c in cells if c.cell_id not in done]
-    job = Job(suite, datasets, meta["run_id"], meta["environment"], todo, stop=stop)
+    job = Job(suite, datasets, meta["run_id"], meta["environment"], todo, stop=stop, done=list(done_rows))
     if progress is not None:
         progress.start(len(todo), sum(job.batches_of(g[0]) for g in executors.groups(todo)))
         job.started, job.batches = progress.cell, progress.batch
@@ -251,9 +252,12 @@ def _execute(suite: Suite, cells: list, done_rows: list[dict[str, Any]], retry_r
                 meta["error"] = error
             else:
                 meta.pop("error", None)
-            apply_cross_cell(rows, to_frame(rows))
-            write_table(to_frame(rows), run_dir / TABLE_FILE)
-            write_table(predictions_frame(rows), run_dir / PREDICTIONS_FILE)
+            predictions = predictions_frame(rows)
+            apply_cross_cell(rows, to_frame(rows), predictions, BLACK_BOX)
+            table = to_frame(rows)
+            write_table(table, run_dir / TABLE_FILE)
+            write_table(predictions, run_dir / PREDICTIONS_FILE)
+            worst_case.write(table, predictions, run_dir)
             write_json(meta, run_dir / RUN_FILE)
             report = write_report(run_dir, reports_root)
         except Exception as exc:  # a results folder that cannot be written

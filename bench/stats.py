@@ -25,3 +25,30 @@ def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
     low = 0.0 if successes == 0 else max(0.0, centre - half)
     high = 1.0 if successes == n else min(1.0, centre + half)
     return low, high
+
+
+def mcnemar(b: int, c: int) -> float:
+    """McNemar's exact test (two-sided) on paired outcomes: ``b`` pairs right in the first
+    measurement and wrong in the second, ``c`` the other way round. Under "no difference" each
+    discordant pair goes either way with probability ½, so the p-value is the two-sided binomial
+    tail of min(b, c) in b + c fair trials (1.0 when there is no discordant pair)."""
+    if b < 0 or c < 0:
+        raise ValueError(f"discordant counts must be >= 0, got {b}, {c}")
+    n = b + c
+    if n == 0:
+        return 1.0
+    k = min(b, c)
+    # exact integer arithmetic: the tail of a fair binomial, doubled and capped at 1
+    tail = sum(math.comb(n, i) for i in range(k + 1))
+    return min(1.0, 2 * tail / 2**n)
+
+
+def paired(first, second) -> tuple[int, int, float]:
+    """McNemar's test of two boolean outcomes per image (the same images, in the same order):
+    (right only in the first, right only in the second, p-value)."""
+    first, second = [bool(x) for x in first], [bool(x) for x in second]
+    if len(first) != len(second):
+        raise ValueError(f"paired outcomes need the same images: {len(first)} and {len(second)} outcomes")
+    b = sum(x and not y for x, y in zip(first, second))
+    c = sum(y and not x for x, y in zip(first, second))
+    return b, c, mcnemar(b, c)

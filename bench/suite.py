@@ -46,6 +46,8 @@ TOP_KEYS = {
     "adaptive_method": "bpda, diff, or a list of them (default: every method that applies to each defense)",
     "eot_samples": "integer >= 1: draws averaged per gradient by adaptive attacks on randomized defenses (default 8)",
     "eval_draws": "integer >= 1: draws of a randomized defense per image for robust_acc_all_draws (default 1)",
+    "cascade": "true or false: run each attack only on the images still standing (AutoAttack's cascade; default false)",
+    "unconstrained_check": "true or false: the unconstrained-attack indicator's extra crafting per attack (default true)",
     "include": "list of rules",
     "exclude": "list of rules",
     "executor": "local (default) or ray, or a mapping: type, address, workers, cpus_per_worker, max_retries",
@@ -107,6 +109,8 @@ class Suite:
     eval_modes: tuple[str, ...] = ("oblivious",)  # concrete: oblivious, adaptive-bpda, adaptive-diff
     eot_samples: int = defense_registry.EOT_SAMPLES
     eval_draws: int = 1
+    cascade: bool = False  # each attack only on the images still standing (bench/cascade.py)
+    unconstrained_check: bool = True  # the unconstrained-fails indicator's extra crafting (bench/indicators.py)
     include: tuple[dict[str, Any], ...] = ()
     exclude: tuple[dict[str, Any], ...] = ()
     executor: ExecutorSpec = ExecutorSpec()  # where cells run; not in the digest (any executor gives the same table)
@@ -302,6 +306,8 @@ class _Validator:
         eval_modes = self.eval_modes(modes, doc.get("adaptive_method", list(defense_registry.ADAPTIVE_METHODS)))
         eot_samples = self.integer(doc.get("eot_samples", defense_registry.EOT_SAMPLES), "eot_samples", lo=1)
         eval_draws = self.integer(doc.get("eval_draws", 1), "eval_draws", lo=1)
+        cascade = self.boolean(doc.get("cascade", False), "cascade")
+        unconstrained_check = self.boolean(doc.get("unconstrained_check", True), "unconstrained_check")
         include = self.rules(doc.get("include", []), "include")
         exclude = self.rules(doc.get("exclude", []), "exclude")
         executor = executor_registry.parse(doc.get("executor", "local"), "executor", self)
@@ -318,6 +324,8 @@ class _Validator:
             eval_modes=eval_modes,
             eot_samples=eot_samples,
             eval_draws=eval_draws,
+            cascade=cascade,
+            unconstrained_check=unconstrained_check,
             include=include,
             exclude=exclude,
             executor=executor,
@@ -327,6 +335,10 @@ class _Validator:
         raw = dataclasses.asdict(suite)
         for key in ("path", "raw", "executor"):
             raw.pop(key)
+        # keys at their defaults stay out, so a suite written before they existed keeps its digest
+        for key, default in (("cascade", False), ("unconstrained_check", True)):
+            if raw[key] == default:
+                raw.pop(key)
         suite.raw = json.loads(json.dumps(raw, default=str))
         if not suite.cells():
             raise self.fail("include/exclude", "the rules leave an empty grid: no cell would run")

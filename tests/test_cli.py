@@ -130,8 +130,8 @@ def test_a_broken_attack_fails_its_cell_and_every_other_cell_runs(tmp_path, tiny
 
     real_build = registry.build
 
-    def build(spec, model):
-        attack = real_build(spec, model)
+    def build(spec, model, **kw):
+        attack = real_build(spec, model, **kw)
         if spec.name == "broken":
             def forward(images, labels):
                 raise RuntimeError("boom inside the attack")

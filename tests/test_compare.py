@@ -6,7 +6,9 @@ import copy
 
 from bench.cli import main
 from bench.compare import compare
-from bench.results import RUN_FILE, TABLE_FILE, to_frame, write_json, write_table
+import pandas as pd
+
+from bench.results import PREDICTIONS_FILE, RUN_FILE, TABLE_FILE, to_frame, write_json, write_table
 from bench.stats import wilson
 from bench.suite import load_suite
 
@@ -61,10 +63,75 @@ def test_an_improvement_is_not_a_regression(tmp_path):
     assert result.regressions == 0 and "improvement" in result.markdown
 
 
-def test_noise_inside_the_intervals_is_not_a_regression_unless_past_the_threshold(tmp_path):
+def test_without_per_image_outcomes_a_change_inside_the_intervals_is_noise_whatever_its_size(tmp_path):
     base, cand = _write(tmp_path, "b", [_row("a", 0.60)]), _write(tmp_path, "c", [_row("a", 0.55)])
-    assert compare(base, cand).regressions == 0
-    assert compare(base, cand, abs_threshold=0.03).regressions == 1
+    result = compare(base, cand)
+    assert result.regressions == 0 and "judged by their 95 % intervals" in result.markdown
+    # a threshold alone never makes a regression: the change must also be significant
+    assert compare(base, cand, abs_threshold=0.03).regressions == 0
+    assert "| a      | robust_acc | 60.0 %     | 55.0 %      |" in result.markdown  # named, although noise
+
+
+# --- rates on the same images: McNemar's exact test --------------------------------------------------
+
+
+def _paired_run(tmp_path, name, survived, n=100, cell="m/pgd@000000/eps=8/255/none/oblivious/cpu/fp32"):
+    """A run folder with its per-image predictions: images 0..n-1, all of class 0, clean right,
+    ``survived`` of them still right after the attack (a set of image indices)."""
+    robust = [0 if i in survived else 1 for i in range(n)]
+    acc = len(survived) / n
+    row = _row(cell, acc, n=n, attack_args='{"target": null}')
+    run_dir = _run_dir(tmp_path, name, [row])
+    preds = pd.DataFrame({"cell_id": cell, "image": range(n), "label": 0, "clean_pred": 0, "robust_pred": robust,
+                          "robust_all": [r == 0 for r in robust], "attacked": True})
+    write_table(preds, run_dir / PREDICTIONS_FILE)
+    return run_dir
+
+
+def test_a_drop_that_is_significant_on_the_same_images_is_a_regression_though_the_intervals_overlap(tmp_path):
+    # 60 % → 50 %: ten images flipped one way, none the other: p = 2 / 2^10; the Wilson intervals
+    # (50–69 and 40–60) overlap, so an unpaired comparison would call it noise
+    base = _paired_run(tmp_path, "base", set(range(60)))
+    cand = _paired_run(tmp_path, "cand", set(range(50)))
+    result = compare(base, cand)
+    assert result.regressions == 1, result.markdown
+    assert "| regression" in result.markdown and "0.002" in result.markdown
+
+
+def test_a_paired_change_that_is_not_significant_is_noise_and_still_named_with_its_p_value(tmp_path):
+    # five images flipped one way: p = 2 / 2^5 = 0.0625
+    base = _paired_run(tmp_path, "base", set(range(60)))
+    cand = _paired_run(tmp_path, "cand", set(range(55)))
+    result = compare(base, cand)
+    assert result.regressions == 0
+    assert "Changes judged noise (1)" in result.markdown and "0.062" in result.markdown
+    # a looser level makes it a regression: the user sets it
+    assert compare(base, cand, alpha=0.1).regressions == 1
+
+
+def test_a_significant_change_within_the_points_threshold_is_noise(tmp_path):
+    # eight images flipped: p = 2 / 2^8 < 0.01, but 8 points is within a 10-point threshold
+    base = _paired_run(tmp_path, "base", set(range(60)))
+    cand = _paired_run(tmp_path, "cand", set(range(52)))
+    assert compare(base, cand).regressions == 1
+    assert compare(base, cand, abs_threshold=0.10).regressions == 0
+
+
+def test_flips_both_ways_are_weighed_against_each_other(tmp_path):
+    # 60 % → 50 %, but 15 images broke and 5 recovered: p = 0.041; 12 broke and 2 recovered: 0.013
+    base = _paired_run(tmp_path, "base", set(range(60)))
+    cand = _paired_run(tmp_path, "cand", set(range(15, 60)) | set(range(60, 65)))
+    from bench.stats import mcnemar
+
+    result = compare(base, cand)
+    assert f"{mcnemar(15, 5):.3f}" in result.markdown
+
+
+def test_runs_on_different_images_fall_back_to_the_intervals(tmp_path):
+    base = _paired_run(tmp_path, "base", set(range(60)))
+    cand = _paired_run(tmp_path, "cand", set(range(45)), n=90)  # another data set: not pairable
+    result = compare(base, cand)
+    assert "– (intervals)" in result.markdown
 
 
 def test_slower_throughput_and_missing_cells_are_regressions_added_cells_are_listed(tmp_path):

@@ -140,10 +140,10 @@ def test_retry_failed_runs_failed_cells_again_and_their_new_rows_replace_the_old
 
     real = attacks.build
 
-    def flaky(spec, model):
+    def flaky(spec, model, **kw):
         if spec.name == "pgd":
             raise RuntimeError("a flaky attack")
-        return real(spec, model)
+        return real(spec, model, **kw)
 
     suite = load_suite(write_suite(tiny_suite))  # (the loader builds each attack once to check its arguments)
     monkeypatch.setattr(attacks, "build", flaky)
@@ -168,7 +168,7 @@ def test_an_interrupted_retry_keeps_the_failed_rows_it_did_not_reach(tmp_path, t
     from bench.suite import load_suite
 
     suite = load_suite(write_suite(tiny_suite))
-    monkeypatch.setattr(attacks, "build", lambda spec, model: (_ for _ in ()).throw(RuntimeError("every attack fails")))
+    monkeypatch.setattr(attacks, "build", lambda spec, model, **kw: (_ for _ in ()).throw(RuntimeError("every attack fails")))
     first = run_suite(suite, tmp_path / "results", tmp_path / "reports")
     assert first.counts == {"failed": 6}
     stop = iter([False, True])  # the retry stops before its second cell

@@ -1,26 +1,22 @@
-"""Sanity flags: each is raised by a constructed case that should raise it, and not otherwise."""
+"""Flags: each is raised by a constructed case that should raise it, and not otherwise; the verdict
+follows them. (The indicators of attack failure judged on real attacks: tests/test_indicators.py.)"""
 
 from __future__ import annotations
 
 import pandas as pd
 
-from bench.flags import FLAGS, cell_flags, cross_cell_flags
-
-
-def test_zero_gradients_are_flagged():
-    assert "zero-grad" in cell_flags(zero_grad=True, delta=8 / 255, eps=8 / 255, clean_changed=0.0)
-    assert cell_flags(zero_grad=False, delta=8 / 255, eps=8 / 255, clean_changed=0.0) == []
+from bench.flags import FLAGS, cell_flags, cross_cell_flags, verdict
 
 
 def test_a_perturbation_far_below_eps_is_flagged():
-    assert cell_flags(zero_grad=False, delta=3 / 255, eps=8 / 255, clean_changed=0.0) == ["short-delta"]
-    assert cell_flags(zero_grad=False, delta=5 / 255, eps=8 / 255, clean_changed=0.0) == []
-    assert cell_flags(zero_grad=False, delta=0.0, eps=None, clean_changed=0.0) == []  # no budget to reach
+    assert cell_flags(delta=3 / 255, eps=8 / 255, clean_changed=0.0) == ["short-delta"]
+    assert cell_flags(delta=5 / 255, eps=8 / 255, clean_changed=0.0) == []
+    assert cell_flags(delta=0.0, eps=None, clean_changed=0.0) == []  # no budget to reach
 
 
 def test_a_defense_that_changes_most_clean_predictions_is_flagged():
-    assert cell_flags(zero_grad=False, delta=8 / 255, eps=8 / 255, clean_changed=0.6) == ["defense-breaks-clean"]
-    assert cell_flags(zero_grad=False, delta=8 / 255, eps=8 / 255, clean_changed=0.4) == []
+    assert cell_flags(delta=8 / 255, eps=8 / 255, clean_changed=0.6) == ["defense-breaks-clean"]
+    assert cell_flags(delta=8 / 255, eps=8 / 255, clean_changed=0.4) == []
 
 
 def _rows(**overrides):
@@ -43,6 +39,41 @@ def test_an_adaptive_attack_weaker_than_the_oblivious_one_is_flagged():
     assert cross_cell_flags(df) == {"c1": ["adaptive-weaker"]}
 
 
+def _bb_case(square_breaks_more: bool):
+    """Two cells at one (model, defense, ε): pgd and square; square breaks image 2 as well when asked."""
+    df = pd.DataFrame([
+        dict(cell_id="pgd", status="ok", model="m", attack="pgd", attack_type="pgd", defense="none", eval_mode="oblivious",
+             device="cpu", precision="fp32", norm="Linf", eps=8 / 255, robust_acc=0.5),
+        dict(cell_id="sq", status="ok", model="m", attack="square", attack_type="square", defense="none",
+             eval_mode="oblivious", device="cpu", precision="fp32", norm="Linf", eps=8 / 255, robust_acc=0.5),
+    ])
+    preds = pd.DataFrame({"cell_id": ["pgd"] * 4 + ["sq"] * 4, "image": [0, 1, 2, 3] * 2, "label": [0] * 8,
+                          "robust_pred": [1, 0, 0, 0] + [1, 0, 1 if square_breaks_more else 0, 0]})
+    return df, preds
+
+
+def test_a_black_box_attack_that_breaks_what_every_gradient_attack_left_flags_the_gradient_attacks():
+    df, preds = _bb_case(square_breaks_more=True)
+    assert cross_cell_flags(df, preds, black_box=("square",)) == {"pgd": ["black-box-stronger"]}
+    df, preds = _bb_case(square_breaks_more=False)  # square breaks only what pgd broke
+    assert cross_cell_flags(df, preds, black_box=("square",)) == {}
+    df, preds = _bb_case(square_breaks_more=True)  # at another ε the comparison does not apply
+    df.loc[df["cell_id"] == "sq", "eps"] = 16 / 255
+    assert cross_cell_flags(df, preds, black_box=("square",)) == {}
+
+
+def test_the_verdict_is_unreliable_when_an_indicator_of_attack_failure_fired():
+    assert verdict([]) == "reliable"
+    assert verdict(["defense-breaks-clean"]) == "reliable"  # a note about the setting, not an attack failure
+    assert verdict(["silent-success"]) == "unreliable"
+    assert verdict(["defense-breaks-clean", "black-box-stronger"]) == "unreliable"
+
+
 def test_every_flag_says_what_it_suspects_and_what_to_try():
-    assert set(FLAGS) == {"eps-rise", "adaptive-weaker", "zero-grad", "short-delta", "defense-breaks-clean", "non-finite"}
+    indicators = {"silent-success", "incomplete-optimization", "transfer-failure", "unavailable-gradients",
+                  "unstable-predictions", "shattered-gradients", "unconstrained-fails", "black-box-stronger",
+                  "softmax-output", "clean-at-chance"}
+    kept = {"eps-rise", "adaptive-weaker", "short-delta", "defense-breaks-clean", "non-finite", "zero-grad"}
+    assert set(FLAGS) == indicators | kept
     assert all(f.suspects and f.remedy for f in FLAGS.values())
+    assert [c for c, f in FLAGS.items() if not f.unreliable] == ["defense-breaks-clean"]

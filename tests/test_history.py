@@ -207,3 +207,52 @@ def test_three_runs_of_a_real_suite_make_a_history_without_change_points(tmp_pat
     text = (tmp_path / "reports" / "tiny" / "history.md").read_text()
     assert "3 complete run(s)" in text and "Not looked for yet: a change point needs 3 runs" in text, text
     assert len([line for line in text.split("## Runs")[1].splitlines() if line.startswith("| ")]) == 1 + 3
+
+
+# --- paired: every run scores the same images -----------------------------------------------------
+
+
+def _with_predictions(run_dir, cell_id: str, survived: set[int], n: int):
+    """Add per-image predictions (n images of class 0, clean right) and the matching rate to a run."""
+    import pandas as pd
+
+    from bench.results import PREDICTIONS_FILE
+
+    robust = [0 if i in survived else 1 for i in range(n)]
+    write_table(pd.DataFrame({"cell_id": cell_id, "image": range(n), "label": 0, "clean_pred": 0, "robust_pred": robust,
+                              "robust_all": [r == 0 for r in robust], "attacked": True}), run_dir / PREDICTIONS_FILE)
+    df = pd.read_parquet(run_dir / TABLE_FILE)
+    df.loc[df["cell_id"] == cell_id, ["robust_acc", "n", "norm"]] = [len(survived) / n, n, "Linf"]
+    write_table(df, run_dir / TABLE_FILE)
+
+
+def test_a_step_on_the_same_images_is_found_by_mcnemars_test_where_intervals_overlap(tmp_path):
+    # 100 images; from run 4 on, ten images that survived no longer do: 60 % → 50 %. The medians'
+    # Wilson intervals (50–69, 40–60) overlap, but the same ten images flipped, none the other way
+    n = 100
+    for i in range(8):
+        run = write_run(tmp_path, i, {cell(): (0, 100.0, 50.0)})
+        _with_predictions(run, cell(), set(range(60 if i < 4 else 50)), n)
+    steps = [c for c in change_points(load_runs(tmp_path, "s")) if c.metric == "robust_acc" and "worst-case" not in c.series]
+    assert [(c.run, c.before, c.after) for c in steps] == [(4, 0.6, 0.5)]
+    assert steps[0].p == pytest.approx(2 / 2**10)
+    # without per-image predictions the same rates are within the intervals: no step
+    from bench.results import PREDICTIONS_FILE
+
+    for run_dir in (tmp_path / "s").iterdir():
+        (run_dir / PREDICTIONS_FILE).unlink()
+    runs = load_runs(tmp_path, "s")
+    assert [p[0] / p[1] for p in rate_series(runs)[cell()]] == [0.6] * 4 + [0.5] * 4
+    assert not [c for c in change_points(runs) if c.metric == "robust_acc"]
+
+
+def test_the_worst_case_over_all_attacks_is_a_series_like_any_cell(tmp_path):
+    for i in range(6):
+        run = write_run(tmp_path, i, {cell(): (0, 100.0, 50.0)})
+        _with_predictions(run, cell(), set(range(10)), N)
+    series = rate_series(load_runs(tmp_path, "s"))
+    worst = [c for c in series if "/worst-case/" in c]
+    assert worst == ["m/worst-case/Linf/eps=4/255/none/cpu/fp32"]
+    assert series[worst[0]] == [(10, N)] * 6
+    write_history(load_runs(tmp_path, "s"), tmp_path / "out")
+    assert "m · worst-case · 4/255 · none · worst-case · cpu · fp32" in (tmp_path / "out" / "history.md").read_text()

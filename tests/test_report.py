@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import math
 
+import pandas as pd
+
+from bench import worst_case
 from bench.report import render
 from bench.results import to_frame
 
@@ -37,39 +40,74 @@ def test_an_interrupted_run_says_so():
     assert "This run is interrupted" in text
 
 
-def _defense_rows():
-    """none; 'squeeze' gains 30 points against the oblivious attack and none against the adaptive one;
-    'noise' gains 30 and keeps 20; 'blur' was never attacked adaptively."""
-    rows = []
-    for eps, base in ((2 / 255, 0.1), (4 / 255, 0.0)):
-        rows += [_row(eps=eps, robust_acc=base),
-                 _row(eps=eps, defense="squeeze", robust_acc=base + 0.3, clean_acc=0.8, defense_images_per_s=900.0),
-                 _row(eps=eps, defense="squeeze", eval_mode="adaptive-bpda", robust_acc=base, clean_acc=0.8),
-                 _row(eps=eps, defense="noise", robust_acc=base + 0.3, clean_acc=0.7),
-                 _row(eps=eps, defense="noise", eval_mode="adaptive-bpda", robust_acc=base + 0.25, clean_acc=0.7),
-                 _row(eps=eps, defense="noise", eval_mode="adaptive-diff", robust_acc=base + 0.2, clean_acc=0.7),
-                 _row(eps=eps, defense="blur", robust_acc=base + 0.05, clean_acc=0.85)]
-    for r in rows:
-        r["cell_id"] += f"/{r['eval_mode']}/{r['eps']}"
-    return to_frame(rows)
+N = 20
 
 
-def test_defenses_are_ranked_by_their_best_adaptive_attack_and_broken_ones_are_marked():
-    text = render(_defense_rows(), META)
+def _defense_run():
+    """Rows and per-image predictions of 20 images, all of class 0. Survivors by defense, mode and ε:
+    none keeps {0, 1} at 2/255 and nothing at 4/255; 'squeeze' seems to keep 8 and 6 images against the
+    oblivious attack and keeps what none keeps against the adaptive one; 'noise' keeps nested sets for
+    each mode (oblivious 8/6, bpda 7/5, diff 6/4); 'blur' was never attacked adaptively (3/1)."""
+    plan = {  # (defense, mode): (survivors at 2/255, at 4/255, images wrong without attack)
+        ("none", "oblivious"): (2, 0, 0),
+        ("squeeze", "oblivious"): (8, 6, 4), ("squeeze", "adaptive-bpda"): (2, 0, 4),
+        ("noise", "oblivious"): (8, 6, 6), ("noise", "adaptive-bpda"): (7, 5, 6), ("noise", "adaptive-diff"): (6, 4, 6),
+        ("blur", "oblivious"): (3, 1, 3),
+    }
+    rows, preds = [], []
+    for (defense, mode), (k2, k4, wrong) in plan.items():
+        for eps, k in ((2 / 255, k2), (4 / 255, k4)):
+            r = _row(eps=eps, defense=defense, eval_mode=mode, n=N, robust_acc=k / N, clean_acc=1 - wrong / N,
+                     norm="Linf", defense_images_per_s=900.0 if defense == "squeeze" else math.nan)
+            r["cell_id"] += f"/{mode}/{eps}"
+            rows.append(r)
+            clean = [0 if i < N - wrong else 1 for i in range(N)]
+            robust = [0 if i < k else 1 for i in range(N)]
+            preds.append(pd.DataFrame({"cell_id": r["cell_id"], "image": range(N), "label": 0, "clean_pred": clean,
+                                       "robust_pred": robust, "robust_all": [x == 0 for x in robust], "attacked": True}))
+    return to_frame(rows), pd.concat(preds, ignore_index=True)
+
+
+def _comparison(df, preds):
+    worst, _ = worst_case.compute(df, preds)
+    text = render(df, META, predictions=preds, worst=worst)
     table = text.split("## Defense comparison")[1].split("\n## ")[0]
-    rows = [line for line in table.splitlines() if line.startswith("|") and "---" not in line][1:]
-    # squeeze ties with none against its adaptive attack; the clean accuracy it costs puts it last
+    return [line for line in table.splitlines() if line.startswith("|") and "---" not in line][1:]
+
+
+def test_defenses_are_ranked_by_their_worst_case_over_every_attack_and_broken_ones_are_marked():
+    rows = _comparison(*_defense_run())
+    # squeeze's worst case ties with none's; the clean accuracy it costs puts it last
     assert [r.split("|")[2].strip() for r in rows] == ["noise", "blur", "none", "squeeze"]
     noise, blur, none, squeeze = rows
-    assert "40.0 % → 30.0 % (diff)" in noise and "30.0 % → 20.0 % (diff)" in noise  # the best adaptive method
-    assert "keeps up to +20 points adaptively" in noise
-    assert "**broken by adaptive attack**" in squeeze and "80.0 % (-10)" in squeeze and "900" in squeeze
+    # oblivious attacks alone → every attack and mode, with McNemar's p between the two (2 images: p = 0.5)
+    assert "40.0 % → 30.0 % (0.500)" in noise and "30.0 % → 20.0 % (0.500)" in noise
+    # +20 points over none's worst case on 4 images of 20, none the other way: p = 2/16
+    assert "+20 (0.125)" in noise and "keeps up to +20 points against every attack, not significant (p 0.125)" in noise
+    assert "**broken by adaptive attack**" in squeeze and "80.0 % (-20)" in squeeze and "900" in squeeze
     assert "not attacked adaptively" in blur and "baseline" in none
 
 
 def test_a_defense_whose_oblivious_gain_is_small_is_not_called_broken():
-    df = _defense_rows()
-    df.loc[(df["defense"] == "squeeze") & (df["eval_mode"] == "oblivious"), "robust_acc"] -= 0.21  # gains 9 points only
-    table = render(df, META).split("## Defense comparison")[1].split("\n## ")[0]
-    squeeze = [line for line in table.splitlines() if "| squeeze " in line]
+    df, preds = _defense_run()
+    # squeeze's oblivious survivors cut to one image more than none keeps at each ε: a gain of 5 points only
+    for eps, keep in ((2 / 255, 3), (4 / 255, 1)):
+        cell = df[(df["defense"] == "squeeze") & (df["eval_mode"] == "oblivious") & (df["eps"] == eps)]["cell_id"].iloc[0]
+        preds.loc[(preds["cell_id"] == cell) & (preds["image"] >= keep), "robust_pred"] = 1
+    squeeze = [line for line in _comparison(df, preds) if "| squeeze " in line]
     assert len(squeeze) == 1 and "no robust gain" in squeeze[0]
+
+
+def test_the_report_opens_with_whether_its_numbers_can_be_trusted():
+    ok = _row(flags="", verdict="reliable", indicators="{}")
+    trusted = render(to_frame([ok]), META)
+    assert trusted.index("## Can these numbers be trusted?") < trusted.index("## Models")
+    assert "none fired on the 1 cells" in trusted
+    bad = _row(attack="fgsm", flags="silent-success,eps-rise", verdict="unreliable",
+               indicators='{"silent_success_images": 3}')
+    text = render(to_frame([ok, bad]), META)
+    section = text.split("## Can these numbers be trusted?")[1].split("\n## ")[0]
+    assert "1 of 2 cells are unreliable" in section
+    assert "m · fgsm · 8/255 · none · oblivious" in section and "**silent-success**: 3 image(s)" in section
+    assert "- **silent-success** (1 cells):" in section and "Try: use an attack that keeps its best point" in section
+    assert "m · pgd" not in section

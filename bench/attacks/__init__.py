@@ -1,13 +1,17 @@
 """Attack registry: every torchattacks attack by its class name, plus the tutorial's ``sgd``.
 
 Attacks see models that take images in [0, 1] (the model wrapper normalises), and return
-adversarial images in [0, 1]. ``build(spec, model)`` makes a configured torchattacks ``Attack``.
+adversarial images in [0, 1]. ``build(spec, model, seed)`` makes a configured torchattacks
+``Attack``. An attack that takes a ``seed`` and is not given one in the suite gets the harness's
+per-crafting seed (torchattacks' AutoAttack and Square would otherwise seed themselves from the
+clock), so the same suite gives the same adversarial images, bit for bit, on CPU.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -58,7 +62,8 @@ def _params(cls: type) -> dict[str, Any] | None:
             continue
         if p.default is p.empty:
             return None  # needs an argument a suite cannot give (a data loader, other attacks)
-        out[name] = p.default
+        # None: the harness's per-crafting seed (build() fills it in); a number in the suite pins it
+        out[name] = None if name == "seed" else p.default
     return out
 
 
@@ -100,6 +105,10 @@ def lookup(type_name: Any) -> AttackInfo:
 
 # Attacks whose perturbation is bounded in L2 by ``eps``; those with a ``norm`` argument say it there.
 _L2_ATTACKS = ("pgdl2", "pgdrsl2")
+# Score-based black-box attacks: they query outputs only, so gradient masking cannot fool them.
+BLACK_BOX = ("square", "spsa", "pixle", "onepixel")
+# Step sizes in pixel units, which an unbounded version of the attack scales with its budget.
+_STEP_PARAMS = {"alpha": None, "lr": ("spsa",)}
 
 
 def norm(spec: "AttackSpec") -> str:
@@ -114,12 +123,39 @@ def norm(spec: "AttackSpec") -> str:
     return "L2" if info.name in _L2_ATTACKS else "Linf"
 
 
-def build(spec: "AttackSpec", model: nn.Module):
-    """A torchattacks Attack for this spec, attacking ``model``."""
+def unbounded_eps(norm_name: str, shape: tuple[int, ...]) -> float:
+    """A budget that bounds nothing for images of ``shape`` (C, H, W) in [0, 1]: 1 for L∞, the
+    largest possible distance between two images for L2 and L1."""
+    size = math.prod(shape)
+    return {"Linf": 1.0, "L2": math.sqrt(size), "L1": float(size)}[norm_name]
+
+
+def unbounded(spec: "AttackSpec", shape: tuple[int, ...]) -> "AttackSpec":
+    """The same attack with an unbounded budget (Pintor et al.'s unconstrained attack): ε as
+    :func:`unbounded_eps`, and its pixel-unit step sizes scaled by the same factor, so it takes the
+    same number of steps of the same size relative to its budget."""
+    from dataclasses import replace
+
+    big = unbounded_eps(norm(spec), shape)
+    factor = big / spec.eps
+    params = []
+    for k, v in spec.params:
+        owners = _STEP_PARAMS.get(k, ())
+        if k in _STEP_PARAMS and (owners is None or spec.type in owners) and isinstance(v, (int, float)) and not isinstance(v, bool):
+            v = v * factor
+        params.append((k, v))
+    return replace(spec, eps=big, params=tuple(params))
+
+
+def build(spec: "AttackSpec", model: nn.Module, seed: int = 0):
+    """A torchattacks Attack for this spec, attacking ``model``; ``seed`` is the crafting's seed,
+    given to an attack that takes one when the suite left it open."""
     info = lookup(spec.type)
     kwargs = spec.kwargs
     if spec.eps is not None:
         kwargs["eps"] = spec.eps
+    if "seed" in info.params and kwargs.get("seed") is None:
+        kwargs["seed"] = int(seed)
     attack = info.cls(model, **kwargs)
     if spec.target is not None:
         target = spec.target

@@ -15,7 +15,7 @@ The suite key ``executor:`` is parsed here; the command line's ``--executor`` an
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator, Protocol
 
 from bench.specs import CellSpec, ExecutorSpec
@@ -47,6 +47,7 @@ class Job:
     env: dict[str, Any]
     cells: list[CellSpec]
     stop: Callable[[], bool] = lambda: False
+    done: list[dict[str, Any]] = field(default_factory=list)  # rows that landed before (a resume): a cascade replays them
     started: Callable[[CellSpec], None] = lambda cell: None
     batches: Callable[[int], None] = lambda n: None
 
@@ -55,6 +56,10 @@ class Job:
         from bench.cells import data_key
 
         return math.ceil(len(self.datasets[data_key(self.suite, cell.model)]) / self.suite.batch_size)
+
+    def batches_of_group(self, cells: list[CellSpec]) -> int:
+        """Attack batches of every crafting among ``cells`` (a cascade's chain holds many)."""
+        return sum(self.batches_of(g[0]) for g in groups(cells))
 
 
 class Executor(Protocol):
@@ -67,18 +72,22 @@ class Executor(Protocol):
     def describe(self) -> dict[str, Any]: ...
 
 
-def group_key(cell: CellSpec) -> tuple:
+def group_key(cell: CellSpec, cascade: bool = False) -> tuple:
     """The cells that share one crafting of adversarial images: model, attack, ε, device and
-    precision (and, for adaptive cells, the defense and method). The unit of work of an executor."""
+    precision (and, for adaptive cells, the defense and method). The unit of work of an executor.
+    With a cascade every attack of a (model, device, precision) waits for the ones before it, so
+    the unit is that whole chain (bench/cascade.py)."""
+    if cascade:
+        return (cell.model, cell.device, cell.precision)
     return (cell.model, cell.attack, cell.device, cell.precision,
             cell.defense if cell.eval_mode != "oblivious" else None, cell.eval_mode)
 
 
-def groups(cells: list[CellSpec]) -> list[list[CellSpec]]:
-    """Cells by crafting group, groups in order of their first cell, cells in suite order."""
+def groups(cells: list[CellSpec], cascade: bool = False) -> list[list[CellSpec]]:
+    """Cells by unit of work (:func:`group_key`), groups in order of their first cell, cells in suite order."""
     out: dict[tuple, list[CellSpec]] = {}
     for cell in cells:
-        out.setdefault(group_key(cell), []).append(cell)
+        out.setdefault(group_key(cell, cascade), []).append(cell)
     return list(out.values())
 
 

@@ -23,6 +23,8 @@ class Local:
 
     def run(self, job: Job) -> Iterator[dict[str, Any]]:
         ws = Workspace(job.suite, job.datasets, job.run_id, job.env, on_batch=job.batches, should_stop=job.stop)
+        if job.suite.cascade and job.done:  # a resumed cascade: the images earlier rows broke stay broken
+            ws.cascade.replay(job.done, {c.cell_id: c for c in job.suite.cells()})
         seen: set = set()
         for cell in job.cells:
             if job.stop():

@@ -66,6 +66,11 @@ class CellWorker:
         self.name = f"{socket.gethostname()}:{os.getpid()} node {self.node[:8]}"
         self.ws = Workspace(suite, datasets, run_id, env, worker=self.name)
 
+    def replay(self, rows: list[dict[str, Any]]) -> None:
+        """A cascade's chain taken over from another worker (or a resumed run): the images its
+        earlier rows broke stay broken."""
+        self.ws.cascade.replay(rows, {c.cell_id: c for c in self.ws.suite.cells()})
+
     def run(self, cell: CellSpec) -> dict[str, Any]:
         if cell.device.startswith("cuda:") and cell.device != "cuda:0":
             return unrun_row(cell, self.ws, "skipped", f"{cell.device}: a Ray worker has one GPU, its cuda:0; "
@@ -93,6 +98,7 @@ class _Group:
     gpu: bool
     attempts: int = 0  # workers lost while running it
     landed: set[str] = field(default_factory=set)
+    rows: list[dict[str, Any]] = field(default_factory=list)  # its rows that landed (a cascade replays them)
 
     @property
     def remaining(self) -> list[CellSpec]:
@@ -160,7 +166,14 @@ class RayExecutor:
     # --- the driver loop -------------------------------------------------------------------------
 
     def run(self, job: Job) -> Iterator[dict[str, Any]]:
-        todo = [_Group(g, g[0].device.startswith("cuda")) for g in groups(job.cells)]
+        cascade = bool(getattr(job.suite, "cascade", False))
+        todo = [_Group(g, g[0].device.startswith("cuda")) for g in groups(job.cells, cascade)]
+        if cascade:  # rows of an earlier session of a resumed run: each chain's worker replays its own
+            for g in todo:
+                first = g.cells[0]
+                g.rows = [r for r in job.done if (r.get("model"), r.get("device"), r.get("precision"))
+                          == (first.model.name, first.device, first.precision)]
+
         if not self._places[True] and any(g.gpu for g in todo):
             for g in [g for g in todo if g.gpu]:
                 yield from self._give_up(g, job, "skipped", "the Ray cluster has no GPU (none of its nodes lists one)")
@@ -201,6 +214,8 @@ class RayExecutor:
                 if w.ready and w.group is None and queue[w.gpu]:
                     w.group = queue[w.gpu].popleft()
                     job.started(w.group.remaining[0])
+                    if cascade and w.group.rows:  # a chain taken over: the worker first replays what landed
+                        w.handle.replay.remote(w.group.rows)
                     for cell in w.group.remaining:
                         ref = w.handle.run.remote(cell)
                         inflight[ref], order[ref] = (w, cell), next(submitted)
@@ -275,8 +290,9 @@ class RayExecutor:
         group = w.group
         if group is not None:
             group.landed.add(cell.cell_id)
+            group.rows.append(row)
             if not group.remaining:
-                job.batches(job.batches_of(cell))
+                job.batches(job.batches_of_group(group.cells))
                 w.group = None
         return row
 
@@ -316,7 +332,7 @@ class RayExecutor:
         for cell in group.remaining:
             group.landed.add(cell.cell_id)
             yield unrun_row(cell, scratch, status, reason)
-        job.batches(job.batches_of(group.cells[0]))
+        job.batches(job.batches_of_group(group.cells))
 
 
 def _kill(handle: Any) -> None:

@@ -1,0 +1,216 @@
+"""Worst case per image: the share of images that no attack of the suite broke.
+
+AutoAttack and RobustBench define robust accuracy this way: an image counts only if it is classified
+correctly without attack and every attack of the ensemble leaves it classified correctly. Here, for
+each (model, defense, device, precision, norm) and each ε the suite ran, the ensemble is every ok
+cell of that group at that ε or a smaller one of the same norm (an image broken at ε is broken at
+every larger ε): every attack, every mode (oblivious and each adaptive method). Attacks without a
+budget (``norm: none``) belong to no ε and are left out.
+
+Two tables come out of a run's rows and per-image predictions:
+
+- ``worst_case.parquet``: one row per (group, ε) with the worst-case accuracy and its 95 % Wilson
+  interval, the same over every draw of a randomized defense, the single strongest cell at that ε,
+  which attack broke each image first (attacks in the order ε ascending, then the suite's attack
+  order, then mode) and each attack's unique contribution (images only it broke);
+- ``worst_case_images.parquet``: per (group, ε) and image, whether it survived and what broke it first.
+
+Each row carries a ``worst_case_id`` shaped like a cell id (``model/worst-case/Linf/eps=8/255/none/
+cpu/fp32``), so ``bench compare`` and ``bench history`` track it as they track cells.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from bench.results import WORST_CASE_FILE, WORST_CASE_IMAGES_FILE, load_predictions, write_table
+from bench.specs import format_eps
+from bench.stats import wilson
+
+GROUP = ["model", "defense", "device", "precision", "norm"]
+MODE_ORDER = {"oblivious": 0, "adaptive-bpda": 1, "adaptive-diff": 2}
+
+COLUMNS = {
+    "suite": "string",
+    "run_id": "string",
+    "worst_case_id": "string",
+    "model": "string",
+    "dataset": "string",
+    "defense": "string",
+    "device": "string",
+    "precision": "string",
+    "norm": "string",
+    "eps": "float64",
+    "n": "Int64",
+    "clean_acc": "float64",
+    "worst_case_acc": "float64",
+    "worst_case_acc_ci_low": "float64",
+    "worst_case_acc_ci_high": "float64",
+    "worst_case_acc_all_draws": "float64",  # an image counts only if it survives every draw of a randomized defense
+    "cells": "Int64",  # attacks × modes × ε (≤ this one) in the ensemble
+    "cells_not_ok": "Int64",  # cells of the ensemble that failed or were skipped: the worst case misses them
+    "unreliable_cells": "Int64",  # cells of the ensemble an indicator of attack failure flagged
+    "strongest": "string",  # the single cell at this ε with the lowest robust accuracy
+    "strongest_acc": "float64",
+    "broke_first": "string",  # JSON: attack label → images it broke first (order in the module docstring)
+    "only_broken_by": "string",  # JSON: attack label → images no other attack of the ensemble broke
+    "ensemble": "string",  # JSON list of the attack labels in the ensemble
+}
+IMAGE_COLUMNS = {"worst_case_id": "string", "image": "int64", "label": "int64", "survived": "bool",
+                 "survived_all_draws": "bool", "broken_first_by": "string"}
+
+
+def worst_case_id(model: str, norm: str, eps: float, defense: str, device: str, precision: str) -> str:
+    return "/".join([model, "worst-case", norm, f"eps={format_eps(eps)}", defense, device, precision])
+
+
+def attack_label(row: Any) -> str:
+    """``pgd ε=8/255`` for an oblivious attack, ``pgd (adaptive-bpda) ε=8/255`` for an adaptive one."""
+    mode = "" if row["eval_mode"] == "oblivious" else f" ({row['eval_mode']})"
+    return f"{row['attack']}{mode} ε={format_eps(row['eps'])}"
+
+
+def compute(df: pd.DataFrame, predictions: pd.DataFrame | None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The worst-case table and its per-image table from a run's results and predictions."""
+    empty = (pd.DataFrame({c: pd.Series(dtype=t) for c, t in COLUMNS.items()}),
+             pd.DataFrame({c: pd.Series(dtype=t) for c, t in IMAGE_COLUMNS.items()}))
+    if predictions is None or predictions.empty or df.empty:
+        return empty
+    bounded = df[df["eps"].notna() & (df["norm"].fillna("none") != "none")].copy()
+    if bounded.empty:
+        return empty
+    bounded["_order"] = range(len(bounded))  # suite order: attack order within an ε
+    attack_rank = {a: i for i, a in enumerate(dict.fromkeys(bounded["attack"]))}
+    by_cell = {cid: g.sort_values("image") for cid, g in predictions.groupby("cell_id")}
+    rows, images = [], []
+    for key, group in bounded.groupby(GROUP, sort=False, dropna=False):
+        ok = group[(group["status"] == "ok") & group["cell_id"].isin(list(by_cell))]
+        if ok.empty:
+            continue
+        ok = ok.assign(_rank=[(e, attack_rank[a], MODE_ORDER.get(m, 9), o) for e, a, m, o in
+                              zip(ok["eps"], ok["attack"], ok["eval_mode"], ok["_order"])]).sort_values("_rank")
+        first = by_cell[ok["cell_id"].iloc[0]]
+        labels = first["label"].to_numpy()
+        clean_ok = first["clean_pred"].to_numpy() == labels
+        broken = {cid: by_cell[cid]["robust_pred"].to_numpy() != labels for cid in ok["cell_id"]}
+        broken_all = {cid: ~by_cell[cid]["robust_all"].to_numpy().astype(bool) for cid in ok["cell_id"]}
+        names = {cid: attack_label(r) for cid, r in ok.set_index("cell_id").iterrows()}
+        for eps in sorted(ok["eps"].unique()):
+            ensemble = ok[ok["eps"] <= eps + 1e-12]
+            at_eps = ensemble[(ensemble["eps"] - eps).abs() <= 1e-12]
+            if at_eps.empty:
+                continue
+            ids = list(ensemble["cell_id"])
+            hit = [broken[c] for c in ids]
+            survived = clean_ok.copy()
+            survived_all = clean_ok.copy()
+            for c in ids:
+                survived &= ~broken[c]
+                survived_all &= ~broken_all[c]
+            first_by = []
+            for i in range(len(labels)):
+                if not clean_ok[i]:
+                    first_by.append("clean")
+                else:
+                    first_by.append(next((names[c] for c, h in zip(ids, hit) if h[i]), ""))
+            counts = pd.Series([f for f in first_by if f]).value_counts()
+            broke_first = {names[c]: int(counts.get(names[c], 0)) for c in ids}
+            if "clean" in counts:
+                broke_first["clean"] = int(counts["clean"])
+            only = {}
+            total = sum(h.astype(int) for h in hit)
+            for c, h in zip(ids, hit):
+                only[names[c]] = int((h & clean_ok & (total == 1)).sum())
+            n = len(labels)
+            k = int(survived.sum())
+            strongest = at_eps.sort_values(["robust_acc", "_rank"]).iloc[0]
+            model, defense, device, precision, norm = key
+            wid = worst_case_id(model, norm, eps, defense, device, precision)
+            all_cells = group[(group["eps"] <= eps + 1e-12)]
+            rows.append({
+                "suite": first_value(group, "suite"), "run_id": first_value(group, "run_id"), "worst_case_id": wid,
+                "model": model, "dataset": first_value(group, "dataset"), "defense": defense, "device": device,
+                "precision": precision, "norm": norm, "eps": eps, "n": n, "clean_acc": float(clean_ok.mean()),
+                "worst_case_acc": k / n, **dict(zip(("worst_case_acc_ci_low", "worst_case_acc_ci_high"), wilson(k, n))),
+                "worst_case_acc_all_draws": float(survived_all.mean()), "cells": len(ids),
+                "cells_not_ok": int((all_cells["status"] != "ok").sum()),
+                "unreliable_cells": int((ensemble.get("verdict", pd.Series(dtype=str)) == "unreliable").sum()),
+                "strongest": names[strongest["cell_id"]], "strongest_acc": float(strongest["robust_acc"]),
+                "broke_first": json.dumps(broke_first, ensure_ascii=False), "only_broken_by": json.dumps(only, ensure_ascii=False),
+                "ensemble": json.dumps([names[c] for c in ids], ensure_ascii=False),
+            })
+            images.append(pd.DataFrame({"worst_case_id": wid, "image": range(n), "label": labels, "survived": survived,
+                                        "survived_all_draws": survived_all, "broken_first_by": first_by}))
+    if not rows:
+        return empty
+    table = pd.DataFrame(rows, columns=list(COLUMNS)).astype(COLUMNS)
+    return table, pd.concat(images, ignore_index=True).astype(IMAGE_COLUMNS)
+
+
+def survival(df: pd.DataFrame, predictions: pd.DataFrame, *, model: str, defense: str, device: str, precision: str,
+             norm: str, eps: float, modes: tuple[str, ...] | None = None) -> pd.Series | None:
+    """Per image (indexed by image), whether it is classified correctly without attack and survived
+    every ok cell of the group at ≤ ε (only the cells of ``modes``, when given: e.g. the oblivious
+    ones alone); None when no such cell has predictions."""
+    cells = df[(df["status"] == "ok") & (df["model"] == model) & (df["defense"] == defense) & (df["device"] == device)
+               & (df["precision"] == precision) & (df["norm"] == norm) & (df["eps"] <= eps + 1e-12)]
+    if modes is not None:
+        cells = cells[cells["eval_mode"].isin(modes)]
+    preds = predictions[predictions["cell_id"].isin(list(cells["cell_id"]))]
+    if preds.empty:
+        return None
+    preds = preds.assign(ok=(preds["robust_pred"] == preds["label"]) & (preds["clean_pred"] == preds["label"]))
+    return preds.groupby("image")["ok"].all()
+
+
+def first_value(df: pd.DataFrame, column: str) -> Any:
+    values = df[column].dropna() if column in df else []
+    return values.iloc[0] if len(values) else None
+
+
+def write(df: pd.DataFrame, predictions: pd.DataFrame | None, run_dir: Path) -> pd.DataFrame:
+    """Write both tables into the run folder; return the worst-case table."""
+    table, images = compute(df, predictions)
+    write_table(table, Path(run_dir) / WORST_CASE_FILE)
+    write_table(images, Path(run_dir) / WORST_CASE_IMAGES_FILE)
+    return table
+
+
+def load(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """A run's worst-case tables: read when written, else computed from its results and predictions
+    (runs made before the worst case existed); None when the run has no per-image predictions."""
+    from bench.results import TABLE_FILE
+
+    run_dir = Path(run_dir)
+    if (run_dir / WORST_CASE_FILE).exists() and (run_dir / WORST_CASE_IMAGES_FILE).exists():
+        return pd.read_parquet(run_dir / WORST_CASE_FILE), pd.read_parquet(run_dir / WORST_CASE_IMAGES_FILE)
+    predictions = load_predictions(run_dir)
+    if predictions is None or not (run_dir / TABLE_FILE).exists():
+        return None
+    return compute(pd.read_parquet(run_dir / TABLE_FILE), predictions)
+
+
+def as_cells(table: pd.DataFrame) -> pd.DataFrame:
+    """The worst-case rows shaped as result rows (cell_id, robust_acc and its interval, n, …), so
+    tools that compare cells compare them too."""
+    if table is None or table.empty:
+        return pd.DataFrame()
+    return pd.DataFrame({
+        "cell_id": table["worst_case_id"], "status": "ok", "model": table["model"], "attack": "worst-case",
+        "eps": table["eps"], "norm": table["norm"], "defense": table["defense"], "eval_mode": "worst-case",
+        "device": table["device"], "precision": table["precision"], "n": table["n"],
+        "robust_acc": table["worst_case_acc"], "robust_acc_ci_low": table["worst_case_acc_ci_low"],
+        "robust_acc_ci_high": table["worst_case_acc_ci_high"],
+    })
+
+
+def image_outcomes(images: pd.DataFrame) -> dict[str, pd.Series]:
+    """worst_case_id → per-image survival (indexed by image), for paired tests."""
+    if images is None or images.empty:
+        return {}
+    return {wid: g.set_index("image")["survived"].astype(bool) for wid, g in images.groupby("worst_case_id")}
