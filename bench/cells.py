@@ -41,12 +41,14 @@ from bench.indicators import (
     at_chance,
     chance_accuracy,
     fires,
+    evidence as indicator_evidence,
     is_softmax,
     replayed,
     silent_successes,
     stability,
     stability_flags,
     still_improving,
+    where_it_failed,
 )
 from bench.queries import QueryLog, margins
 from bench.stats import wilson
@@ -207,11 +209,14 @@ class Workspace:
             raise prepared.with_traceback(None)
         return prepared
 
-    def warm_up(self, cell: CellSpec, prep: Prepared, batch_size: int) -> None:
+    def warm_up(self, cell: CellSpec, prep: Prepared, batch_size: int, n: int | None = None) -> None:
         """Untimed passes at every shape the timed regions will see: the full batch and the last,
-        shorter one, each without and with gradients. First-call overheads, compilation (and
-        recompilation for a new shape or grad mode) and cuDNN autotuning stay out of throughput."""
-        n = len(self.data(cell))
+        shorter one (of ``n`` images: all of them, or those a cascade attacks), each without and with
+        gradients. First-call overheads, compilation (and recompilation for a new shape or grad mode)
+        and cuDNN autotuning stay out of throughput."""
+        n = len(self.data(cell)) if n is None else n
+        if n == 0:
+            return
         sizes = {min(batch_size, n), n % batch_size or min(batch_size, n)} - prep.warm
         if not sizes:
             return
@@ -287,6 +292,7 @@ class Workspace:
         self.warm_up(cell, prep, batch_size)
         ds = self.data(cell)
         attacked_mask = self.standing(cell, prep)
+        self.warm_up(cell, prep, batch_size, int(attacked_mask.sum()))  # a cascade's last batch may be shorter
         counter = StepCounter(prep.model)
         # a randomized defense's draws while crafting (EOT averages eot_samples of them per gradient)
         draws = defense_registry.generator(cell.device, seed_of(cell.attack_seed, "craft"))
@@ -300,7 +306,7 @@ class Workspace:
         counter.images = 0
         draws.manual_seed(seed_of(cell.attack_seed, "craft"))  # the checks' draws do not shift the attack's
         norm = attack_registry.norm(cell.attack)
-        log = QueryLog(target, len(ds), norm, cell.attack.eps, cell.attack.targeted)
+        log = QueryLog(target, len(ds), norm, cell.attack.eps, cell.attack.targeted, device=cell.device)
         images, reached = ds.images.clone(), torch.zeros(len(ds), dtype=torch.bool)
         chosen = attacked_mask.nonzero().squeeze(1)
         watch = Stopwatch(cell.device)
@@ -327,9 +333,12 @@ class Workspace:
                     raise Interrupted()
         self.on_batch(max(0, -(-len(ds) // batch_size) - batches))  # batches a cascade did not need
         flags, evidence = _crafting_indicators(cell, log, reached, attacked_mask, zero_grad, len(ds))
+        # the query log's bookkeeping ran inside the attack's timed region: it is not the attack's time
+        seconds, logged = watch.seconds, log.watch.seconds
+        check_seconds += logged
         if log.backward_rows == 0:  # a score-based attack: gradients, masked or not, do not steer it
             stability_flags_ = [f for f in stability_flags_ if f != "shattered-gradients"]
-        return Adversarial(images, attacked_mask, reached, watch.seconds, counter.images, peak_memory_mb(cell.device),
+        return Adversarial(images, attacked_mask, reached, max(0.0, seconds - logged), counter.images, peak_memory_mb(cell.device),
                            batch_size, log.forward_rows, log.backward_rows, flags + stability_flags_,
                            {**evidence, **stability}, check_seconds)
 
@@ -506,11 +515,12 @@ def _measure(cell: CellSpec, ws: Workspace, prep: Prepared) -> dict[str, Any]:
     defense_seconds = defense_watch.seconds
     flags = list(adv.flags)
     flags += cell_flags(delta=norms[norm.lower()].max().item() if norm != "none" else linf,
-                        eps=cell.attack.eps, clean_changed=(clean_pred != undefended_pred).float().mean().item())
+                        eps=cell.attack.eps if bool(adv.attacked.any()) else None,  # nothing attacked: no budget to use
+                        clean_changed=(clean_pred != undefended_pred).float().mean().item())
     t0 = time.perf_counter()
-    extra_flags, evidence = _cell_indicators(cell, ws, prep, adv, clean_pred, robust_pred)
+    extra_flags, evidence = _cell_indicators(cell, ws, prep, adv, clean_pred, robust_pred, undefended_pred)
     check_seconds = adv.check_seconds + time.perf_counter() - t0
-    flags += extra_flags
+    flags = where_it_failed(flags + extra_flags, int(((clean_pred == ds.labels) & (robust_pred == ds.labels)).sum()))
     n_attacked = int(adv.attacked.sum())
     return {
         "n": n,
@@ -520,7 +530,7 @@ def _measure(cell: CellSpec, ws: Workspace, prep: Prepared) -> dict[str, Any]:
         "robust_acc_all_draws": survived.float().mean().item(),
         "eval_draws": draws,
         "flags": join_flags(flags),
-        "indicators": json.dumps({**adv.evidence, **evidence}, sort_keys=True),
+        "indicators": json.dumps(indicator_evidence({**adv.evidence, **evidence}), sort_keys=True),
         "unconstrained_success": evidence.get("unconstrained_success", math.nan),
         "linf_max": linf,
         "l2_mean": l2.mean().item(),
@@ -548,7 +558,7 @@ def _goal(pred: torch.Tensor, labels: torch.Tensor, target: int | None) -> torch
 
 
 def _cell_indicators(cell: CellSpec, ws: Workspace, prep: Prepared, adv: Adversarial, clean_pred: torch.Tensor,
-                     robust_pred: torch.Tensor) -> tuple[list[str], dict[str, Any]]:
+                     robust_pred: torch.Tensor, undefended_pred: torch.Tensor) -> tuple[list[str], dict[str, Any]]:
     """The indicators judged on one cell: on its real evaluation, its clean accuracy, and the
     unconstrained attack's images through this cell's defense (bench/indicators.py has the rules)."""
     ds = ws.data(cell)
@@ -561,8 +571,9 @@ def _cell_indicators(cell: CellSpec, ws: Workspace, prep: Prepared, adv: Adversa
             flags.append("transfer-failure")
     if ws.softmax(cell):
         flags.append("softmax-output")
-    evidence["chance_accuracy"] = chance_accuracy(labels, clean_pred)
-    if at_chance(labels, clean_pred):
+    # the model's own clean accuracy: a defense that wrecks it is defense-breaks-clean, not a wrong model
+    evidence["chance_accuracy"] = chance_accuracy(labels, undefended_pred)
+    if at_chance(labels, undefended_pred):
         flags.append("clean-at-chance")
     judged = _unconstrained_success(cell, ws, prep, adv, clean_pred, robust_pred)
     if judged is not None:
@@ -576,9 +587,11 @@ def _cell_indicators(cell: CellSpec, ws: Workspace, prep: Prepared, adv: Adversa
 
 def _unconstrained_success(cell: CellSpec, ws: Workspace, prep: Prepared, adv: Adversarial, clean_pred: torch.Tensor,
                            robust_pred: torch.Tensor) -> tuple[int, int] | None:
-    """(images broken, images judged) by the attack with an unbounded budget, through this cell's
-    defense, among images the defended model classifies correctly; None when not judged. An attack
-    without a budget is its own unconstrained attack, judged where it saw the model it is evaluated on."""
+    """(images broken, images judged) by the attack with an unbounded budget on the model it attacks
+    (the bare model for an oblivious attack: what a defense does to a transfer attack is the cell's
+    measurement, not an attack failure; model ∘ defense for an adaptive one), among images that model
+    classifies correctly; None when not judged. An attack without a budget is its own unconstrained
+    attack, judged where it saw the model it is evaluated on."""
     labels, target = ws.data(cell).labels, cell.attack.target
     if attack_registry.norm(cell.attack) == "none":
         if cell.eval_mode == "oblivious" and cell.defense.type != "none":
@@ -586,17 +599,15 @@ def _unconstrained_success(cell: CellSpec, ws: Workspace, prep: Prepared, adv: A
         right = (clean_pred == labels) & adv.attacked
         return (int((right & _goal(robust_pred, labels, target)).sum()), int(right.sum())) if bool(right.any()) else None
     crafted = ws.unconstrained(cell, prep)
-    if crafted is None:
+    if crafted is None or len(crafted[0]) == 0:
         return None
-    pick, images = crafted
-    keep = (clean_pred[pick] == labels[pick]) if len(pick) else torch.zeros(0, dtype=torch.bool)
-    if not bool(keep.any()):
-        return None
-    defense = defense_registry.build(cell.defense)
+    pick, images = crafted  # images the attacked model classifies correctly, and their unbounded adversarials
+    attacked = cell.defense if cell.eval_mode != "oblivious" else DefenseSpec("none")
+    defense = defense_registry.build(attacked)
     g = defense_registry.generator(cell.device, seed_of(cell.seed, "unconstrained-eval", cell.cell_id))
     with torch.no_grad():
-        pred = prep.model(defense(images[keep].to(cell.device).float().div_(255), g)).argmax(1).cpu()
-    return int(_goal(pred, labels[pick][keep], target).sum()), int(keep.sum())
+        pred = prep.model(defense(images.to(cell.device).float().div_(255), g)).argmax(1).cpu()
+    return int(_goal(pred, labels[pick], target).sum()), len(pick)
 
 
 def perturbation_norms(adv: torch.Tensor, clean: torch.Tensor) -> dict[str, torch.Tensor]:

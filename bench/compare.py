@@ -127,7 +127,7 @@ def _outcomes(path: str | Path, df: pd.DataFrame) -> tuple[dict[tuple[str, str],
                 out[(cid, "labels")] = g["label"]
                 out[(cid, "clean_acc")] = clean_ok
                 out[(cid, "robust_acc")] = robust_ok
-                out[(cid, "attack_success_rate")] = clean_ok & ~robust_ok
+                out[(cid, "attack_success_rate")] = ~robust_ok  # compared on images right without attack in both runs
                 if targets.get(cid) is not None:
                     out[(cid, "targeted_success_rate")] = g["robust_pred"] == targets[cid]
     loaded = worst_case.load(folder) if (Path(path).is_dir() or Path(path).name == TABLE_FILE) and (folder / TABLE_FILE).exists() else None
@@ -149,6 +149,9 @@ def _paired_p(base_out: dict, cand_out: dict, cell_id: str, rate: str) -> float 
     la, lb = base_out.get((cell_id, "labels")), cand_out.get((cell_id, "labels"))
     if a is None or b is None or la is None or lb is None or not la.index.equals(lb.index) or not la.equals(lb):
         return None
+    if rate == "attack_success_rate":  # a rate among the images right without attack: those right in both runs
+        both = base_out[(cell_id, "clean_acc")] & cand_out[(cell_id, "clean_acc")]
+        a, b = a[both], b[both]
     return paired(a.to_numpy(), b.to_numpy())[2]
 
 
@@ -324,13 +327,18 @@ def compare(baseline: str | Path, candidate: str | Path, abs_threshold: float | 
     (base, base_meta), (cand, cand_meta) = _load(baseline), _load(candidate)
     base_out, base_worst = _outcomes(baseline, base)
     cand_out, cand_worst = _outcomes(candidate, cand)
-    base = pd.concat([base, base_worst], ignore_index=True) if len(base_worst) else base
-    cand = pd.concat([cand, cand_worst], ignore_index=True) if len(cand_worst) else cand
+    worst_note = []
+    if len(base_worst) and len(cand_worst):  # worst cases compared like cells
+        base = pd.concat([base, base_worst], ignore_index=True)
+        cand = pd.concat([cand, cand_worst], ignore_index=True)
+    elif len(base_worst) or len(cand_worst):
+        worst_note = [f"Worst cases are not compared: only the {'baseline' if len(base_worst) else 'candidate'} has "
+                      "per-image predictions to make them from.", ""]
     base = base[base["status"] == "ok"].set_index("cell_id")
     cand_all = cand.set_index("cell_id")
     cand = cand_all[cand_all["status"] == "ok"]
     lines = ["# bench compare", "", f"Baseline `{baseline}`, candidate `{candidate}`.", ""]
-    lines += _suite_check(Path(baseline), Path(candidate), base_meta, cand_meta)
+    lines += _suite_check(Path(baseline), Path(candidate), base_meta, cand_meta) + worst_note
     matched = list(base.index.intersection(cand.index))
     rows, regressions, unpaired = [], 0, 0
     for cell_id in matched:

@@ -57,8 +57,9 @@ FLAGS: dict[str, Flag] = {f.code: f for f in (
     Flag("softmax-output", "the model returns probabilities (non-negative rows summing to 1), not logits: "
          "cross-entropy on them saturates and its gradients vanish",
          "return logits (drop the final softmax), or use a margin loss (apgd with loss: dlr)"),
-    Flag("clean-at-chance", "clean accuracy is within the 95 % interval of chance (what guessing without looking at "
-         "the image gets): wrong preprocessing, labels or weights; nothing else in the row means anything",
+    Flag("clean-at-chance", "the model's clean accuracy (without defense) is within the 95 % interval of chance (what "
+         "guessing without looking at the image gets): wrong preprocessing, labels or weights; nothing else in the row "
+         "means anything",
          "check the model's mean/std, input size and class order against its weights, and the data's labels"),
     Flag("eps-rise", "robust accuracy rises with ε for this model, attack, defense and mode: the attack is not "
          "finding the worst case (gradient masking, or a step size that overshoots)",
@@ -102,53 +103,86 @@ def cell_flags(*, delta: float, eps: float | None, clean_changed: float) -> list
     return out
 
 
-def cross_cell_flags(df: pd.DataFrame, predictions: pd.DataFrame | None = None,
-                     black_box: Iterable[str] = ()) -> dict[str, list[str]]:
-    """Flags that need several cells: cell_id → codes. ``black_box`` names the attack types that
-    only query scores; with ``predictions`` (per image) they are compared with the gradient attacks."""
+def cross_cell_flags(df: pd.DataFrame, predictions: pd.DataFrame | None = None, black_box: Iterable[str] = (),
+                     randomized: Iterable[str] = ()) -> dict[str, list[str]]:
+    """Flags that need several cells: cell_id → codes. With ``predictions`` (per image) two cells are
+    compared on the images both attacked (all of them, unless a cascade skipped some: a cascaded
+    row's robust accuracy counts images it never attacked), and the score-based attacks named in
+    ``black_box`` are compared with the gradient attacks; ``randomized`` names the defenses whose
+    evaluation draws differ from cell to cell (there one attack beating another can be luck)."""
     out: dict[str, list[str]] = {}
     ok = df[df["status"] == "ok"]
+    right = _per_image(predictions)
+
+    def accuracies(a: str, b: str, fallback: tuple[float, float]) -> tuple[float, float]:
+        """Robust accuracy of cells a and b on the images both attacked."""
+        if a not in right or b not in right:
+            return fallback
+        both = right[a]["attacked"] & right[b]["attacked"]
+        if not both.any():
+            return 0.0, 0.0
+        return float(right[a]["right"][both].mean()), float(right[b]["right"][both].mean())
+
     keys = ["model", "attack", "defense", "eval_mode", "device", "precision"]
     for _, group in ok[ok["eps"].notna()].groupby(keys):
         group = group.sort_values("eps")
-        acc = group["robust_acc"].tolist()
-        for i in range(1, len(acc)):
-            if acc[i] > acc[i - 1]:
-                out.setdefault(group["cell_id"].iloc[i], []).append("eps-rise")
+        ids, acc = group["cell_id"].tolist(), group["robust_acc"].tolist()
+        for i in range(1, len(ids)):
+            before, now = accuracies(ids[i - 1], ids[i], (acc[i - 1], acc[i]))
+            if now > before:
+                out.setdefault(ids[i], []).append("eps-rise")
     oblivious = ok[ok["eval_mode"] == "oblivious"].set_index(["model", "attack", "eps", "defense", "device", "precision"])
     for _, row in ok[ok["eval_mode"] != "oblivious"].iterrows():
         key = (row["model"], row["attack"], row["eps"], row["defense"], row["device"], row["precision"])
-        if key in oblivious.index and row["robust_acc"] > oblivious.loc[key, "robust_acc"]:
-            out.setdefault(row["cell_id"], []).append("adaptive-weaker")
-    if predictions is not None and len(predictions) and "attack_type" in ok:
-        for cell_id in _black_box_stronger(ok, predictions, set(black_box)):
+        if key in oblivious.index:
+            base = oblivious.loc[key]
+            obl, adaptive = accuracies(base["cell_id"], row["cell_id"], (base["robust_acc"], row["robust_acc"]))
+            if adaptive > obl:
+                out.setdefault(row["cell_id"], []).append("adaptive-weaker")
+    if right and "attack_type" in ok:
+        for cell_id in _black_box_stronger(ok, right, set(black_box), set(randomized)):
             out.setdefault(cell_id, []).append("black-box-stronger")
     return out
 
 
-def _black_box_stronger(ok: pd.DataFrame, predictions: pd.DataFrame, black_box: set[str]) -> list[str]:
-    """Gradient-attack cells of a (model, defense, device, precision, norm, ε) where a black-box
-    attack broke an image that every gradient attack there left standing."""
-    bounded = ok[ok["eps"].notna() & (ok["norm"] != "none")]
-    wrong = predictions.assign(broken=predictions["robust_pred"] != predictions["label"])
-    broken = {cid: g.set_index("image")["broken"] for cid, g in wrong.groupby("cell_id")}
+def _per_image(predictions: pd.DataFrame | None) -> dict[str, pd.DataFrame]:
+    """cell id → per image (index): ``right`` (robust prediction correct), ``attacked``."""
+    if predictions is None or predictions.empty:
+        return {}
+    p = predictions.assign(right=predictions["robust_pred"] == predictions["label"])
+    if "attacked" not in p:
+        p = p.assign(attacked=True)
+    return {cid: g.set_index("image")[["right", "attacked"]].astype(bool) for cid, g in p.groupby("cell_id")}
+
+
+def _black_box_stronger(ok: pd.DataFrame, right: dict[str, pd.DataFrame], black_box: set[str], randomized: set[str]) -> list[str]:
+    """Gradient-attack cells that attacked an image a black-box attack broke at the same (model,
+    defense, device, precision, norm, ε), and left it standing, as every gradient attack that
+    attacked it did. Only where the attacks saw the model they are evaluated on (no defense, or an
+    adaptive attack: through a defense an oblivious attack measures transfer, not failure), and not
+    through a randomized defense (each cell's evaluation draws differ)."""
+    cells = ok[ok["eps"].notna() & (ok["norm"] != "none") & ~ok["defense"].isin(randomized)]
+    cells = cells[(cells["defense"] == "none") | (cells["eval_mode"] != "oblivious")]
+    cells = cells[cells["cell_id"].isin(list(right))]
     out = []
-    for _, group in bounded.groupby(["model", "defense", "device", "precision", "norm", "eps"]):
+    for _, group in cells.groupby(["model", "defense", "device", "precision", "norm", "eps"]):
         is_bb = group["attack_type"].isin(black_box)
-        bb, grad = group[is_bb], group[~is_bb]
-        if bb.empty or grad.empty or not all(c in broken for c in group["cell_id"]):
+        if not is_bb.any() or is_bb.all():
             continue
-        by_bb = pd.concat([broken[c] for c in bb["cell_id"]], axis=1).any(axis=1)
-        by_grad = pd.concat([broken[c] for c in grad["cell_id"]], axis=1).any(axis=1)
-        if bool((by_bb & ~by_grad).any()):
-            out += list(grad["cell_id"])
+        broken_bb = pd.concat([~right[c]["right"] for c in group.loc[is_bb, "cell_id"]], axis=1).any(axis=1)
+        grad = list(group.loc[~is_bb, "cell_id"])
+        attacked = pd.concat([right[c]["attacked"] for c in grad], axis=1)
+        broken = pd.concat([~right[c]["right"] & right[c]["attacked"] for c in grad], axis=1)
+        missed = broken_bb & attacked.any(axis=1) & ~broken.any(axis=1)  # the gradient attacks had their chance
+        if missed.any():
+            out += [c for c, a in zip(grad, attacked.T.values) if a[missed.to_numpy()].any()]
     return out
 
 
 def apply_cross_cell(rows: list[dict[str, Any]], df: pd.DataFrame, predictions: pd.DataFrame | None = None,
-                     black_box: Iterable[str] = ()) -> None:
+                     black_box: Iterable[str] = (), randomized: Iterable[str] = ()) -> None:
     """Add the cross-cell flags to the rows and set every ok row's verdict, in place."""
-    extra = cross_cell_flags(df, predictions, black_box)
+    extra = cross_cell_flags(df, predictions, black_box, randomized)
     for row in rows:
         if row["cell_id"] in extra:
             row["flags"] = join(split(row.get("flags")) + extra[row["cell_id"]])

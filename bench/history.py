@@ -67,22 +67,22 @@ class Run:
     run_dir: Path
     meta: dict[str, Any]
     df: pd.DataFrame  # its rows, and its worst cases shaped as rows (bench.worst_case.as_cells)
-    _outcomes: dict[str, np.ndarray] | None = None
+    _outcomes: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
 
-    def outcomes(self) -> dict[str, np.ndarray]:
-        """cell id (or worst-case id) → per image, right (True) or wrong, in image order; empty
-        for a run without per-image predictions."""
+    def outcomes(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """cell id (or worst-case id) → (per image right or wrong, the images' labels), in image
+        order; empty for a run without per-image predictions."""
         if self._outcomes is None:
             self._outcomes = {}
             path = self.run_dir / PREDICTIONS_FILE
             if path.exists():
                 preds = pd.read_parquet(path, columns=["cell_id", "image", "label", "robust_pred"])
                 for cid, g in preds.sort_values("image").groupby("cell_id"):
-                    self._outcomes[cid] = (g["robust_pred"] == g["label"]).to_numpy()
+                    self._outcomes[cid] = ((g["robust_pred"] == g["label"]).to_numpy(), g["label"].to_numpy())
             loaded = worst_case.load(self.run_dir) if path.exists() else None
             if loaded is not None:
                 for wid, g in loaded[1].sort_values("image").groupby("worst_case_id"):
-                    self._outcomes[wid] = g["survived"].to_numpy(dtype=bool)
+                    self._outcomes[wid] = (g["survived"].to_numpy(dtype=bool), g["label"].to_numpy())
         return self._outcomes
 
     @property
@@ -229,7 +229,7 @@ def _segment(count: int, judge) -> list[tuple[int, float, float]]:
 
 
 def rate_steps(points: list[tuple[int, int] | None], spans: Iterable[range],
-               outcomes: list[np.ndarray | None] | None = None) -> list[tuple[int, float, float, float | None]]:
+               outcomes: list[tuple[np.ndarray, np.ndarray] | None] | None = None) -> list[tuple[int, float, float, float | None]]:
     """(run, median rate before, median rate after, p-value or None) of each step of a rate series
     (module docstring); ``outcomes`` are the runs' per-image outcomes of the series, where known."""
     found = []
@@ -253,15 +253,19 @@ def rate_steps(points: list[tuple[int, int] | None], spans: Iterable[range],
     return found
 
 
-def _paired_windows(outcomes: list[np.ndarray | None] | None, before: list[int], after: list[int]) -> float | None:
+def _paired_windows(outcomes: list[tuple[np.ndarray, np.ndarray] | None] | None, before: list[int],
+                    after: list[int]) -> float | None:
     """McNemar's p-value between the per-image majority outcomes of two windows of runs, or None
-    when a run of them has no per-image outcomes or the runs scored different numbers of images."""
+    when a run of them has no per-image outcomes or the runs did not score the same images (labels)."""
     if outcomes is None:
         return None
     sides = [[outcomes[i] for i in side] for side in (before, after)]
-    if any(o is None for side in sides for o in side) or len({len(o) for side in sides for o in side}) != 1:
+    if any(o is None for side in sides for o in side):
         return None
-    majority = [np.mean(np.stack(side), axis=0) >= 0.5 for side in sides]
+    labels = sides[0][0][1]
+    if any(len(o[1]) != len(labels) or not np.array_equal(o[1], labels) for side in sides for o in side):
+        return None
+    majority = [np.mean(np.stack([o[0] for o in side]), axis=0) >= 0.5 for side in sides]
     return paired(majority[0], majority[1])[2]
 
 

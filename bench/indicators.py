@@ -51,9 +51,22 @@ GRADIENT_COSINE = 0.5
 STABILITY_IMAGES = 8
 
 
+# Indicators about the attacked model rather than about particular images: they can only have cost
+# robust accuracy where an image survived the attack.
+MODEL_LEVEL = ("unavailable-gradients", "unstable-predictions", "shattered-gradients", "softmax-output", "unconstrained-fails")
+
+
 def fires(count: int, n: int) -> bool:
     """Whether ``count`` of ``n`` images is enough for a counting indicator to fire."""
     return count >= 1 and count >= MIN_SHARE * n
+
+
+def where_it_failed(flags: list[str], survivors: int) -> list[str]:
+    """The flags that apply to a cell whose attack left ``survivors`` images classified correctly.
+    Pintor et al. judge their indicators on the samples where the attack failed; with none (robust
+    accuracy 0), a masked gradient or an unstable model cannot have made the number too high, so the
+    model-level indicators do not fire there (their evidence is still in the row)."""
+    return flags if survivors > 0 else [f for f in flags if f not in MODEL_LEVEL]
 
 
 # -- from the attack's queries -------------------------------------------------------------------
@@ -117,7 +130,7 @@ def stability(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, seed: int
     """How the attacked model behaves around clean images ``x``: ``repeat`` (largest difference of two
     passes over the same input, declared randomness replayed, relative to the logits' scale),
     ``spread`` (median over images of the margin's change under tiny noise, relative to the median
-    margin) and ``cosine`` (median cosine between the input gradient at x and at x + that noise)."""
+    margin) and ``cosine`` (median cosine between the margin's input gradient at x and at x + that noise)."""
     x, labels = x[:STABILITY_IMAGES].detach(), labels[:STABILITY_IMAGES]
     gens, states = _with_generator_state(model)
     noise_g = torch.Generator(device="cpu").manual_seed(seed)
@@ -140,8 +153,10 @@ def stability(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, seed: int
     for point in (x, (x + noise).clamp(0, 1)):
         _replay(gens, states)
         p = point.clone().requires_grad_(True)
-        loss = F.cross_entropy(model(p).float(), labels, reduction="sum")
-        (g,) = torch.autograd.grad(loss, p)
+        z = model(p).float()
+        # the margin, not the cross-entropy: on a confident model the cross-entropy's gradient is rounding noise
+        own, other = z.gather(1, labels[:, None]).squeeze(1), z.scatter(1, labels[:, None], -math.inf).amax(1)
+        (g,) = torch.autograd.grad((own - other).sum(), p)
         grads.append(g.flatten(1))
     cosine = F.cosine_similarity(grads[0], grads[1], dim=1, eps=1e-30)
     usable = (grads[0].abs().sum(1) > 0) & (grads[1].abs().sum(1) > 0)  # zero gradients are another indicator's

@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 
 from bench.fastpath import Wrapper
+from bench.timing import Stopwatch
 
 # a query this far outside the ball still counts as inside it: attacks project in float
 _BUDGET_TOLERANCE = 1e-5
@@ -46,7 +47,7 @@ def margins(logits: torch.Tensor, goal: torch.Tensor, targeted: bool) -> torch.T
 class _Batch:
     images: torch.Tensor  # float, the clean batch being attacked
     goal: torch.Tensor  # the true labels (untargeted) or the target labels
-    index: torch.Tensor  # global image indices of the batch's rows
+    index: torch.Tensor  # global image indices of the batch's rows (on the images' device)
     flat: torch.Tensor = field(init=False)
     sampled: torch.Tensor = field(init=False)
 
@@ -61,25 +62,44 @@ class _Batch:
 class QueryLog(Wrapper):
     """A model wrapper that records the attack's queries (module docstring). ``norm`` and ``eps``
     are the attack's budget (``norm="none"``: unbounded, every query counts); ``n`` the number of
-    images in the whole crafting (records are per global image index)."""
+    images in the whole crafting (records are per global image index).
 
-    def __init__(self, model: nn.Module, n: int, norm: str = "Linf", eps: float | None = None, targeted: bool = False):
+    Recording stays on the model's device and never waits for it (no host sync per query), and it
+    times itself: ``watch.seconds`` is its own share of the attack's timed region, which the harness
+    takes out of the attack's time."""
+
+    def __init__(self, model: nn.Module, n: int, norm: str = "Linf", eps: float | None = None, targeted: bool = False,
+                 device: str | torch.device = "cpu"):
         super().__init__(model)
-        self.norm, self.eps, self.targeted = norm, eps, targeted
+        self.norm, self.eps, self.targeted, self.n = norm, eps, targeted, n
         self.recording = False
         self._batch: _Batch | None = None
+        self.watch = Stopwatch(device)
         self.forward_rows = 0  # query rows (images × forward passes), over the whole crafting
-        self.backward_rows = 0  # rows whose input gradient the attack asked for
-        self.found = torch.zeros(n, dtype=torch.bool)  # a query inside the budget reached the goal
-        self.dead_gradients = torch.zeros(n, dtype=torch.long)  # zero / non-finite gradient rows before the goal
-        self.gradient_rows = torch.zeros(n, dtype=torch.long)
+        self.backward_rows = 0  # rows whose input gradient the attack took
+        # per global image index, plus one slot (index n) for query rows that match no image
+        self._found = torch.zeros(n + 1, dtype=torch.int32, device=device)  # a query inside the budget reached the goal
+        self._dead = torch.zeros(n + 1, dtype=torch.long, device=device)  # zero / non-finite gradient rows before the goal
+        self._gradients = torch.zeros(n + 1, dtype=torch.long, device=device)
         self._trace: list[tuple[torch.Tensor, torch.Tensor]] = []  # (global index, margin) per query
+
+    @property
+    def found(self) -> torch.Tensor:
+        return self._found[: self.n].bool().cpu()
+
+    @property
+    def dead_gradients(self) -> torch.Tensor:
+        return self._dead[: self.n].cpu()
+
+    @property
+    def gradient_rows(self) -> torch.Tensor:
+        return self._gradients[: self.n].cpu()
 
     # -- recording --------------------------------------------------------------------------
 
     def begin(self, images: torch.Tensor, goal: torch.Tensor, index: torch.Tensor) -> None:
         """The batch the next attack call works on (its images in [0, 1], goal labels, global indices)."""
-        self._batch = _Batch(images.detach(), goal.detach().to(images.device), index.cpu())
+        self._batch = _Batch(images.detach(), goal.detach().to(images.device), index.to(images.device))
         self.recording = True
 
     def end(self) -> None:
@@ -89,75 +109,68 @@ class QueryLog(Wrapper):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.model(x)
         if self.recording and self._batch is not None and x.dim() == 4:
-            self._record(x, logits)
+            with self.watch.region():
+                self._record(x, logits)
         return logits
 
     def _record(self, x: torch.Tensor, logits: torch.Tensor) -> None:
         batch = self._batch
         self.forward_rows += x.shape[0]
-        self.backward_rows += x.shape[0] if x.requires_grad else 0
         with torch.no_grad():
             pos, inside = self._match(x.detach(), batch)
             matched = pos >= 0
-            if not bool(matched.any()):  # not a perturbation of this batch's images (counted, not judged)
-                return
-            rows = matched.nonzero().squeeze(1)
-            goal = batch.goal[pos[rows]]
-            margin = margins(logits[rows], goal, self.targeted)
+            safe = pos.clamp(min=0)
+            index = torch.where(matched, batch.index[safe], torch.full_like(pos, self.n))  # unmatched rows: slot n
+            margin = margins(logits, batch.goal[safe], self.targeted)
             reached = margin < 0
-            index = batch.index[pos[rows].cpu()]
-            self.found[index[(reached & inside[rows]).cpu()]] = True
-            self._trace.append((index, margin.cpu()))
-        if x.requires_grad:
-            x.register_hook(self._gradient_hook(rows, index, reached))
+            self._found.scatter_reduce_(0, index, (reached & inside).int(), "amax")
+            self._trace.append((index, margin))
+        if x.requires_grad and not getattr(x, "_bench_query_hook", False):
+            x.register_hook(self._gradient_hook(index, reached))
+            x._bench_query_hook = True  # one hook per tensor: an attack may query it several times (EOT)
 
-    def _gradient_hook(self, rows: torch.Tensor, index: torch.Tensor, reached: torch.Tensor):
+    def _gradient_hook(self, index: torch.Tensor, reached: torch.Tensor):
         def hook(grad: torch.Tensor) -> None:
-            with torch.no_grad():
-                g = grad.detach()[rows].flatten(1)
+            with self.watch.region(), torch.no_grad():
+                self.backward_rows += grad.shape[0]
+                g = grad.detach().flatten(1)
                 dead = ~torch.isfinite(g).all(1) | (g == 0).all(1)
-                self.gradient_rows.index_add_(0, index, torch.ones_like(index))
+                self._gradients.index_add_(0, index, torch.ones_like(index))
                 # a zero gradient at a point already past the goal is the loss saturating as designed (CW's κ)
-                self.dead_gradients.index_add_(0, index, (dead & ~reached).long().cpu())
+                self._dead.index_add_(0, index, (dead & ~reached).long())
             return None
 
         return hook
 
     def _match(self, x: torch.Tensor, batch: _Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Per query row: the batch position of the image it perturbs (-1 if none) and whether it
-        lies inside that image's budget."""
+        lies inside that image's budget. Rows of a whole-batch query are matched by position;
+        other rows (or rows outside their position's budget) to the image whose sampled values are
+        nearest, checked on every value. Tensor operations only: nothing waits for the device."""
         q = x.shape[0]
         flat = x.flatten(1).float()
-        pos = torch.full((q,), -1, dtype=torch.long, device=x.device)
-        inside = torch.zeros(q, dtype=torch.bool, device=x.device)
+        none = torch.full((q,), -1, dtype=torch.long, device=x.device)
         if flat.shape[1] != batch.flat.shape[1]:
-            return pos, inside
+            return none, torch.zeros(q, dtype=torch.bool, device=x.device)
         bounded = self.norm in ("Linf", "L2", "L1") and self.eps is not None
-        if q == batch.flat.shape[0]:  # the whole batch, in order: the usual case
-            if not bounded:
-                return torch.arange(q, device=x.device), torch.ones(q, dtype=torch.bool, device=x.device)
-            ok = self._distance(flat, batch.flat) <= self.eps + _BUDGET_TOLERANCE
-            pos[ok], inside[ok] = torch.arange(q, device=x.device)[ok], True
-        # the rest: the image whose sampled values are nearest, checked on every value
-        rest = (pos < 0).nonzero().squeeze(1)
-        if len(rest) == 0:
-            return pos, inside
-        sampled = flat[rest][:, batch.positions]
+        sampled = flat[:, batch.positions]
         if self.norm == "Linf":
             near = (sampled[:, None, :] - batch.sampled[None]).abs().amax(-1)
         else:
             near = torch.cdist(sampled, batch.sampled)
-        order = near.argsort(1)
-        for j, r in enumerate(rest.tolist()):
-            for candidate in order[j, :2].tolist():  # the nearest two by the sample; the full distance decides
-                d = self._distance(flat[r : r + 1], batch.flat[candidate : candidate + 1])[0]
-                if not bounded:
-                    pos[r], inside[r] = candidate, True
-                    break
-                if d <= self.eps + _BUDGET_TOLERANCE:
-                    pos[r], inside[r] = candidate, True
-                    break
-        return pos, inside
+        nearest = near.argmin(1)
+        if q == batch.flat.shape[0]:  # the whole batch, in order: the usual case
+            aligned = torch.arange(q, device=x.device)
+            if not bounded:
+                return aligned, torch.ones(q, dtype=torch.bool, device=x.device)
+            ok = self._distance(flat, batch.flat) <= self.eps + _BUDGET_TOLERANCE
+            candidate = torch.where(ok, aligned, nearest)
+        else:
+            candidate = nearest
+        if not bounded:
+            return candidate, torch.ones(q, dtype=torch.bool, device=x.device)
+        inside = self._distance(flat, batch.flat[candidate]) <= self.eps + _BUDGET_TOLERANCE
+        return torch.where(inside, candidate, none), inside
 
     def _distance(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         diff = a - b
@@ -173,8 +186,10 @@ class QueryLog(Wrapper):
         """Global image index → its margin at each query, in query order."""
         if not self._trace:
             return {}
-        index = torch.cat([i for i, _ in self._trace])
-        margin = torch.cat([m for _, m in self._trace])
+        index = torch.cat([i for i, _ in self._trace]).cpu()
+        margin = torch.cat([m for _, m in self._trace]).cpu()
+        keep = index < self.n
+        index, margin = index[keep], margin[keep]
         order = torch.argsort(index, stable=True)
         index, margin = index[order], margin[order]
         out: dict[int, torch.Tensor] = {}

@@ -339,7 +339,7 @@ def _evidence(code: str, ev: dict[str, Any], row: Any) -> str:
                                 if get("unconstrained_success") is not None else f"broke {_pct(row.get('attack_success_rate'))}"),
         "black-box-stronger": "a black-box attack broke images it left standing",
         "softmax-output": "outputs are probabilities",
-        "clean-at-chance": f"clean {_pct(row.get('clean_acc'))}, chance {_pct(get('chance_accuracy'))}",
+        "clean-at-chance": f"chance {_pct(get('chance_accuracy'))} (the model without defense)",
         "eps-rise": "more accuracy at a larger ε",
         "adaptive-weaker": "more accuracy than the oblivious attack",
         "short-delta": f"max ‖δ‖∞ {255 * row.get('linf_max', float('nan')):.1f}/255",
@@ -354,11 +354,15 @@ def _trust_section(df: pd.DataFrame) -> str:
 
     from bench.flags import FLAGS, split
 
+    from bench.flags import verdict
+
     ok = df[df["status"] == "ok"]
     if ok.empty:
         return "No cell ran, so there is nothing to trust yet."
-    verdicts = ok["verdict"] if "verdict" in ok else pd.Series([None] * len(ok), index=ok.index)
-    bad = ok[verdicts == "unreliable"]
+    # a table written before the verdict column (or rebuilt without it): the verdict its flags give
+    given = ok["verdict"] if "verdict" in ok else pd.Series([None] * len(ok), index=ok.index, dtype=object)
+    verdicts = [v if isinstance(v, str) and v else verdict(split(f)) for v, f in zip(given, ok["flags"])]
+    bad = ok[[v == "unreliable" for v in verdicts]]
     checked = [c for c, f in FLAGS.items() if f.unreliable and c != "zero-grad"]
     if bad.empty:
         return (f"As far as the indicators of attack failure can tell, yes: none fired on the {len(ok)} cells that ran "

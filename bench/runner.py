@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+from bench import defenses as defense_registry
 from bench import executors, worst_case
 from bench.attacks import BLACK_BOX
 from bench.cells import LOG_FILE, Interrupted, _now, _trace, data_key, load_datasets
@@ -253,7 +254,8 @@ def _execute(suite: Suite, cells: list, done_rows: list[dict[str, Any]], retry_r
             else:
                 meta.pop("error", None)
             predictions = predictions_frame(rows)
-            apply_cross_cell(rows, to_frame(rows), predictions, BLACK_BOX)
+            randomized = [d.label for d in suite.defenses if defense_registry.randomized(d)]
+            apply_cross_cell(rows, to_frame(rows), predictions, BLACK_BOX, randomized)
             table = to_frame(rows)
             write_table(table, run_dir / TABLE_FILE)
             write_table(predictions, run_dir / PREDICTIONS_FILE)

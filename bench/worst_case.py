@@ -86,7 +86,7 @@ def compute(df: pd.DataFrame, predictions: pd.DataFrame | None) -> tuple[pd.Data
         return empty
     bounded["_order"] = range(len(bounded))  # suite order: attack order within an ε
     attack_rank = {a: i for i, a in enumerate(dict.fromkeys(bounded["attack"]))}
-    by_cell = {cid: g.sort_values("image") for cid, g in predictions.groupby("cell_id")}
+    by_cell = {cid: g.sort_values("image") for cid, g in _complete(predictions).groupby("cell_id")}
     rows, images = [], []
     for key, group in bounded.groupby(GROUP, sort=False, dropna=False):
         ok = group[(group["status"] == "ok") & group["cell_id"].isin(list(by_cell))]
@@ -152,11 +152,21 @@ def compute(df: pd.DataFrame, predictions: pd.DataFrame | None) -> tuple[pd.Data
     return table, pd.concat(images, ignore_index=True).astype(IMAGE_COLUMNS)
 
 
+def _complete(predictions: pd.DataFrame) -> pd.DataFrame:
+    """Predictions with the columns runs made before the worst case existed lack: ``robust_all``
+    (one draw per image then) and ``attacked`` (no cascade then)."""
+    if "robust_all" not in predictions:
+        predictions = predictions.assign(robust_all=predictions["robust_pred"] == predictions["label"])
+    if "attacked" not in predictions:
+        predictions = predictions.assign(attacked=True)
+    return predictions
+
+
 def survival(df: pd.DataFrame, predictions: pd.DataFrame, *, model: str, defense: str, device: str, precision: str,
              norm: str, eps: float, modes: tuple[str, ...] | None = None) -> pd.Series | None:
     """Per image (indexed by image), whether it is classified correctly without attack and survived
     every ok cell of the group at ≤ ε (only the cells of ``modes``, when given: e.g. the oblivious
-    ones alone); None when no such cell has predictions."""
+    ones alone), as :func:`compute` counts it; None when no such cell has predictions."""
     cells = df[(df["status"] == "ok") & (df["model"] == model) & (df["defense"] == defense) & (df["device"] == device)
                & (df["precision"] == precision) & (df["norm"] == norm) & (df["eps"] <= eps + 1e-12)]
     if modes is not None:
@@ -164,8 +174,10 @@ def survival(df: pd.DataFrame, predictions: pd.DataFrame, *, model: str, defense
     preds = predictions[predictions["cell_id"].isin(list(cells["cell_id"]))]
     if preds.empty:
         return None
-    preds = preds.assign(ok=(preds["robust_pred"] == preds["label"]) & (preds["clean_pred"] == preds["label"]))
-    return preds.groupby("image")["ok"].all()
+    # the clean prediction is the (model, defense)'s, the same in every cell of the group: take one
+    clean = preds[preds["cell_id"] == preds["cell_id"].iloc[0]].set_index("image")
+    robust = (preds["robust_pred"] == preds["label"]).groupby(preds["image"]).all()
+    return (clean["clean_pred"] == clean["label"]).reindex(robust.index) & robust
 
 
 def first_value(df: pd.DataFrame, column: str) -> Any:
@@ -207,10 +219,3 @@ def as_cells(table: pd.DataFrame) -> pd.DataFrame:
         "robust_acc": table["worst_case_acc"], "robust_acc_ci_low": table["worst_case_acc_ci_low"],
         "robust_acc_ci_high": table["worst_case_acc_ci_high"],
     })
-
-
-def image_outcomes(images: pd.DataFrame) -> dict[str, pd.Series]:
-    """worst_case_id → per-image survival (indexed by image), for paired tests."""
-    if images is None or images.empty:
-        return {}
-    return {wid: g.set_index("image")["survived"].astype(bool) for wid, g in images.groupby("worst_case_id")}

@@ -39,16 +39,15 @@ def test_an_adaptive_attack_weaker_than_the_oblivious_one_is_flagged():
     assert cross_cell_flags(df) == {"c1": ["adaptive-weaker"]}
 
 
-def _bb_case(square_breaks_more: bool):
+def _bb_case(square_breaks_more: bool, defense="none", mode="oblivious", pgd_attacked=(True,) * 4):
     """Two cells at one (model, defense, ε): pgd and square; square breaks image 2 as well when asked."""
-    df = pd.DataFrame([
-        dict(cell_id="pgd", status="ok", model="m", attack="pgd", attack_type="pgd", defense="none", eval_mode="oblivious",
-             device="cpu", precision="fp32", norm="Linf", eps=8 / 255, robust_acc=0.5),
-        dict(cell_id="sq", status="ok", model="m", attack="square", attack_type="square", defense="none",
-             eval_mode="oblivious", device="cpu", precision="fp32", norm="Linf", eps=8 / 255, robust_acc=0.5),
-    ])
+    common = dict(status="ok", model="m", defense=defense, eval_mode=mode, device="cpu", precision="fp32", norm="Linf",
+                  eps=8 / 255, robust_acc=0.5)
+    df = pd.DataFrame([dict(cell_id="pgd", attack="pgd", attack_type="pgd", **common),
+                       dict(cell_id="sq", attack="square", attack_type="square", **common)])
     preds = pd.DataFrame({"cell_id": ["pgd"] * 4 + ["sq"] * 4, "image": [0, 1, 2, 3] * 2, "label": [0] * 8,
-                          "robust_pred": [1, 0, 0, 0] + [1, 0, 1 if square_breaks_more else 0, 0]})
+                          "robust_pred": [1, 0, 0, 0] + [1, 0, 1 if square_breaks_more else 0, 0],
+                          "attacked": list(pgd_attacked) + [True] * 4})
     return df, preds
 
 
@@ -60,6 +59,35 @@ def test_a_black_box_attack_that_breaks_what_every_gradient_attack_left_flags_th
     df, preds = _bb_case(square_breaks_more=True)  # at another ε the comparison does not apply
     df.loc[df["cell_id"] == "sq", "eps"] = 16 / 255
     assert cross_cell_flags(df, preds, black_box=("square",)) == {}
+
+
+def test_black_box_stronger_is_judged_only_where_the_gradient_attack_had_its_chance():
+    # adaptive attacks through a deterministic defense: judged
+    df, preds = _bb_case(True, defense="bits-5", mode="adaptive-bpda")
+    assert cross_cell_flags(df, preds, black_box=("square",)) == {"pgd": ["black-box-stronger"]}
+    # oblivious attacks through a defense measure transfer, not a failure of the attack
+    df, preds = _bb_case(True, defense="bits-5", mode="oblivious")
+    assert cross_cell_flags(df, preds, black_box=("square",)) == {}
+    # through a randomized defense each cell's evaluation draws differ: one beating the other can be luck
+    df, preds = _bb_case(True, defense="noise-0.05", mode="adaptive-bpda")
+    assert cross_cell_flags(df, preds, black_box=("square",), randomized=("noise-0.05",)) == {}
+    # a cascade skipped image 2 for pgd (square broke it first): pgd never had the chance
+    df, preds = _bb_case(True, pgd_attacked=(True, True, False, True))
+    assert cross_cell_flags(df, preds, black_box=("square",)) == {}
+
+
+def test_under_a_cascade_two_cells_are_compared_on_the_images_both_attacked():
+    # at 8/255 the cascade attacked only images 2 and 3 (0 and 1 were broken at 4/255, and keep their
+    # clean pixels: right); on the images both attacked (2 and 3), robust accuracy falls from 1 to 0
+    df = _rows(cells=[(4 / 255, 0.5, "oblivious"), (8 / 255, 0.5, "oblivious")])
+    preds = pd.DataFrame({"cell_id": ["c0"] * 4 + ["c1"] * 4, "image": [0, 1, 2, 3] * 2, "label": [0] * 8,
+                          "robust_pred": [1, 1, 0, 0] + [0, 0, 1, 1],
+                          "attacked": [True] * 4 + [False, False, True, True]})
+    assert cross_cell_flags(df, preds) == {}
+    df.loc[df["cell_id"] == "c1", "robust_acc"] = 0.75
+    preds.loc[(preds["cell_id"] == "c1") & (preds["image"] == 2), "robust_pred"] = 0  # 1 → 1/2: no rise either
+    assert cross_cell_flags(df, preds) == {}
+    assert cross_cell_flags(df) == {"c1": ["eps-rise"]}  # by the rates alone, the cascade's rows would seem to rise
 
 
 def test_the_verdict_is_unreliable_when_an_indicator_of_attack_failure_fired():

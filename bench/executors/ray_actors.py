@@ -210,12 +210,20 @@ class RayExecutor:
                 spawn(kind)
 
         while inflight or any(queue.values()):
-            for w in self._workers:
+            for w in list(self._workers):
                 if w.ready and w.group is None and queue[w.gpu]:
                     w.group = queue[w.gpu].popleft()
                     job.started(w.group.remaining[0])
                     if cascade and w.group.rows:  # a chain taken over: the worker first replays what landed
-                        w.handle.replay.remote(w.group.rows)
+                        try:  # (an idle worker: it answers at once)
+                            ray.get(w.handle.replay.remote(w.group.rows))
+                        except ray.exceptions.RayTaskError as exc:  # its own bug: the chain cannot go on right
+                            group, w.group = w.group, None
+                            yield from self._give_up(group, job, "failed", f"cascade replay failed: {one_line(exc)}")
+                            continue
+                        except ray.exceptions.RayError as exc:  # it died: as any lost worker
+                            yield from self._lost_worker(w, exc, inflight, queue, job, spawn)
+                            continue
                     for cell in w.group.remaining:
                         ref = w.handle.run.remote(cell)
                         inflight[ref], order[ref] = (w, cell), next(submitted)
