@@ -82,3 +82,18 @@ def test_nothing_is_recorded_outside_an_attack():
     with torch.no_grad():
         log(images)
     assert log.forward_rows == 0 and log.trajectories() == {}
+
+
+def test_a_targeted_attack_succeeds_only_at_its_target():
+    images = torch.stack([torch.full((3, 4, 4), v) for v in (0.40, 0.45)])
+
+    class Three(nn.Module):  # class 2 when the mean is above 0.55, class 1 above 1/2, else class 0
+        def forward(self, x):
+            m = x.mean(dim=(1, 2, 3))
+            return 10 * torch.stack([0.5 - m, m - 0.5, 2 * (m - 0.55)], 1)
+
+    log = QueryLog(Three(), n=2, norm="Linf", eps=0.2, targeted=True)
+    log.begin(images, torch.tensor([2, 2]), torch.arange(2))  # the goal: class 2
+    with torch.no_grad():
+        log(images + torch.tensor([0.12, 0.2]).view(2, 1, 1, 1))  # 0.52 (class 1: misclassified, not the target); 0.65
+    assert log.found.tolist() == [False, True]
