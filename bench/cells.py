@@ -336,7 +336,9 @@ class Workspace:
         # the query log's bookkeeping ran inside the attack's timed region: it is not the attack's time
         seconds, logged = watch.seconds, log.watch.seconds
         check_seconds += logged
-        if log.backward_rows == 0:  # a score-based attack: gradients, masked or not, do not steer it
+        # a score-based attack: gradients, masked or not, do not steer it; BPDA: its gradient is the model's own
+        # at the defended point, which jumps with the defense's discrete forward (what BPDA already bypasses)
+        if log.backward_rows == 0 or cell.eval_mode == "adaptive-bpda":
             stability_flags_ = [f for f in stability_flags_ if f != "shattered-gradients"]
         return Adversarial(images, attacked_mask, reached, max(0.0, seconds - logged), counter.images, peak_memory_mb(cell.device),
                            batch_size, log.forward_rows, log.backward_rows, flags + stability_flags_,
@@ -520,7 +522,9 @@ def _measure(cell: CellSpec, ws: Workspace, prep: Prepared) -> dict[str, Any]:
     t0 = time.perf_counter()
     extra_flags, evidence = _cell_indicators(cell, ws, prep, adv, clean_pred, robust_pred, undefended_pred)
     check_seconds = adv.check_seconds + time.perf_counter() - t0
-    flags = where_it_failed(flags + extra_flags, int(((clean_pred == ds.labels) & (robust_pred == ds.labels)).sum()))
+    # survivors among the images attacked: a cascade's unattacked images keep their clean pixels
+    survivors = int(((clean_pred == ds.labels) & (robust_pred == ds.labels) & adv.attacked).sum())
+    flags = where_it_failed(flags + extra_flags, survivors)
     n_attacked = int(adv.attacked.sum())
     return {
         "n": n,

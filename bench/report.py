@@ -364,6 +364,10 @@ def _trust_section(df: pd.DataFrame) -> str:
     verdicts = [v if isinstance(v, str) and v else verdict(split(f)) for v, f in zip(given, ok["flags"])]
     bad = ok[[v == "unreliable" for v in verdicts]]
     checked = [c for c, f in FLAGS.items() if f.unreliable and c != "zero-grad"]
+    judged = "indicators" in ok and bool(ok["indicators"].notna().any())
+    if bad.empty and not judged:
+        return ("Not known: this run was made before the indicators of attack failure existed, and none of its flags "
+                "marks a cell unreliable. Run the suite again to have its numbers checked.")
     if bad.empty:
         return (f"As far as the indicators of attack failure can tell, yes: none fired on the {len(ok)} cells that ran "
                 f"({', '.join(checked)}). They catch the known ways an attack fails; they do not prove robustness.")

@@ -256,3 +256,22 @@ def test_a_parquet_without_run_json_beside_it_says_the_suite_could_not_be_checke
     assert "suite could not be checked" in result.markdown and f"`{bare}`" in result.markdown
     # a run's results.parquet given directly is checked with the run.json beside it
     assert "could not be checked" not in compare(run / TABLE_FILE, run).markdown
+
+
+def test_two_identical_real_runs_compare_clean_with_their_worst_cases_matched(tmp_path):
+    from bench.runner import run_suite
+    from tests import masked_models as mm
+
+    doc = {"name": "twice", "seed": 0,
+           "data": {"source": "imagefolder", "path": str(mm.write_images(tmp_path / "data")), "image_size": 16},
+           "models": [mm.entry("robust")], "batch_size": 12, "defenses": ["none", {"type": "bit_depth", "bits": 5}],
+           "attacks": [{"name": "pgd", "type": "pgd", "eps": ["4/255", "8/255"], "steps": 5, "alpha": "2/255"},
+                       {"name": "square", "type": "square", "eps": "8/255", "n_queries": 100}]}
+    import yaml
+
+    path = tmp_path / "twice.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    runs = [run_suite(load_suite(path), tmp_path / "results", tmp_path / "reports").run_dir for _ in range(2)]
+    result = compare(*runs)
+    assert result.regressions == 0 and "Changes" not in result.markdown, result.markdown
+    assert "across 10 matched cells and worst cases" in result.markdown  # 6 cells + 2 defenses × 2 ε worst cases

@@ -111,6 +111,7 @@ def test_the_report_opens_with_whether_its_numbers_can_be_trusted():
     assert "m · fgsm · 8/255 · none · oblivious" in section and "**silent-success**: 3 image(s)" in section
     assert "- **silent-success** (1 cells):" in section and "Try: use an attack that keeps its best point" in section
     assert "m · pgd" not in section
-    # a table written before the verdict column: its flags decide
+    # a table written before the verdict column: its flags decide, and without one nothing is claimed
     old = render(to_frame([_row(flags="zero-grad")]), META)
     assert "1 of 1 cells are unreliable" in old.split("## Can these numbers be trusted?")[1].split("\n## ")[0]
+    assert "made before the indicators of attack failure existed" in render(to_frame([_row(flags="")]), META)
