@@ -568,7 +568,7 @@ def _plot_defenses(df: pd.DataFrame, path: Path, worst: pd.DataFrame | None = No
                 for (dev, prec), g in w.groupby(["device", "precision"], sort=False):
                     g = g.sort_values("eps")
                     lines.append((g["eps"] * 255, g["worst_case_acc"], "worst case, all attacks" + (f" {dev} {prec}" if many else ""),
-                                  "-", {"width": 3.5, "colour": "black"}))
+                                  "-", {"width": 4.0, "colour": "black", "alpha": 0.3}))  # under the lines it bounds
             panels.append((f"{model} · {attack} · {defense}", lines))
     return _draw(panels, path, "ε (×1/255)", "robust accuracy (%)")
 
@@ -629,7 +629,7 @@ def _draw(panels: list[tuple[str, list]], path: Path, xlabel: str, ylabel: str) 
                 colour = colours.setdefault(key, "0.35" if reference else f"C{len(colours) % 10}")
             (handle,) = ax.plot(x, 100 * y, marker="o", linestyle=style, color=colour, label=name,
                                 linewidth=opts.get("width", 1.5), alpha=opts.get("alpha", 1.0),
-                                zorder=5 if reference or "width" in opts else 2)
+                                zorder=5 if reference else 1 if "width" in opts else 2)
             legend.setdefault(name, handle)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel(xlabel)
