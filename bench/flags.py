@@ -65,7 +65,7 @@ FLAGS: dict[str, Flag] = {f.code: f for f in (
          "finding the worst case (gradient masking, or a step size that overshoots)",
          "use more steps or PGD with random restarts; check that ε and the step size fit together"),
     Flag("adaptive-weaker", "the adaptive attack leaves more accuracy than the oblivious one: its gradient through the "
-         "defense is wrong or masked", "try the other adaptive method (bpda / diff), more steps, or more eot_samples"),
+         "defense is wrong or masked", "the other adaptive method (bpda / diff), more steps, or more eot_samples"),
     Flag("short-delta", "the largest measured ‖δ‖ (in the attack's norm: L∞ or L2) is far below ε (under half): the "
          "attack did not use its budget (vanishing gradients, saturated softmax, or too small a step)",
          "raise the step size (alpha / lr) or the number of steps"),
