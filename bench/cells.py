@@ -379,7 +379,9 @@ class Workspace:
         pick = (clean == ds.labels).nonzero().squeeze(1)[:UNCONSTRAINED_IMAGES]
         if len(pick) == 0:
             return pick, ds.images[:0]
-        seed = seed_of(cell.seed, "unconstrained", *[str(k) for k in key])
+        # names only: a seed must not depend on where the files live (a factory's path is in its spec)
+        seed = seed_of(cell.seed, "unconstrained", cell.model.name, cell.attack.name, cell.device, cell.precision,
+                       *((cell.defense.label, cell.eval_mode) if cell.eval_mode != "oblivious" else ()))
         draws = defense_registry.generator(cell.device, seed)
         target = defense_registry.attack_model(prep.model, cell.defense, cell.eval_mode, cell.eot_samples, draws)
         x = ds.images[pick].float().div_(255).to(cell.device)

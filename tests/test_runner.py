@@ -490,3 +490,25 @@ def test_an_attack_that_leaves_the_model_training_fails_its_cells_only(run, tiny
     assert (df[df["attack"] == "fgsm"]["status"] == "failed").all()
     assert df[df["attack"] == "fgsm"]["reason"].str.contains("training mode").all()
     assert (df[df["attack"] == "pgd"]["status"] == "ok").all()  # the model was put back in eval mode
+
+
+def test_results_do_not_depend_on_where_the_files_live(run, tmp_path):
+    """Two checkouts of the same model file and data in different folders give the same table: no seed
+    (attack, defense draws, the indicators' checks) may depend on a path."""
+    import shutil
+
+    from tests import masked_models as mm
+
+    tables = []
+    for where in ("a", "b/deeper"):
+        root = tmp_path / where
+        root.mkdir(parents=True)
+        shutil.copy(mm.__file__, root / "mm.py")
+        doc = {"name": "where", "seed": 0, "batch_size": 12,
+               "data": {"source": "imagefolder", "path": str(mm.write_images(root / "data")), "image_size": 16},
+               "models": [{"name": "robust", "factory": str(root / "mm.py") + ":build", "kwargs": {"kind": "robust"}}],
+               "attacks": [{"name": "pgd", "type": "pgd", "eps": "8/255", "steps": 3, "alpha": "2/255"},
+                           {"name": "square", "type": "square", "eps": "8/255", "n_queries": 50}]}
+        tables.append(run(doc)[2])
+    cols = [c for c in COLUMNS if c not in VOLATILE_COLUMNS and c != "dataset"]  # the dataset's name holds its folder
+    pd.testing.assert_frame_equal(tables[0][cols], tables[1][cols])
