@@ -36,6 +36,7 @@ from bench.cascade import Cascade
 from bench.flags import cell_flags
 from bench.flags import join as join_flags
 from bench.indicators import (
+    REPEAT_TOLERANCE,
     UNCONSTRAINED_IMAGES,
     UNCONSTRAINED_SUCCESS,
     at_chance,
@@ -332,7 +333,8 @@ class Workspace:
                 if self.should_stop():
                     raise Interrupted()
         self.on_batch(max(0, -(-len(ds) // batch_size) - batches))  # batches a cascade did not need
-        flags, evidence = _crafting_indicators(cell, log, reached, attacked_mask, zero_grad, len(ds))
+        hidden_noise = stability.get("repeat_difference", 0.0) > REPEAT_TOLERANCE  # the same input, other outputs
+        flags, evidence = _crafting_indicators(cell, log, reached, attacked_mask, zero_grad, len(ds), hidden_noise)
         # the query log's bookkeeping ran inside the attack's timed region: it is not the attack's time
         seconds, logged = watch.seconds, log.watch.seconds
         check_seconds += logged
@@ -414,8 +416,10 @@ def _reaches(target: nn.Module, adv: torch.Tensor, goal: torch.Tensor, targeted:
 
 
 def _crafting_indicators(cell: CellSpec, log: QueryLog, reached: torch.Tensor, attacked: torch.Tensor, zero_grad: bool,
-                         n: int) -> tuple[list[str], dict[str, Any]]:
-    """The indicators judged on one crafting's queries (bench/indicators.py has the rules)."""
+                         n: int, hidden_noise: bool = False) -> tuple[list[str], dict[str, Any]]:
+    """The indicators judged on one crafting's queries (bench/indicators.py has the rules). On a
+    model that answers the same input differently (``hidden_noise``: unstable-predictions says so)
+    a query's success or a falling margin is luck, so those two are not judged there."""
     flags, evidence = [], {}
     dead = int(((log.dead_gradients > 0) & attacked).sum())
     evidence["dead_gradient_images"] = dead
@@ -424,7 +428,7 @@ def _crafting_indicators(cell: CellSpec, log: QueryLog, reached: torch.Tensor, a
         flags.append("unavailable-gradients")
     # a randomized attacked model (EOT, a random defense) reaches a goal on one draw and not the next:
     # a query's success there is luck, not a point the attack could have returned
-    random_path = cell.eval_mode != "oblivious" and defense_registry.randomized(cell.defense)
+    random_path = hidden_noise or (cell.eval_mode != "oblivious" and defense_registry.randomized(cell.defense))
     if random_path:
         evidence["silent_success_images"] = None
     else:
@@ -432,6 +436,9 @@ def _crafting_indicators(cell: CellSpec, log: QueryLog, reached: torch.Tensor, a
         evidence["silent_success_images"] = silent
         if fires(silent, n):
             flags.append("silent-success")
+    if hidden_noise:
+        evidence["still_improving_images"] = evidence["judged_for_improvement"] = None
+        return flags, evidence
     improving, judged = still_improving(log, reached, attacked)
     evidence["still_improving_images"], evidence["judged_for_improvement"] = int(improving.sum()), int(judged.sum())
     if fires(int(improving.sum()), n):

@@ -375,8 +375,13 @@ def _train(args: argparse.Namespace, console: Console) -> int:
 def _compare(args: argparse.Namespace) -> int:
     from bench.compare import compare
 
-    if not 0 < args.alpha < 1:
-        print(f"error: --alpha must be in (0, 1), got {args.alpha}", file=sys.stderr)
+    problems = [f"--alpha must be in (0, 1), got {args.alpha}" if not 0 < args.alpha < 1 else "",
+                f"--abs-threshold must be in [0, 1] (0.05 = 5 points), got {args.abs_threshold}"
+                if args.abs_threshold is not None and not 0 <= args.abs_threshold <= 1 else "",
+                f"--min-throughput-ratio must be > 0, got {args.min_throughput_ratio}"
+                if args.min_throughput_ratio is not None and not args.min_throughput_ratio > 0 else ""]
+    if any(problems):
+        print(f"error: {next(p for p in problems if p)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     try:
         result = compare(args.baseline, args.candidate, args.abs_threshold, args.min_throughput_ratio, args.alpha)

@@ -12,6 +12,7 @@ Per-cell flags are raised while a cell runs; cross-cell flags (``eps-rise``, ``a
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from typing import Any, Iterable
@@ -50,7 +51,7 @@ FLAGS: dict[str, Flag] = {f.code: f for f in (
          "attack through BPDA or a smooth surrogate of the shattering part, or with a score-based attack (square)"),
     Flag("unconstrained-fails", "the same attack with an unbounded budget (ε = 1 for L∞, the largest possible "
          "radius for L2) could not break nearly every image: it cannot find adversarial examples on this model at all",
-         "fix the attack (steps, step size, loss) or the gradients before trusting any bounded number"),
+         "fix the attack (steps or n_queries, step size, loss) or the gradients before trusting any bounded number"),
     Flag("black-box-stronger", "a score-based black-box attack broke images that every gradient attack at the same ε "
          "left standing: the gradients mislead (gradient masking)",
          "trust the worst case over all attacks; attack through BPDA or with a margin loss"),
@@ -104,13 +105,15 @@ def cell_flags(*, delta: float, eps: float | None, clean_changed: float) -> list
 
 
 def cross_cell_flags(df: pd.DataFrame, predictions: pd.DataFrame | None = None, black_box: Iterable[str] = (),
-                     randomized: Iterable[str] = ()) -> dict[str, list[str]]:
+                     randomized: Iterable[str] = (), evidence: dict[str, dict[str, Any]] | None = None) -> dict[str, list[str]]:
     """Flags that need several cells: cell_id → codes. With ``predictions`` (per image) two cells are
     compared on the images both attacked (all of them, unless a cascade skipped some: a cascaded
     row's robust accuracy counts images it never attacked), and the score-based attacks named in
     ``black_box`` are compared with the gradient attacks; ``randomized`` names the defenses whose
-    evaluation draws differ from cell to cell (there one attack beating another can be luck)."""
+    evaluation draws differ from cell to cell (there one attack beating another can be luck).
+    ``evidence``, when given, receives cell_id → the numbers behind each flag."""
     out: dict[str, list[str]] = {}
+    evidence = {} if evidence is None else evidence
     ok = df[df["status"] == "ok"]
     right = _per_image(predictions)
 
@@ -131,6 +134,8 @@ def cross_cell_flags(df: pd.DataFrame, predictions: pd.DataFrame | None = None, 
             before, now = accuracies(ids[i - 1], ids[i], (acc[i - 1], acc[i]))
             if now > before:
                 out.setdefault(ids[i], []).append("eps-rise")
+                evidence.setdefault(ids[i], {})["eps_rise"] = {"smaller_eps": float(group["eps"].iloc[i - 1]),
+                                                               "accuracy_there": before, "accuracy_here": now}
     oblivious = ok[ok["eval_mode"] == "oblivious"].set_index(["model", "attack", "eps", "defense", "device", "precision"])
     for _, row in ok[ok["eval_mode"] != "oblivious"].iterrows():
         key = (row["model"], row["attack"], row["eps"], row["defense"], row["device"], row["precision"])
@@ -139,9 +144,11 @@ def cross_cell_flags(df: pd.DataFrame, predictions: pd.DataFrame | None = None, 
             obl, adaptive = accuracies(base["cell_id"], row["cell_id"], (base["robust_acc"], row["robust_acc"]))
             if adaptive > obl:
                 out.setdefault(row["cell_id"], []).append("adaptive-weaker")
+                evidence.setdefault(row["cell_id"], {})["adaptive_weaker"] = {"oblivious_accuracy": obl, "adaptive_accuracy": adaptive}
     if right and "attack_type" in ok:
-        for cell_id in _black_box_stronger(ok, right, set(black_box), set(randomized)):
+        for cell_id, images in _black_box_stronger(ok, right, set(black_box), set(randomized)):
             out.setdefault(cell_id, []).append("black-box-stronger")
+            evidence.setdefault(cell_id, {})["black_box_only_images"] = images
     return out
 
 
@@ -155,7 +162,8 @@ def _per_image(predictions: pd.DataFrame | None) -> dict[str, pd.DataFrame]:
     return {cid: g.set_index("image")[["right", "attacked"]].astype(bool) for cid, g in p.groupby("cell_id")}
 
 
-def _black_box_stronger(ok: pd.DataFrame, right: dict[str, pd.DataFrame], black_box: set[str], randomized: set[str]) -> list[str]:
+def _black_box_stronger(ok: pd.DataFrame, right: dict[str, pd.DataFrame], black_box: set[str],
+                        randomized: set[str]) -> list[tuple[str, int]]:
     """Gradient-attack cells that attacked an image a black-box attack broke at the same (model,
     defense, device, precision, norm, ε), and left it standing, as every gradient attack that
     attacked it did. Only where the attacks saw the model they are evaluated on (no defense, or an
@@ -175,16 +183,25 @@ def _black_box_stronger(ok: pd.DataFrame, right: dict[str, pd.DataFrame], black_
         broken = pd.concat([~right[c]["right"] & right[c]["attacked"] for c in grad], axis=1)
         missed = broken_bb & attacked.any(axis=1) & ~broken.any(axis=1)  # the gradient attacks had their chance
         if missed.any():
-            out += [c for c, a in zip(grad, attacked.T.values) if a[missed.to_numpy()].any()]
+            out += [(c, int(a[missed.to_numpy()].sum())) for c, a in zip(grad, attacked.T.values) if a[missed.to_numpy()].any()]
     return out
 
 
 def apply_cross_cell(rows: list[dict[str, Any]], df: pd.DataFrame, predictions: pd.DataFrame | None = None,
                      black_box: Iterable[str] = (), randomized: Iterable[str] = ()) -> None:
-    """Add the cross-cell flags to the rows and set every ok row's verdict, in place."""
-    extra = cross_cell_flags(df, predictions, black_box, randomized)
+    """Add the cross-cell flags (and their numbers, to ``indicators``) to the rows and set every ok
+    row's verdict, in place: empty for a cell whose attack ran on no image (a cascade found every
+    image already broken), where there is nothing to judge."""
+    numbers: dict[str, dict[str, Any]] = {}
+    extra = cross_cell_flags(df, predictions, black_box, randomized, numbers)
     for row in rows:
         if row["cell_id"] in extra:
             row["flags"] = join(split(row.get("flags")) + extra[row["cell_id"]])
+        if row["cell_id"] in numbers:
+            try:
+                ev = json.loads(row["indicators"]) if isinstance(row.get("indicators"), str) else {}
+            except ValueError:
+                ev = {}
+            row["indicators"] = json.dumps({**ev, **numbers[row["cell_id"]]}, sort_keys=True)
         if row.get("status") == "ok":
-            row["verdict"] = verdict(split(row.get("flags")))
+            row["verdict"] = "" if row.get("n_attacked") == 0 else verdict(split(row.get("flags")))

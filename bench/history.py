@@ -36,7 +36,7 @@ import logging
 import math
 import statistics
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -66,7 +66,8 @@ class HistoryError(ValueError):
 class Run:
     run_dir: Path
     meta: dict[str, Any]
-    df: pd.DataFrame  # its rows, and its worst cases shaped as rows (bench.worst_case.as_cells)
+    df: pd.DataFrame  # its rows
+    worst: pd.DataFrame = field(default_factory=pd.DataFrame)  # its worst cases shaped as rows (worst_case.as_cells)
     _outcomes: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
 
     def outcomes(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -101,6 +102,11 @@ class Run:
     def ok(self) -> pd.DataFrame:
         return self.df[self.df["status"] == "ok"]
 
+    @property
+    def series(self) -> pd.DataFrame:
+        """Its ok rows and its worst cases: every rate series of the run."""
+        return pd.concat([self.ok, self.worst], ignore_index=True) if len(self.worst) else self.ok
+
 
 @dataclass
 class ChangePoint:
@@ -125,12 +131,11 @@ def load_runs(results_root: str | Path, suite: str, last: int | None = None) -> 
                 continue
             df, meta = load_run(run_dir)
             loaded = worst_case.load(run_dir)
-            if loaded is not None and len(loaded[0]):  # worst cases are series like any cell
-                df = pd.concat([df, worst_case.as_cells(loaded[0])], ignore_index=True)
+            worst = worst_case.as_cells(loaded[0]) if loaded is not None and len(loaded[0]) else pd.DataFrame()
         except Exception as exc:  # a run folder that cannot be read (a corrupt table): left out, said once
             log.warning("%s: left out of the history, cannot be read (%s: %s)", run_dir, type(exc).__name__, exc)
             continue
-        runs.append(Run(run_dir, meta, df))
+        runs.append(Run(run_dir, meta, df, worst))
     if not runs:
         raise HistoryError(f"no complete run of suite {suite!r} under {folder}")
     return runs[-last:] if last else runs
@@ -150,16 +155,18 @@ def segments(runs: list[Run]) -> list[range]:
 # Series
 
 
-def _long(runs: list[Run], columns: list[str], ok_only: bool = True) -> pd.DataFrame:
-    """The given columns of every run's (ok) rows in one frame, with the run's index in ``run``."""
-    parts = [(run.ok if ok_only else run.df)[columns].assign(run=i) for i, run in enumerate(runs)]
+def _long(runs: list[Run], columns: list[str], ok_only: bool = True, worst: bool = False) -> pd.DataFrame:
+    """The given columns of every run's (ok) rows in one frame, with the run's index in ``run``; with
+    ``worst``, its worst cases too."""
+    parts = [(run.series if worst else run.ok if ok_only else run.df).reindex(columns=columns).assign(run=i)
+             for i, run in enumerate(runs)]
     return pd.concat(parts, ignore_index=True)
 
 
 def rate_series(runs: list[Run], metric: str = "robust_acc") -> dict[str, list[tuple[int, int] | None]]:
     """cell id → per run (images right, images) of ``metric``, or None where the run has no ok row
     for the cell (a gap). Cells in suite order of their first appearance."""
-    long = _long(runs, ["cell_id", metric, "n"]).dropna()
+    long = _long(runs, ["cell_id", metric, "n"], worst=True).dropna()
     long = long[long["n"] > 0]
     out: dict[str, list[tuple[int, int] | None]] = {}
     for cell_id, i, value, n in zip(long["cell_id"], long["run"], long[metric], long["n"]):
@@ -170,9 +177,12 @@ def rate_series(runs: list[Run], metric: str = "robust_acc") -> dict[str, list[t
 def labels(runs: list[Run]) -> dict[str, str]:
     """cell id → "model · attack · ε · defense · mode · device · precision" (the cell id without the
     attack's argument digest)."""
-    long = _long(runs, ["cell_id", "model", "attack", "eps", "defense", "eval_mode", "device", "precision"], ok_only=False)
+    columns = ["cell_id", "model", "attack", "eps", "defense", "eval_mode", "device", "precision"]
+    long = pd.concat([_long(runs, columns, ok_only=False), _long(runs, columns, worst=True)], ignore_index=True)
     long = long.drop_duplicates("cell_id")
-    return {row[0]: " · ".join([row[1], row[2], format_eps(row[3]), *row[4:8]])
+    # a worst case: "lite0 · worst case · 4/255 · none · cpu · fp32" (no attack, no mode)
+    return {row[0]: " · ".join([row[1], "worst case", format_eps(row[3]), row[4], *row[6:8]] if row[5] == "worst-case"
+                               else [row[1], row[2], format_eps(row[3]), *row[4:8]])
             for row in zip(*(long[c] for c in long.columns[:8]))}
 
 

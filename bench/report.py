@@ -22,6 +22,9 @@ PLOT_TITLES = {
     "defenses": "Robust accuracy against ε, per defense (adaptive dashed, no defense dotted)",
     "quality": "Accuracy against JPEG quality",
 }
+CASCADE_NOTE = ("This run used `cascade: true`: each attack ran only on the images still standing (column n_attacked), and "
+                "a row counts the images its attack never ran on as they are without attack. Read the worst case over all "
+                "attacks above; a single row is not that attack's robust accuracy.")
 RATE_COLUMNS = {
     "robust_acc": "Robust accuracy (attacked, then defended)",
     "attack_success_rate": "Attack success rate (among images the defended model got right)",
@@ -83,6 +86,7 @@ def render(df: pd.DataFrame, meta: dict[str, Any], plot_names: list[str] | None 
                   "that finished.**"]
     elif meta.get("status") != "complete":
         lines += ["", f"**This run is {meta.get('status', 'incomplete')}: tables show only the cells that finished.**"]
+    cascade = bool((meta.get("resolved_suite") or {}).get("cascade"))
     lines += ["", "## Can these numbers be trusted?", "", _trust_section(df)]
     if worst is not None and len(worst):
         lines += ["", "## Worst case over all attacks", "", _worst_case_section(worst)]
@@ -98,11 +102,14 @@ def render(df: pd.DataFrame, meta: dict[str, Any], plot_names: list[str] | None 
         for col, title in RATE_COLUMNS.items():
             part = ok[ok[col].notna()]
             if len(part):
-                lines += ["", f"## {title}", "", _pivot(part, ["model", "attack", "ε", *extra], col)]
+                lines += ["", f"## {title}", ""]
+                if cascade:
+                    lines += [CASCADE_NOTE, ""]
+                lines += [_pivot(part, ["model", "attack", "ε", *extra], col)]
         accepted = _fakes_accepted(ok, meta, predictions, ["model", "attack", "ε", *extra])
         if accepted:
             lines += ["", "## Fakes accepted as real (share of fake images the detector calls real)", "", accepted]
-        comparison = _defense_comparison(ok, extra, predictions)
+        comparison = _defense_comparison(ok, extra, predictions, cascade)
         if comparison:
             lines += ["", "## Defense comparison", "", comparison]
         draws = _draws_table(ok, extra)
@@ -216,7 +223,8 @@ BROKEN_ADAPTIVE_GAIN = 0.02  # … but keeps no more than this against every att
 SIGNIFICANCE = 0.05  # the level at which the report calls a paired difference significant
 
 
-def _defense_comparison(ok: pd.DataFrame, extra: list[str], predictions: pd.DataFrame | None) -> str | None:
+def _defense_comparison(ok: pd.DataFrame, extra: list[str], predictions: pd.DataFrame | None,
+                        cascade: bool = False) -> str | None:
     """Per model (and norm): every defense ranked by its worst case over all attacks and modes, beside
     what it costs on clean images, what the oblivious attacks alone leave, its gain over no defense
     with McNemar's p-value on the same images, and a verdict on whether the oblivious gain survives
@@ -235,7 +243,7 @@ def _defense_comparison(ok: pd.DataFrame, extra: list[str], predictions: pd.Data
         epsilons = sorted(group["eps"].unique())
         base = {e: worst_case.survival(group, predictions, defense="none", eps=e, **where) for e in epsilons}
         clean0 = group[group["defense"] == "none"]["clean_acc"].iloc[0]
-        rows = [_defense_row(defense, d, epsilons, base, clean0, group, predictions, where)
+        rows = [_defense_row(defense, d, epsilons, base, clean0, group, predictions, where, cascade)
                 for defense, d in group.groupby("defense", sort=False)]
         table = pd.DataFrame([row for _, row in sorted(rows, key=lambda r: r[0])])
         table.insert(0, "rank", range(1, len(table) + 1))
@@ -252,6 +260,9 @@ def _defense_comparison(ok: pd.DataFrame, extra: list[str], predictions: pd.Data
         f"**broken by adaptive attack**: at some ε the oblivious attacks leave ≥ {100 * BROKEN_OBLIVIOUS_GAIN:.0f} points "
         f"more than without the defense, and every attack together ≤ {100 * BROKEN_ADAPTIVE_GAIN:.0f} points more. "
         f"A gain with p ≥ {SIGNIFICANCE} is not significant on these images."
+        + (" With `cascade: true` the oblivious attacks alone were not run on every image (images already broken, by "
+           "any attack, were skipped), so their worst case is not shown and no defense is called broken on it."
+           if cascade else "")
     )
 
 
@@ -260,7 +271,7 @@ def _p(p: float | None) -> str:
 
 
 def _defense_row(defense: str, d: pd.DataFrame, epsilons: list[float], base: dict, clean0: float, group: pd.DataFrame,
-                 predictions: pd.DataFrame, where: dict) -> tuple[tuple, dict]:
+                 predictions: pd.DataFrame, where: dict, cascade: bool = False) -> tuple[tuple, dict]:
     """One defense's row of the comparison and its sort key."""
     clean = d["clean_acc"].iloc[0]
     row = {"defense": defense, "clean acc (Δ)": f"{_pct(clean)} ({100 * (clean - clean0) + 0.0:+.0f})"}
@@ -268,7 +279,8 @@ def _defense_row(defense: str, d: pd.DataFrame, epsilons: list[float], base: dic
     strongest, gains = [], []
     for eps in epsilons:
         every = worst_case.survival(group, predictions, defense=defense, eps=eps, **where)
-        oblivious = worst_case.survival(group, predictions, defense=defense, eps=eps, modes=("oblivious",), **where)
+        oblivious = None if cascade else worst_case.survival(group, predictions, defense=defense, eps=eps,
+                                                             modes=("oblivious",), **where)
         if every is None:
             row[f"ε {format_eps(eps)}: oblivious → worst case (p)"] = "–"
             row[f"ε {format_eps(eps)}: gain (p)"] = "–"
@@ -283,7 +295,8 @@ def _defense_row(defense: str, d: pd.DataFrame, epsilons: list[float], base: dic
             gain = every.mean() - none.mean()
             p = paired(every, none)[2]
             row[f"ε {format_eps(eps)}: gain (p)"] = f"{100 * gain:+.0f} ({_p(p)})"
-            gains.append((None if oblivious is None else oblivious.mean() - none.mean(), gain, p))
+            gains.append((None if oblivious is None else oblivious.mean() - none.mean(), gain, p,
+                          None if oblivious is None else paired(oblivious, none)[2]))
         else:
             row[f"ε {format_eps(eps)}: gain (p)"] = "–"
         strongest.append(every.mean())
@@ -294,13 +307,16 @@ def _defense_row(defense: str, d: pd.DataFrame, epsilons: list[float], base: dic
     return (-(strongest[-1] or 0), -sum(known) / max(1, len(known)), -clean), row
 
 
-def _verdict(defense: str, adaptive: bool, gains: list[tuple[float | None, float, float]]) -> str:
+def _verdict(defense: str, adaptive: bool, gains: list[tuple[float | None, float, float, float | None]]) -> str:
+    """From per ε: (oblivious gain over none, every attack's gain, the latter's p, the former's p)."""
     if defense == "none":
         return "baseline"
     if not adaptive:
         return "not attacked adaptively"
-    if any(o is not None and o >= BROKEN_OBLIVIOUS_GAIN - 1e-9 and a <= BROKEN_ADAPTIVE_GAIN + 1e-9 for o, a, _ in gains):
-        return "**broken by adaptive attack**"
+    broken = [g for g in gains if g[0] is not None and g[0] >= BROKEN_OBLIVIOUS_GAIN - 1e-9 and g[1] <= BROKEN_ADAPTIVE_GAIN + 1e-9]
+    if broken:
+        p = min(g[3] for g in broken)
+        return "**broken by adaptive attack**" + ("" if p < SIGNIFICANCE else f" (its oblivious gain is not significant: p {_p(p)})")
     best = max(gains, key=lambda g: g[1], default=None)
     if best is None or best[1] <= BROKEN_ADAPTIVE_GAIN:
         return "no robust gain"
@@ -337,11 +353,15 @@ def _evidence(code: str, ev: dict[str, Any], row: Any) -> str:
         "shattered-gradients": f"gradient cosine {get('gradient_cosine')}",
         "unconstrained-fails": (f"unbounded attack broke {_pct(get('unconstrained_success'))} of {get('unconstrained_images')}"
                                 if get("unconstrained_success") is not None else f"broke {_pct(row.get('attack_success_rate'))}"),
-        "black-box-stronger": "a black-box attack broke images it left standing",
         "softmax-output": "outputs are probabilities",
         "clean-at-chance": f"chance {_pct(get('chance_accuracy'))} (the model without defense)",
-        "eps-rise": "more accuracy at a larger ε",
-        "adaptive-weaker": "more accuracy than the oblivious attack",
+        "eps-rise": (f"{_pct(get('eps_rise', {}).get('accuracy_here'))} here, {_pct(get('eps_rise', {}).get('accuracy_there'))} "
+                     f"at ε {format_eps(get('eps_rise', {}).get('smaller_eps'))}" if get("eps_rise") else "more accuracy at a larger ε"),
+        "adaptive-weaker": (f"{_pct(get('adaptive_weaker', {}).get('adaptive_accuracy'))} against the oblivious attack's "
+                            f"{_pct(get('adaptive_weaker', {}).get('oblivious_accuracy'))}" if get("adaptive_weaker")
+                            else "more accuracy than the oblivious attack"),
+        "black-box-stronger": (f"{get('black_box_only_images')} image(s) only a black-box attack broke"
+                               if get("black_box_only_images") else "a black-box attack broke images it left standing"),
         "short-delta": f"max ‖δ‖∞ {255 * row.get('linf_max', float('nan')):.1f}/255",
         "non-finite": "NaN or inf logits",
     }.get(code, "")
@@ -361,16 +381,21 @@ def _trust_section(df: pd.DataFrame) -> str:
         return "No cell ran, so there is nothing to trust yet."
     # a table written before the verdict column (or rebuilt without it): the verdict its flags give
     given = ok["verdict"] if "verdict" in ok else pd.Series([None] * len(ok), index=ok.index, dtype=object)
-    verdicts = [v if isinstance(v, str) and v else verdict(split(f)) for v, f in zip(given, ok["flags"])]
+    attacked = ok["n_attacked"] if "n_attacked" in ok else pd.Series([None] * len(ok), index=ok.index)
+    verdicts = ["" if not pd.isna(a) and a == 0 else v if isinstance(v, str) and v else verdict(split(f))
+                for v, f, a in zip(given, ok["flags"], attacked)]  # a cell that attacked nothing: nothing to judge
     bad = ok[[v == "unreliable" for v in verdicts]]
     checked = [c for c, f in FLAGS.items() if f.unreliable and c != "zero-grad"]
     judged = "indicators" in ok and bool(ok["indicators"].notna().any())
     if bad.empty and not judged:
         return ("Not known: this run was made before the indicators of attack failure existed, and none of its flags "
                 "marks a cell unreliable. Run the suite again to have its numbers checked.")
+    idle = int((ok["n_attacked"].fillna(-1) == 0).sum()) if "n_attacked" in ok else 0
+    idle_note = (f" {idle} of them attacked no image (a cascade: every image was already broken or misclassified), so "
+                 "there was nothing to judge there." if idle else "")
     if bad.empty:
         return (f"As far as the indicators of attack failure can tell, yes: none fired on the {len(ok)} cells that ran "
-                f"({', '.join(checked)}). They catch the known ways an attack fails; they do not prove robustness.")
+                f"({', '.join(checked)}). They catch the known ways an attack fails; they do not prove robustness.{idle_note}")
     rows, fired = [], {}
     for _, r in bad.head(TRUST_ROWS).iterrows():
         try:
@@ -389,7 +414,7 @@ def _trust_section(df: pd.DataFrame) -> str:
                 fired[c] = fired.get(c, 0) + 1
     lines = [f"**No, not all of them: {len(bad)} of {len(ok)} cells are unreliable** — an indicator of attack failure "
              "fired, so their robust accuracy is at best an upper bound. The worst case over all attacks (next section) "
-             "is the number to read; where every attack fails the same way, it is too high as well.", "",
+             f"is the number to read; where every attack fails the same way, it is too high as well.{idle_note}", "",
              pd.DataFrame(rows).to_markdown(index=False)]
     if len(bad) > TRUST_ROWS:
         lines.append(f"\n… and {len(bad) - TRUST_ROWS} more (results.parquet: columns verdict, flags, indicators).")
@@ -417,7 +442,7 @@ def _worst_case_section(worst: pd.DataFrame) -> str:
         only = {k: v for k, v in json.loads(r["only_broken_by"]).items() if v}
         detail.append({"model": r["model"], "defense": r["defense"], **{c: r[c] for c in extra}, "ε": r["ε"],
                        "worst case": _pct(r["worst_case_acc"]),
-                       "strongest single cell": f"{r['strongest']}: {_pct(r['strongest_acc'])}",
+                       "strongest single cell": f"{r['strongest']}: {_pct(r['strongest_acc'])}" if isinstance(r["strongest"], str) else "–",
                        "broke first (images)": ", ".join(f"{k} {v}" for k, v in first.items()) or "–",
                        "only it broke (images)": ", ".join(f"{k} {v}" for k, v in only.items()) or "–"})
     notes = []
@@ -437,7 +462,8 @@ def _worst_case_section(worst: pd.DataFrame) -> str:
         pd.DataFrame(detail).to_markdown(index=False),
         "'broke first': the first attack that broke each image, in the order ε ascending, then the suite's attack order, "
         "then oblivious, bpda, diff ('clean': misclassified without attack). 'only it broke': images no other attack of "
-        "the ensemble broke (with `cascade: true` later attacks never see images already broken, so this counts less).",
+        "the ensemble broke (with `cascade: true` an image is attacked until one attack breaks it, so there this is "
+        "'broke first' again; 'strongest single cell' is not shown, as a cascaded row counts images it never attacked).",
         *notes])
 
 

@@ -55,7 +55,7 @@ COLUMNS = {
     "cells": "Int64",  # attacks × modes × ε (≤ this one) in the ensemble
     "cells_not_ok": "Int64",  # cells of the ensemble that failed or were skipped: the worst case misses them
     "unreliable_cells": "Int64",  # cells of the ensemble an indicator of attack failure flagged
-    "strongest": "string",  # the single cell at this ε with the lowest robust accuracy
+    "strongest": "string",  # the single cell at this ε with the lowest robust accuracy (empty under a cascade)
     "strongest_acc": "float64",
     "broke_first": "string",  # JSON: attack label → images it broke first (order in the module docstring)
     "only_broken_by": "string",  # JSON: attack label → images no other attack of the ensemble broke
@@ -128,7 +128,9 @@ def compute(df: pd.DataFrame, predictions: pd.DataFrame | None) -> tuple[pd.Data
                 only[names[c]] = int((h & clean_ok & (total == 1)).sum())
             n = len(labels)
             k = int(survived.sum())
-            strongest = at_eps.sort_values(["robust_acc", "_rank"]).iloc[0]
+            # under a cascade a row's robust accuracy counts images its attack never ran on: no single cell to name
+            full = "n_attacked" not in at_eps or bool((at_eps["n_attacked"].isna() | (at_eps["n_attacked"] >= at_eps["n"])).all())
+            strongest = at_eps.sort_values(["robust_acc", "_rank"]).iloc[0] if full else None
             model, defense, device, precision, norm = key
             wid = worst_case_id(model, norm, eps, defense, device, precision)
             all_cells = group[(group["eps"] <= eps + 1e-12)]
@@ -140,7 +142,8 @@ def compute(df: pd.DataFrame, predictions: pd.DataFrame | None) -> tuple[pd.Data
                 "worst_case_acc_all_draws": float(survived_all.mean()), "cells": len(ids),
                 "cells_not_ok": int((all_cells["status"] != "ok").sum()),
                 "unreliable_cells": int((ensemble.get("verdict", pd.Series(dtype=str)) == "unreliable").sum()),
-                "strongest": names[strongest["cell_id"]], "strongest_acc": float(strongest["robust_acc"]),
+                "strongest": names[strongest["cell_id"]] if strongest is not None else None,
+                "strongest_acc": float(strongest["robust_acc"]) if strongest is not None else math.nan,
                 "broke_first": json.dumps(broke_first, ensure_ascii=False), "only_broken_by": json.dumps(only, ensure_ascii=False),
                 "ensemble": json.dumps([names[c] for c in ids], ensure_ascii=False),
             })

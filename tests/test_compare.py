@@ -150,6 +150,10 @@ def test_cli_exit_status_is_1_on_regression_and_0_otherwise(tmp_path, capsys):
     assert main(["compare", str(base), str(_write(tmp_path, "d", [_row("a", 0.62)])), "--out", str(tmp_path / "cmp.md")]) == 0
     assert (tmp_path / "cmp.md").read_text().startswith("# bench compare")
     assert main(["compare", str(tmp_path / "nope"), str(base)]) == 2
+    capsys.readouterr()
+    for bad in (["--alpha", "2"], ["--abs-threshold", "-1"], ["--min-throughput-ratio", "0"]):
+        assert main(["compare", str(base), str(base), *bad]) == 2, bad
+        assert capsys.readouterr().err.startswith("error: --")
 
 
 # --- throughput: noise does not cry wolf, a real slowdown does -------------------------------------

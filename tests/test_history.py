@@ -233,7 +233,7 @@ def test_a_step_on_the_same_images_is_found_by_mcnemars_test_where_intervals_ove
     for i in range(8):
         run = write_run(tmp_path, i, {cell(): (0, 100.0, 50.0)})
         _with_predictions(run, cell(), set(range(60 if i < 4 else 50)), n)
-    steps = [c for c in change_points(load_runs(tmp_path, "s")) if c.metric == "robust_acc" and "worst-case" not in c.series]
+    steps = [c for c in change_points(load_runs(tmp_path, "s")) if c.metric == "robust_acc" and "worst case" not in c.series]
     assert [(c.run, c.before, c.after) for c in steps] == [(4, 0.6, 0.5)]
     assert steps[0].p == pytest.approx(2 / 2**10)
     # without per-image predictions the same rates are within the intervals: no step
@@ -255,4 +255,6 @@ def test_the_worst_case_over_all_attacks_is_a_series_like_any_cell(tmp_path):
     assert worst == ["m/worst-case/Linf/eps=4/255/none/cpu/fp32"]
     assert series[worst[0]] == [(10, N)] * 6
     write_history(load_runs(tmp_path, "s"), tmp_path / "out")
-    assert "m · worst-case · 4/255 · none · worst-case · cpu · fp32" in (tmp_path / "out" / "history.md").read_text()
+    text = (tmp_path / "out" / "history.md").read_text()
+    assert "m · worst case · 4/255 · none · cpu · fp32" in text
+    assert "| 1 / 0 / 0 " in text  # the runs index counts the run's cells, not its worst cases

@@ -132,8 +132,9 @@ def unbounded_eps(norm_name: str, shape: tuple[int, ...]) -> float:
 
 def unbounded(spec: "AttackSpec", shape: tuple[int, ...]) -> "AttackSpec":
     """The same attack with an unbounded budget (Pintor et al.'s unconstrained attack): ε as
-    :func:`unbounded_eps`, and its pixel-unit step sizes scaled by the same factor, so it takes the
-    same number of steps of the same size relative to its budget."""
+    :func:`unbounded_eps`, its pixel-unit step sizes scaled by the same factor, so it takes the
+    same number of steps of the same size relative to its budget, and no random start (noise
+    over an unbounded ball would break the images without the attack's steps)."""
     from dataclasses import replace
 
     big = unbounded_eps(norm(spec), shape)
@@ -143,6 +144,8 @@ def unbounded(spec: "AttackSpec", shape: tuple[int, ...]) -> "AttackSpec":
         owners = _STEP_PARAMS.get(k, ())
         if k in _STEP_PARAMS and (owners is None or spec.type in owners) and isinstance(v, (int, float)) and not isinstance(v, bool):
             v = v * factor
+        if k == "random_start":  # uniform noise over an unbounded ball destroys the image by itself:
+            v = False  # the check is whether the attack's steps find adversarial examples
         params.append((k, v))
     return replace(spec, eps=big, params=tuple(params))
 
