@@ -243,3 +243,13 @@ def test_seeding_an_attack_leaves_the_global_generators_as_they_were():
         torch.rand(5), np.random.rand(5), random.random()
     after = torch.rand(2), np.random.rand(2), random.random()
     assert torch.equal(after[0], expected[0]) and (after[1] == expected[1]).all() and after[2] == expected[2]
+
+
+def test_the_unbounded_attack_keeps_its_step_relative_to_its_budget_and_starts_at_the_image():
+    from bench.attacks import unbounded
+
+    pgd = AttackSpec("pgd", "pgd", 8 / 255, (("alpha", 2 / 255), ("random_start", True), ("steps", 10)))
+    big = unbounded(pgd, (3, 16, 16))
+    assert big.eps == 1.0 and dict(big.params) == {"alpha": pytest.approx(0.25), "random_start": False, "steps": 10}
+    l2 = unbounded(AttackSpec("pgdl2", "pgdl2", 0.5, (("alpha", 0.1), ("steps", 10))), (3, 16, 16))
+    assert l2.eps == pytest.approx(768 ** 0.5) and dict(l2.params)["alpha"] == pytest.approx(0.1 * 768 ** 0.5 / 0.5)
