@@ -42,8 +42,8 @@ from bench.indicators import (
     at_chance,
     chance_accuracy,
     fires,
-    evidence as indicator_evidence,
     is_softmax,
+    json_values,
     replayed,
     silent_successes,
     stability,
@@ -258,7 +258,7 @@ class Workspace:
     def adversarial(self, cell: CellSpec, prep: Prepared) -> Adversarial:
         """The cell's adversarial images. Oblivious ones are crafted on the undefended model and
         reused across defenses; adaptive ones are crafted against this cell's defense."""
-        key = crafting_key(cell)
+        key = cell.crafting_key
         if key != self._adv_key:
             self._adv, self._adv_key = None, None  # free the previous group's images first
             try:
@@ -278,8 +278,8 @@ class Workspace:
         if self._served is None:
             self._served = {}
             for c in self.suite.cells():
-                self._served.setdefault(crafting_key(c), []).append(c.defense)
-        return self._served.get(crafting_key(cell), [cell.defense])
+                self._served.setdefault(c.crafting_key, []).append(c.defense)
+        return self._served.get(cell.crafting_key, [cell.defense])
 
     def standing(self, cell: CellSpec, prep: Prepared) -> torch.Tensor:
         """The images this cell's crafting attacks: all, or with `cascade: true` those still standing."""
@@ -349,7 +349,7 @@ class Workspace:
     def _model_checks(self, cell: CellSpec, target: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[list[str], dict]:
         """Stability of the model the attack works on (once per attacked model: the bare model for
         every oblivious crafting, model ∘ defense for each adaptive one)."""
-        key = (cell.model, cell.device, cell.precision) + ((cell.defense, cell.eval_mode) if cell.eval_mode != "oblivious" else ())
+        key = (cell.model, cell.device, cell.precision, *cell.crafted_through)
         if key not in self._stability:
             with seeded(seed_of(cell.seed, "stability", cell.model.name, cell.device), cell.device):
                 check = stability(target, x, y, seed_of(cell.seed, "stability-noise", cell.model.name))
@@ -365,25 +365,23 @@ class Workspace:
         norm = attack_registry.norm(cell.attack)
         if not self.suite.unconstrained_check or norm == "none" or cell.attack.eps is None:
             return None
-        key = (cell.model, cell.attack.name, cell.device, cell.precision) + (
-            (cell.defense, cell.eval_mode) if cell.eval_mode != "oblivious" else ())
+        key = (cell.model, cell.attack.name, cell.device, cell.precision, *cell.crafted_through)
         if key not in self._unconstrained:
-            self._unconstrained[key] = self._unconstrained_craft(cell, prep, key)
+            self._unconstrained[key] = self._unconstrained_craft(cell, prep)
         return self._unconstrained[key]
 
-    def _unconstrained_craft(self, cell: CellSpec, prep: Prepared, key: tuple):
+    def _unconstrained_craft(self, cell: CellSpec, prep: Prepared):
         ds = self.data(cell)
         variants = next((v for v in self.suite.attacks if cell.attack in v), (cell.attack,))
         template = max((a for a in variants if a.eps is not None), key=lambda a: a.eps)
         spec = attack_registry.unbounded(template, tuple(ds.images.shape[1:]))
-        attacked_defense = cell.defense if cell.eval_mode != "oblivious" else DefenseSpec("none")
-        clean, _ = self.clean(replace(cell, defense=attacked_defense), prep)
+        clean, _ = self.clean(replace(cell, defense=_attacked_defense(cell)), prep)
         pick = (clean == ds.labels).nonzero().squeeze(1)[:UNCONSTRAINED_IMAGES]
         if len(pick) == 0:
             return pick, ds.images[:0]
         # names only: a seed must not depend on where the files live (a factory's path is in its spec)
         seed = seed_of(cell.seed, "unconstrained", cell.model.name, cell.attack.name, cell.device, cell.precision,
-                       *((cell.defense.label, cell.eval_mode) if cell.eval_mode != "oblivious" else ()))
+                       *((cell.defense.label, cell.eval_mode) if cell.crafted_through else ()))
         draws = defense_registry.generator(cell.device, seed)
         target = defense_registry.attack_model(prep.model, cell.defense, cell.eval_mode, cell.eot_samples, draws)
         x = ds.images[pick].float().div_(255).to(cell.device)
@@ -402,10 +400,9 @@ class Workspace:
         return pick, defense_registry.to_uint8(adv).cpu()
 
 
-def crafting_key(cell: CellSpec) -> tuple:
-    """The cells that share one crafting: oblivious ones of every defense, adaptive ones per defense and method."""
-    key = (cell.model, cell.attack, cell.device, cell.precision)
-    return key + ((cell.defense, cell.eval_mode) if cell.eval_mode != "oblivious" else ())
+def _attacked_defense(cell: CellSpec) -> DefenseSpec:
+    """The defense in the model an attack works on: none for an oblivious attack, the cell's for an adaptive one."""
+    return cell.defense if cell.crafted_through else DefenseSpec("none")
 
 
 def _reaches(target: nn.Module, adv: torch.Tensor, goal: torch.Tensor, targeted: bool) -> torch.Tensor:
@@ -484,9 +481,6 @@ def run_cell(cell: CellSpec, ws: Workspace) -> dict[str, Any]:
             prep = ws.model(cell)
             row.update(_measure(cell, ws, prep))
         row["status"] = "ok"
-        if ws.suite.cascade:  # the images this cell broke are not attacked again at this ε or a larger one
-            pred = row[PREDICTIONS_KEY]
-            ws.cascade.record(cell, row["norm"], torch.tensor(pred["labels"]), torch.tensor(pred["robust"]))
     except CellSkipped as exc:
         row.update(status="skipped", reason=str(exc), weights=None)  # nothing was loaded
     except Exception as exc:  # anything a cell raises fails that cell alone; Ctrl-C is not an Exception
@@ -535,6 +529,8 @@ def _measure(cell: CellSpec, ws: Workspace, prep: Prepared) -> dict[str, Any]:
     survivors = int(((clean_pred == ds.labels) & (robust_pred == ds.labels) & adv.attacked).sum())
     flags = where_it_failed(flags + extra_flags, survivors)
     n_attacked = int(adv.attacked.sum())
+    if ws.suite.cascade:  # the images this cell broke are not attacked again at this ε or a larger one
+        ws.cascade.record(cell, norm, ds.labels, robust_pred)
     return {
         "n": n,
         "n_attacked": n_attacked,
@@ -543,7 +539,7 @@ def _measure(cell: CellSpec, ws: Workspace, prep: Prepared) -> dict[str, Any]:
         "robust_acc_all_draws": survived.float().mean().item(),
         "eval_draws": draws,
         "flags": join_flags(flags),
-        "indicators": json.dumps(indicator_evidence({**adv.evidence, **evidence}), sort_keys=True),
+        "indicators": json.dumps(json_values({**adv.evidence, **evidence}), sort_keys=True),
         "unconstrained_success": evidence.get("unconstrained_success", math.nan),
         "linf_max": linf,
         "l2_mean": l2.mean().item(),
@@ -615,8 +611,7 @@ def _unconstrained_success(cell: CellSpec, ws: Workspace, prep: Prepared, adv: A
     if crafted is None or len(crafted[0]) == 0:
         return None
     pick, images = crafted  # images the attacked model classifies correctly, and their unbounded adversarials
-    attacked = cell.defense if cell.eval_mode != "oblivious" else DefenseSpec("none")
-    defense = defense_registry.build(attacked)
+    defense = defense_registry.build(_attacked_defense(cell))
     g = defense_registry.generator(cell.device, seed_of(cell.seed, "unconstrained-eval", cell.cell_id))
     with torch.no_grad():
         pred = prep.model(defense(images.to(cell.device).float().div_(255), g)).argmax(1).cpu()

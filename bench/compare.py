@@ -51,8 +51,8 @@ from typing import Any
 import pandas as pd
 
 from bench import worst_case
-from bench.results import PREDICTIONS_FILE, RUN_FILE, TABLE_FILE, load_run
-from bench.stats import paired
+from bench.results import RUN_FILE, TABLE_FILE, load_run
+from bench.stats import format_p, paired
 
 # rate → +1 when higher is better for the defender, -1 when higher is worse
 RATES = {"clean_acc": +1, "robust_acc": +1, "attack_success_rate": -1, "targeted_success_rate": -1}
@@ -105,64 +105,47 @@ def _folder(path: str | Path) -> Path:
     return path if path.is_dir() else path.parent
 
 
-def _outcomes(path: str | Path, df: pd.DataFrame) -> tuple[dict[tuple[str, str], pd.Series], pd.DataFrame]:
-    """Per-image outcomes of a run, (cell id, rate) → booleans indexed by image, read from its
-    predictions and worst-case tables beside the table; and the worst-case rows shaped as cells."""
+def _outcomes(path: str | Path, df: pd.DataFrame) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
+    """Per-image outcomes of a run (:func:`bench.worst_case.per_image`, its cells' and worst cases'),
+    and its worst cases shaped as cells; nothing for a bare .parquet (only a run folder's own table,
+    or a copy named as one, has its predictions beside it)."""
+    if not (Path(path).is_dir() or Path(path).name == TABLE_FILE):
+        return {}, pd.DataFrame()
     folder = _folder(path)
-    out: dict[tuple[str, str], pd.Series] = {}
-    preds_path = folder / PREDICTIONS_FILE
-    # only a run folder's own table (or a copy named as one) has its predictions beside it
-    if Path(path).is_dir() or Path(path).name == TABLE_FILE:
-        preds = pd.read_parquet(preds_path) if preds_path.exists() else None
-        if preds is not None and len(preds):
-            targets = {}
-            for cid, args in zip(df["cell_id"], df["attack_args"] if "attack_args" in df else [None] * len(df)):
-                try:
-                    targets[cid] = json.loads(args).get("target") if isinstance(args, str) else None
-                except ValueError:
-                    targets[cid] = None
-            for cid, g in preds.groupby("cell_id"):
-                g = g.set_index("image").sort_index()
-                clean_ok, robust_ok = g["clean_pred"] == g["label"], g["robust_pred"] == g["label"]
-                out[(cid, "labels")] = g["label"]
-                out[(cid, "clean_acc")] = clean_ok
-                out[(cid, "robust_acc")] = robust_ok
-                out[(cid, "attack_success_rate")] = ~robust_ok  # compared on images right without attack in both runs
-                if targets.get(cid) is not None:
-                    out[(cid, "targeted_success_rate")] = g["robust_pred"] == targets[cid]
-    loaded = worst_case.load(folder) if (Path(path).is_dir() or Path(path).name == TABLE_FILE) and (folder / TABLE_FILE).exists() else None
-    cells = pd.DataFrame()
-    if loaded is not None:
-        table, images = loaded
-        cells = worst_case.as_cells(table)
-        for wid, g in images.groupby("worst_case_id"):
-            g = g.set_index("image").sort_index()
-            out[(wid, "labels")] = g["label"]
-            out[(wid, "robust_acc")] = g["survived"].astype(bool)
-    return out, cells
+    loaded = worst_case.load(folder)
+    outcomes = worst_case.per_image(folder, loaded[1] if loaded is not None else None)
+    targets = {}  # a targeted attack's success: the robust prediction is its target
+    for cid, args in zip(df["cell_id"], df["attack_args"] if "attack_args" in df else [None] * len(df)):
+        try:
+            targets[cid] = json.loads(args).get("target") if isinstance(args, str) else None
+        except ValueError:
+            targets[cid] = None
+    for cid, frame in outcomes.items():
+        if targets.get(cid) is not None:
+            frame["targeted"] = frame["robust_pred"] == targets[cid]
+    return outcomes, worst_case.as_cells(loaded[0]) if loaded is not None else pd.DataFrame()
+
+
+# rate → what it counts per image in worst_case.per_image's frames
+_PER_IMAGE = {"clean_acc": "clean_right", "robust_acc": "right", "attack_success_rate": "right", "targeted_success_rate": "targeted"}
 
 
 def _paired_p(base_out: dict, cand_out: dict, cell_id: str, rate: str) -> float | None:
     """McNemar's p-value of a rate change of one cell, or None when the runs' per-image outcomes
     cannot be paired (missing, or not the same images)."""
-    a, b = base_out.get((cell_id, rate)), cand_out.get((cell_id, rate))
-    la, lb = base_out.get((cell_id, "labels")), cand_out.get((cell_id, "labels"))
-    if a is None or b is None or la is None or lb is None or not la.index.equals(lb.index) or not la.equals(lb):
+    a, b, column = base_out.get(cell_id), cand_out.get(cell_id), _PER_IMAGE[rate]
+    if a is None or b is None or column not in a or column not in b or not a["label"].equals(b["label"]):
         return None
     if rate == "attack_success_rate":  # a rate among the images right without attack: those right in both runs
-        both = base_out[(cell_id, "clean_acc")] & cand_out[(cell_id, "clean_acc")]
+        both = a["clean_right"] & b["clean_right"]
         a, b = a[both], b[both]
-    return paired(a.to_numpy(), b.to_numpy())[2]
+    return paired(a[column].to_numpy(), b[column].to_numpy())[2]
 
 
 def _fmt(x: float, pct: bool = True) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "–"
     return f"{100 * x:.1f} %" if pct else f"{x:.2f}"
-
-
-def _fmt_p(p: float | None) -> str:
-    return "– (intervals)" if p is None else (f"{p:.3f}" if p >= 0.001 else "<0.001")
 
 
 def _num(x: Any) -> float:
@@ -361,7 +344,7 @@ def compare(baseline: str | Path, candidate: str | Path, abs_threshold: float | 
             verdict = ("regression" if worse else "improvement") if significant and beyond else "noise"
             regressions += verdict == "regression"
             rows.append({"cell": cell_id, "metric": rate, "baseline": _fmt(b[rate]), "candidate": _fmt(c[rate]),
-                         "Δ (points)": f"{100 * delta:+.1f}", "p (McNemar)": _fmt_p(p), "verdict": verdict})
+                         "Δ (points)": f"{100 * delta:+.1f}", "p (McNemar)": format_p(p, "– (intervals)"), "verdict": verdict})
     tp_table, tp_notes, tp_regressions = _throughput(base, cand, matched, min_throughput_ratio)
     regressions += tp_regressions
     missing = sorted(set(base.index) - set(cand.index))

@@ -45,9 +45,9 @@ import pandas as pd
 
 from bench import worst_case
 from bench.compare import THROUGHPUT_RULES
-from bench.results import PREDICTIONS_FILE, RUN_FILE, load_run, write_atomic
+from bench.results import RUN_FILE, load_run, write_atomic
 from bench.specs import format_eps
-from bench.stats import paired, wilson
+from bench.stats import format_p, paired, wilson
 
 ALPHA = 0.05  # significance of a rate step (McNemar's exact test on the windows' per-image outcomes)
 MIN_SIDE = 3  # runs (with data) on each side of a change point: their median outvotes one odd run, first, last or anywhere
@@ -68,22 +68,15 @@ class Run:
     meta: dict[str, Any]
     df: pd.DataFrame  # its rows
     worst: pd.DataFrame = field(default_factory=pd.DataFrame)  # its worst cases shaped as rows (worst_case.as_cells)
+    worst_images: pd.DataFrame | None = None  # and per image (worst_case.load's second table)
     _outcomes: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
 
     def outcomes(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """cell id (or worst-case id) → (per image right or wrong, the images' labels), in image
         order; empty for a run without per-image predictions."""
         if self._outcomes is None:
-            self._outcomes = {}
-            path = self.run_dir / PREDICTIONS_FILE
-            if path.exists():
-                preds = pd.read_parquet(path, columns=["cell_id", "image", "label", "robust_pred"])
-                for cid, g in preds.sort_values("image").groupby("cell_id"):
-                    self._outcomes[cid] = ((g["robust_pred"] == g["label"]).to_numpy(), g["label"].to_numpy())
-            loaded = worst_case.load(self.run_dir) if path.exists() else None
-            if loaded is not None:
-                for wid, g in loaded[1].sort_values("image").groupby("worst_case_id"):
-                    self._outcomes[wid] = (g["survived"].to_numpy(dtype=bool), g["label"].to_numpy())
+            self._outcomes = {cid: (f["right"].to_numpy(dtype=bool), f["label"].to_numpy())
+                              for cid, f in worst_case.per_image(self.run_dir, self.worst_images).items()}
         return self._outcomes
 
     @property
@@ -131,11 +124,11 @@ def load_runs(results_root: str | Path, suite: str, last: int | None = None) -> 
                 continue
             df, meta = load_run(run_dir)
             loaded = worst_case.load(run_dir)
-            worst = worst_case.as_cells(loaded[0]) if loaded is not None and len(loaded[0]) else pd.DataFrame()
+            worst, images = (worst_case.as_cells(loaded[0]), loaded[1]) if loaded is not None else (pd.DataFrame(), None)
         except Exception as exc:  # a run folder that cannot be read (a corrupt table): left out, said once
             log.warning("%s: left out of the history, cannot be read (%s: %s)", run_dir, type(exc).__name__, exc)
             continue
-        runs.append(Run(run_dir, meta, df, worst))
+        runs.append(Run(run_dir, meta, df, worst, images))
     if not runs:
         raise HistoryError(f"no complete run of suite {suite!r} under {folder}")
     return runs[-last:] if last else runs
@@ -405,11 +398,7 @@ _METRIC_NAMES = {"robust_acc": "robust accuracy", **{k: v for k, (v, _) in THROU
 
 
 def _p_text(c: ChangePoint) -> str:
-    if c.metric != "robust_acc":
-        return "–"
-    if c.p is None:
-        return "– (intervals)"
-    return f"{c.p:.3f}" if c.p >= 0.001 else "<0.001"
+    return format_p(c.p, "– (intervals)") if c.metric == "robust_acc" else "–"
 
 
 def _change_text(c: ChangePoint) -> str:

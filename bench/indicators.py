@@ -153,10 +153,8 @@ def stability(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, seed: int
     for point in (x, (x + noise).clamp(0, 1)):
         _replay(gens, states)
         p = point.clone().requires_grad_(True)
-        z = model(p).float()
         # the margin, not the cross-entropy: on a confident model the cross-entropy's gradient is rounding noise
-        own, other = z.gather(1, labels[:, None]).squeeze(1), z.scatter(1, labels[:, None], -math.inf).amax(1)
-        (g,) = torch.autograd.grad((own - other).sum(), p)
+        (g,) = torch.autograd.grad(margins(model(p), labels, False).sum(), p)
         grads.append(g.flatten(1))
     cosine = F.cosine_similarity(grads[0], grads[1], dim=1, eps=1e-30)
     usable = (grads[0].abs().sum(1) > 0) & (grads[1].abs().sum(1) > 0)  # zero gradients are another indicator's
@@ -195,7 +193,7 @@ def at_chance(labels: torch.Tensor, predictions: torch.Tensor) -> bool:
     return low <= chance_accuracy(labels, predictions)
 
 
-def evidence(counts: dict[str, Any]) -> dict[str, Any]:
+def json_values(counts: dict[str, Any]) -> dict[str, Any]:
     """The indicators' numbers as plain JSON values (a row's ``indicators`` column)."""
     out = {}
     for k, v in counts.items():

@@ -36,8 +36,9 @@ _SAMPLED_POSITIONS = 256  # values compared first when matching a query to an im
 
 def margins(logits: torch.Tensor, goal: torch.Tensor, targeted: bool) -> torch.Tensor:
     """Per row, how far the attack still is from its goal (< 0: reached): untargeted, the goal
-    class's logit minus the best other logit; targeted, the best non-target logit minus the target's."""
-    logits = logits.detach().float()
+    class's logit minus the best other logit; targeted, the best non-target logit minus the target's.
+    Differentiable (callers that only record it run it without autograd)."""
+    logits = logits.float()
     own = logits.gather(1, goal[:, None]).squeeze(1)
     others = logits.scatter(1, goal[:, None], -math.inf).amax(1)
     return others - own if targeted else own - others

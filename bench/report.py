@@ -13,7 +13,7 @@ import pandas as pd
 from bench import worst_case
 from bench.results import load_predictions, load_run, write_atomic
 from bench.specs import format_eps
-from bench.stats import paired
+from bench.stats import format_p, paired
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
@@ -266,10 +266,6 @@ def _defense_comparison(ok: pd.DataFrame, extra: list[str], predictions: pd.Data
     )
 
 
-def _p(p: float | None) -> str:
-    return "–" if p is None or pd.isna(p) else (f"{p:.3f}" if p >= 0.001 else "<0.001")
-
-
 def _defense_row(defense: str, d: pd.DataFrame, epsilons: list[float], base: dict, clean0: float, group: pd.DataFrame,
                  predictions: pd.DataFrame, where: dict, cascade: bool = False) -> tuple[tuple, dict]:
     """One defense's row of the comparison and its sort key."""
@@ -288,13 +284,13 @@ def _defense_row(defense: str, d: pd.DataFrame, epsilons: list[float], base: dic
             continue
         text = _pct(every.mean())
         if adaptive and oblivious is not None:
-            text = f"{_pct(oblivious.mean())} → {text} ({_p(paired(oblivious, every)[2])})"
+            text = f"{_pct(oblivious.mean())} → {text} ({format_p(paired(oblivious, every)[2])})"
         row[f"ε {format_eps(eps)}: oblivious → worst case (p)"] = text
         none = base.get(eps)
         if none is not None and defense != "none":
             gain = every.mean() - none.mean()
             p = paired(every, none)[2]
-            row[f"ε {format_eps(eps)}: gain (p)"] = f"{100 * gain:+.0f} ({_p(p)})"
+            row[f"ε {format_eps(eps)}: gain (p)"] = f"{100 * gain:+.0f} ({format_p(p)})"
             gains.append((None if oblivious is None else oblivious.mean() - none.mean(), gain, p,
                           None if oblivious is None else paired(oblivious, none)[2]))
         else:
@@ -316,11 +312,11 @@ def _verdict(defense: str, adaptive: bool, gains: list[tuple[float | None, float
     broken = [g for g in gains if g[0] is not None and g[0] >= BROKEN_OBLIVIOUS_GAIN - 1e-9 and g[1] <= BROKEN_ADAPTIVE_GAIN + 1e-9]
     if broken:
         p = min(g[3] for g in broken)
-        return "**broken by adaptive attack**" + ("" if p < SIGNIFICANCE else f" (its oblivious gain is not significant: p {_p(p)})")
+        return "**broken by adaptive attack**" + ("" if p < SIGNIFICANCE else f" (its oblivious gain is not significant: p {format_p(p)})")
     best = max(gains, key=lambda g: g[1], default=None)
     if best is None or best[1] <= BROKEN_ADAPTIVE_GAIN:
         return "no robust gain"
-    note = "" if best[2] < SIGNIFICANCE else f", not significant (p {_p(best[2])})"
+    note = "" if best[2] < SIGNIFICANCE else f", not significant (p {format_p(best[2])})"
     return f"keeps up to {100 * best[1]:+.0f} points against every attack{note}"
 
 

@@ -162,6 +162,17 @@ class CellSpec:
         )
 
     @property
+    def crafted_through(self) -> tuple:
+        """What the attack works on besides the model: (defense, method) for an adaptive attack, nothing
+        for an oblivious one (crafted on the bare model, it serves every defense)."""
+        return (self.defense, self.eval_mode) if self.eval_mode != "oblivious" else ()
+
+    @property
+    def crafting_key(self) -> tuple:
+        """The cells that share one crafting of adversarial images."""
+        return (self.model, self.attack, self.device, self.precision, *self.crafted_through)
+
+    @property
     def attack_seed(self) -> int:
         """Seed for crafting this cell's adversarial images. It depends on the model, attack, ε,
         device and precision, on the defense and mode only for adaptive attacks (oblivious ones

@@ -53,3 +53,10 @@ def paired(first, second) -> tuple[int, int, float]:
     b = sum(x and not y for x, y in zip(first, second))
     c = sum(y and not x for x, y in zip(first, second))
     return b, c, mcnemar(b, c)
+
+
+def format_p(p: float | None, missing: str = "–") -> str:
+    """A p-value as reports print it: three decimals, or <0.001; ``missing`` when there is none."""
+    if p is None or p != p:
+        return missing
+    return f"{p:.3f}" if p >= 0.001 else "<0.001"

@@ -26,6 +26,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from bench.results import WORST_CASE_FILE, WORST_CASE_IMAGES_FILE, load_predictions, write_table
@@ -112,12 +113,9 @@ def compute(df: pd.DataFrame, predictions: pd.DataFrame | None) -> tuple[pd.Data
             for c in ids:
                 survived &= ~broken[c]
                 survived_all &= ~broken_all[c]
-            first_by = []
-            for i in range(len(labels)):
-                if not clean_ok[i]:
-                    first_by.append("clean")
-                else:
-                    first_by.append(next((names[c] for c, h in zip(ids, hit) if h[i]), ""))
+            stacked = np.stack(hit)  # cells (in the order above) × images
+            first = np.array([names[c] for c in ids], dtype=object)[stacked.argmax(0)]
+            first_by = np.where(~clean_ok, "clean", np.where(stacked.any(0), first, "")).tolist()
             counts = pd.Series([f for f in first_by if f]).value_counts()
             broke_first = {names[c]: int(counts.get(names[c], 0)) for c in ids}
             if "clean" in counts:
@@ -208,6 +206,25 @@ def load(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame] | None:
     if predictions is None or not (run_dir / TABLE_FILE).exists():
         return None
     return compute(pd.read_parquet(run_dir / TABLE_FILE), predictions)
+
+
+def per_image(run_dir: Path, worst_images: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
+    """A run's per-image outcomes, for paired tests: cell id → a frame indexed by image with
+    ``label``, ``right`` (the robust prediction is), ``clean_right`` and ``robust_pred``; and, from
+    ``worst_images`` (:func:`load`'s second table), worst-case id → ``label`` and ``right`` (the image
+    survived every attack). Empty for a run without per-image predictions."""
+    predictions = load_predictions(Path(run_dir))
+    out: dict[str, pd.DataFrame] = {}
+    if predictions is not None:
+        for cid, g in predictions.groupby("cell_id"):
+            g = g.set_index("image").sort_index()
+            out[cid] = pd.DataFrame({"label": g["label"], "right": g["robust_pred"] == g["label"],
+                                     "clean_right": g["clean_pred"] == g["label"], "robust_pred": g["robust_pred"]})
+    if worst_images is not None:
+        for wid, g in worst_images.groupby("worst_case_id"):
+            g = g.set_index("image").sort_index()
+            out[wid] = pd.DataFrame({"label": g["label"], "right": g["survived"].astype(bool)})
+    return out
 
 
 def as_cells(table: pd.DataFrame) -> pd.DataFrame:

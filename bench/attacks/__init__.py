@@ -107,8 +107,10 @@ def lookup(type_name: Any) -> AttackInfo:
 _L2_ATTACKS = ("pgdl2", "pgdrsl2")
 # Score-based black-box attacks: they query outputs only, so gradient masking cannot fool them.
 BLACK_BOX = ("square", "spsa", "pixle", "onepixel")
-# Step sizes in pixel units, which an unbounded version of the attack scales with its budget.
-_STEP_PARAMS = {"alpha": None, "lr": ("spsa",)}
+# Step sizes in pixel units, which an unbounded version of the attack scales with its budget: every
+# attack's `alpha`, and SPSA's `lr` (the sgd attack's lr multiplies a gradient, not a budget).
+_STEP_PARAMS = {"alpha"}
+_STEP_PARAMS_OF = {"spsa": {"lr"}}
 
 
 def norm(spec: "AttackSpec") -> str:
@@ -139,10 +141,10 @@ def unbounded(spec: "AttackSpec", shape: tuple[int, ...]) -> "AttackSpec":
 
     big = unbounded_eps(norm(spec), shape)
     factor = big / spec.eps
+    steps = _STEP_PARAMS | _STEP_PARAMS_OF.get(spec.type, set())
     params = []
     for k, v in spec.params:
-        owners = _STEP_PARAMS.get(k, ())
-        if k in _STEP_PARAMS and (owners is None or spec.type in owners) and isinstance(v, (int, float)) and not isinstance(v, bool):
+        if k in steps and isinstance(v, (int, float)) and not isinstance(v, bool):
             v = v * factor
         if k == "random_start":  # uniform noise over an unbounded ball destroys the image by itself:
             v = False  # the check is whether the attack's steps find adversarial examples

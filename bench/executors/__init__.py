@@ -77,10 +77,7 @@ def group_key(cell: CellSpec, cascade: bool = False) -> tuple:
     precision (and, for adaptive cells, the defense and method). The unit of work of an executor.
     With a cascade every attack of a (model, device, precision) waits for the ones before it, so
     the unit is that whole chain (bench/cascade.py)."""
-    if cascade:
-        return (cell.model, cell.device, cell.precision)
-    return (cell.model, cell.attack, cell.device, cell.precision,
-            cell.defense if cell.eval_mode != "oblivious" else None, cell.eval_mode)
+    return (cell.model, cell.device, cell.precision) if cascade else cell.crafting_key
 
 
 def groups(cells: list[CellSpec], cascade: bool = False) -> list[list[CellSpec]]:

@@ -33,7 +33,7 @@ import ray.exceptions
 
 from bench import sources
 from bench.cells import Interrupted, Workspace, one_line, run_cell, unrun_row
-from bench.executors import ExecutorError, Job, groups
+from bench.executors import ExecutorError, Job, group_key, groups
 from bench.specs import CellSpec, ExecutorSpec
 
 log = logging.getLogger(__name__)
@@ -166,13 +166,13 @@ class RayExecutor:
     # --- the driver loop -------------------------------------------------------------------------
 
     def run(self, job: Job) -> Iterator[dict[str, Any]]:
-        cascade = bool(getattr(job.suite, "cascade", False))
+        cascade = job.suite.cascade
         todo = [_Group(g, g[0].device.startswith("cuda")) for g in groups(job.cells, cascade)]
         if cascade:  # rows of an earlier session of a resumed run: each chain's worker replays its own
+            chain = {c.cell_id: group_key(c, cascade=True) for c in job.suite.cells()}
             for g in todo:
-                first = g.cells[0]
-                g.rows = [r for r in job.done if (r.get("model"), r.get("device"), r.get("precision"))
-                          == (first.model.name, first.device, first.precision)]
+                key = group_key(g.cells[0], cascade=True)
+                g.rows = [r for r in job.done if chain.get(r.get("cell_id")) == key]
 
         if not self._places[True] and any(g.gpu for g in todo):
             for g in [g for g in todo if g.gpu]:
