@@ -9,6 +9,15 @@ PYTEST_ARGS ?=
 FACES_DATA ?= data/faces-proxy
 FACES_MODELS ?= models/faces
 RECIPES := custom_cnn resnet18_frozen resnet18_finetune
+# The faces suite's adversarially trained detector: custom_cnn on FGSM examples with a random start
+# (PGD with one step of 1.25 ε: Wong et al. 2020's fast adversarial training), at twice a plain run's cost.
+FACES_ADV := $(FACES_MODELS)/custom_cnn-pgd.pt
+FACES_TRAIN_EPS ?= 2/255
+
+# The robust suite: the digits CNN trained normally and on PGD examples at ROBUST_EPS (Madry et al.).
+DIGITS_MODELS ?= models/digits
+ROBUST_EPS ?= 0.15
+ROBUST_MODELS := $(DIGITS_MODELS)/digits_cnn.pt $(DIGITS_MODELS)/digits_cnn-pgd.pt
 
 # Perf gate: baselines live per device (GPU model, or CPU model and core count) so an H100 is never
 # compared with an A100. Commit benchmarks/baselines/<device>/ from the machine that gates.
@@ -22,7 +31,7 @@ NIGHTLY_SUITE ?= suites/nightly-gpu.yaml
 BASELINE_FILES = results.parquet run.json predictions.parquet worst_case.parquet worst_case_images.parquet
 NIGHTLY_BASELINE = benchmarks/nightly/$(shell $(BIN)/python -c "from bench.results import machine_slug; print(machine_slug())" 2>/dev/null)/results.parquet
 
-.PHONY: bench test install clean-results faces perf-baseline perf-gate nightly nightly-baseline
+.PHONY: bench test install clean-results faces robust perf-baseline perf-gate nightly nightly-baseline
 
 install: $(STAMP)
 
@@ -41,9 +50,23 @@ bench: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-# The faces workflow on the offline proxy: data (once), three detectors (once each), the suite.
-faces: $(STAMP) $(foreach r,$(RECIPES),$(FACES_MODELS)/$(r).pt)
+# The faces workflow on the offline proxy: data (once), four detectors (once each), the suite.
+faces: $(STAMP) $(foreach r,$(RECIPES),$(FACES_MODELS)/$(r).pt) $(FACES_ADV)
 	$(BIN)/bench run suites/faces.yaml
+
+$(FACES_ADV): $(FACES_DATA)/split.json
+	$(BIN)/bench train custom_cnn --adversarial pgd --train-eps $(FACES_TRAIN_EPS) --train-steps 1 \
+		--train-step-size 2.5/255 --data $(FACES_DATA) --out $(FACES_MODELS)
+
+# Robustness where there is some: both digits models (once each, on scikit-learn's digits), then the suite.
+robust: $(STAMP) $(ROBUST_MODELS)
+	$(BIN)/bench run suites/robust.yaml
+
+$(DIGITS_MODELS)/digits_cnn.pt: | $(STAMP)
+	$(BIN)/bench train digits_cnn --robust-eps $(ROBUST_EPS) --out $(DIGITS_MODELS)
+
+$(DIGITS_MODELS)/digits_cnn-pgd.pt: | $(STAMP)
+	$(BIN)/bench train digits_cnn --adversarial pgd --train-eps $(ROBUST_EPS) --out $(DIGITS_MODELS)
 
 $(FACES_DATA)/split.json: | $(STAMP)
 	$(BIN)/bench data faces --proxy --out $(FACES_DATA)

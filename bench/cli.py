@@ -120,14 +120,25 @@ def _parser() -> argparse.ArgumentParser:
     faces.add_argument("--train-per-class", type=int, default=500)
     faces.add_argument("--per-class", type=int, default=800, help="--proxy: images per class (>= 400)")
     faces.add_argument("--size", type=int, default=96, help="--proxy: image size in pixels")
-    tr = sub.add_parser("train", help="train a faces detector recipe")
-    tr.add_argument("recipe", help="custom_cnn, resnet18_frozen, resnet18_finetune, or all")
-    tr.add_argument("--data", type=Path, required=True, help="a folder made by `bench data faces`")
-    tr.add_argument("--out", type=Path, default=Path("models/faces"), help="where checkpoints and cards go")
+    tr = sub.add_parser("train", help="train a recipe (faces detectors, digits), standard or adversarial")
+    tr.add_argument("recipe", help="custom_cnn, resnet18_frozen, resnet18_finetune, digits_cnn, or all (the faces recipes)")
+    tr.add_argument("--data", default=None, help="a folder made by `bench data faces`, or digits "
+                    "(scikit-learn's, the fixed train/test split); default: digits for digits_cnn")
+    tr.add_argument("--out", type=Path, default=None, help="where checkpoints and cards go (default: models/faces, models/digits)")
     tr.add_argument("--epochs", type=int, default=None, help="default: the recipe's")
-    tr.add_argument("--image-size", type=int, default=None, help="default: the data's own size")
-    tr.add_argument("--batch-size", type=int, default=16)
+    tr.add_argument("--image-size", type=int, default=None, help="default: the recipe's or the data's own size")
+    tr.add_argument("--batch-size", type=int, default=None, help="default: 16 (faces), 64 (digits)")
     tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--adversarial", choices=("pgd", "trades"), default=None,
+                    help="train on L∞ adversarial examples: pgd (Madry et al.) or trades (Zhang et al.); "
+                    "the checkpoint is <recipe>-<method>.pt")
+    tr.add_argument("--train-eps", default=None, help="the training budget, e.g. 0.1 or 8/255 (required with --adversarial)")
+    tr.add_argument("--train-steps", type=int, default=None, help="attack steps per batch (default: the recipe's, 7 or 10)")
+    tr.add_argument("--train-step-size", default=None, help="default: 2.5 · ε / steps")
+    tr.add_argument("--trades-beta", type=float, default=6.0, help="trades: weight of the robustness term (default 6)")
+    tr.add_argument("--eps-warmup", type=int, default=None, help="epochs over which ε rises to its value (default: the recipe's)")
+    tr.add_argument("--robust-eps", default=None,
+                    help="measure the test accuracy under PGD at this ε after training (default: the training ε, if any)")
     cmp_ = sub.add_parser("compare", help="compare two runs cell by cell; exit 1 on regression")
     cmp_.add_argument("baseline", type=Path, help="run folder (results/<suite>/<run_id>) or results .parquet")
     cmp_.add_argument("candidate", type=Path)
@@ -351,24 +362,76 @@ class TrainProgress:
 
 
 def _train(args: argparse.Namespace, console: Console) -> int:
+    from bench.adversarial_training import AdversarialSpec
     from bench.faces import FacesError, read_split
-    from bench.train import RECIPES, train
+    from bench.perf import parse_eps
+    from bench.train import RECIPES, output_name, train
 
-    names = list(RECIPES) if args.recipe == "all" else [args.recipe]
+    faces = [n for n, r in RECIPES.items() if r.data == "faces"]
+    names = faces if args.recipe == "all" else [args.recipe]
     if any(n not in RECIPES for n in names):
         print(f"error: unknown recipe {args.recipe!r}; allowed: {', '.join(RECIPES)}, all", file=sys.stderr)
         return EXIT_BAD_INPUT
-    try:
-        read_split(args.data)
-    except FacesError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    kinds = {RECIPES[n].data for n in names}
+    data = args.data or ("digits" if kinds == {"digits"} else None)
+    problems = []
+    if data is None:
+        problems.append("--data is required for the faces recipes: a folder made by `bench data faces`")
+    elif (data == "digits") != (kinds == {"digits"}):
+        problems.append(f"recipe {args.recipe!r} trains on {' and '.join(sorted(kinds))} data; --data {data!r} is not that")
+    elif data != "digits":
+        try:
+            read_split(Path(data))
+        except FacesError as exc:
+            problems.append(str(exc))
+
+    def fraction(flag: str, text: str | None) -> float | None:
+        if text is None:
+            return None
+        try:
+            return parse_eps(text)
+        except (ValueError, ZeroDivisionError):
+            problems.append(f"{flag} must be a number or a fraction like 8/255, got {text!r}")
+            return None
+
+    train_eps, step_size, robust_eps = (fraction(f, v) for f, v in (("--train-eps", args.train_eps),
+                                        ("--train-step-size", args.train_step_size), ("--robust-eps", args.robust_eps)))
+    if robust_eps is not None and not 0 < robust_eps <= 1:
+        problems.append(f"--robust-eps must be in (0, 1], got {args.robust_eps}")
+    adversarial = None
+    if args.adversarial is None:
+        given = [f for f, v in (("--train-eps", args.train_eps), ("--train-step-size", args.train_step_size),
+                                ("--train-steps", args.train_steps), ("--eps-warmup", args.eps_warmup)) if v is not None]
+        if given:
+            problems.append(f"{', '.join(given)} only apply with --adversarial pgd or trades")
+    elif train_eps is None:
+        if args.train_eps is None:
+            problems.append("--adversarial needs --train-eps (e.g. 0.1 or 8/255)")
+    else:
+        try:
+            warmup = args.eps_warmup if args.eps_warmup is not None else max(RECIPES[n].eps_warmup for n in names)
+            steps = args.train_steps if args.train_steps is not None else max(RECIPES[n].train_steps for n in names)
+            adversarial = AdversarialSpec(args.adversarial, train_eps, steps, step_size, args.trades_beta, warmup)
+        except ValueError as exc:
+            problems.append(str(exc))
+    if args.epochs is not None and args.epochs < 1:
+        problems.append(f"--epochs must be at least 1, got {args.epochs}")
+    if args.batch_size is not None and args.batch_size < 1:
+        problems.append(f"--batch-size must be at least 1, got {args.batch_size}")
+    if problems:
+        for p in problems:
+            print(f"error: {p}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    out = args.out or Path("models") / ("digits" if data == "digits" else "faces")
+    batch_size = args.batch_size or (64 if data == "digits" else 16)
     for name in names:
-        card = train(name, args.data, args.out, epochs=args.epochs, image_size=args.image_size, seed=args.seed,
-                     batch_size=args.batch_size, progress=TrainProgress(console))
-        print(f"{name}: test accuracy {100 * card['test_acc']:.1f} % (train {100 * card['train_acc']:.1f} %), "
-              f"{card['train_seconds']:.0f} s, {card['arch']} from {card['weights_from'].split(' instead of')[0]}; "
-              f"{args.out / card['checkpoint']}")
+        card = train(name, data, out, epochs=args.epochs, image_size=args.image_size, seed=args.seed,
+                     batch_size=batch_size, progress=TrainProgress(console), adversarial=adversarial, robust_eps=robust_eps)
+        robust = card["robust_test"]
+        robust_text = f", under PGD at ε {robust['eps']:.4g} {100 * robust['acc']:.1f} %" if robust else ""
+        print(f"{output_name(name, adversarial)}: test accuracy {100 * card['test_acc']:.1f} % (train {100 * card['train_acc']:.1f} %)"
+              f"{robust_text}, {card['train_seconds']:.0f} s, {card['arch']} from {card['weights_from'].split(' instead of')[0]}; "
+              f"{out / card['checkpoint']}")
     return EXIT_OK
 
 

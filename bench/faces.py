@@ -198,12 +198,20 @@ def make_proxy(out: Path, per_class: int = 800, size: int = 96, seed: int = 0, t
     rng = np.random.default_rng(seed)
     reals = real_crops(2 * per_class, size, rng)
     kept, fake_sources = reals[:per_class], reals[per_class:]  # fakes come from crops not in the real class
-    gen = train_generator(fake_sources, seed)
     fakes = []
-    with torch.no_grad():
-        for i in range(0, per_class, 64):
-            x = torch.from_numpy(fake_sources[i : i + 64]).permute(0, 3, 1, 2).float() / 255
-            fakes.append((gen(x) * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy())
+    # One thread: float sums split over threads round differently, the generator's training drifts with
+    # them, and the same seed gave other fakes on a machine with another core count (and detectors
+    # trained on them another test accuracy). Restored afterwards.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        gen = train_generator(fake_sources, seed)
+        with torch.no_grad():
+            for i in range(0, per_class, 64):
+                x = torch.from_numpy(fake_sources[i : i + 64]).permute(0, 3, 1, 2).float() / 255
+                fakes.append((gen(x) * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy())
+    finally:
+        torch.set_num_threads(threads)
     fakes = np.concatenate(fakes)
     src = out / "source"
     for cls, arrays in (("real", kept), ("fake", fakes)):

@@ -86,6 +86,28 @@ class CustomCNN(nn.Module):
         return self.classifier(self.features(x))
 
 
+class SmallCNN(nn.Module):
+    """A small CNN for small images (the digits recipe, 32 px): three conv 3×3 + ReLU + max-pool
+    stages of ``width``, 2·``width``, 4·``width`` channels, then one linear layer. Small enough to
+    train adversarially in minutes on two CPU cores, large enough to become robust (Madry et al.:
+    capacity matters)."""
+
+    def __init__(self, num_classes: int = 10, input_size: int = 32, width: int = 16):
+        super().__init__()
+        layers: list[nn.Module] = []
+        size, cin = input_size, 3
+        for cout in (width, 2 * width, 4 * width):
+            layers += [nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2, 2)]
+            size, cin = size // 2, cout
+        if size < 1:
+            raise ValueError(f"input_size {input_size} is too small for small_cnn (needs at least 8)")
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(cin * size * size, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
 class _SameConv2d(nn.Conv2d):
     """Conv with TensorFlow's "SAME" padding (asymmetric at stride 2): the Lite0 weights were
     converted from TensorFlow, and symmetric padding shifts every feature map by half a pixel."""
@@ -240,11 +262,16 @@ def _build_custom_cnn(spec: "ModelSpec") -> nn.Module:
     return CustomCNN(num_classes=spec.num_classes, input_size=spec.input_size or 224)
 
 
+def _build_small_cnn(spec: "ModelSpec") -> nn.Module:
+    return SmallCNN(num_classes=spec.num_classes, input_size=spec.input_size or 32)
+
+
 ARCHS: dict[str, ArchInfo] = {
     "resnet18": ArchInfo(_build_resnet18, ("imagenet", None), 1000),
     # TensorFlow's Lite models were trained on inputs scaled to [-1, 1] (mean 127, std 128 on 0..255).
     "efficientnet_lite0": ArchInfo(_build_lite0, ("imagenet", None), 1000, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
     "custom_cnn": ArchInfo(_build_custom_cnn, (None,), 2),
+    "small_cnn": ArchInfo(_build_small_cnn, (None,), 10, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
 }
 
 

@@ -154,12 +154,10 @@ class QueryLog(Wrapper):
         if flat.shape[1] != batch.flat.shape[1]:
             return none, torch.zeros(q, dtype=torch.bool, device=x.device)
         bounded = self.norm in ("Linf", "L2", "L1") and self.eps is not None
-        sampled = flat[:, batch.positions]
-        if self.norm == "Linf":
-            near = (sampled[:, None, :] - batch.sampled[None]).abs().amax(-1)
-        else:
-            near = torch.cdist(sampled, batch.sampled)
-        nearest = near.argmin(1)
+        # cdist, not a broadcast difference: the (queries × images × values) intermediate of the broadcast
+        # cost 0.15 s a query of 360 images on a CPU (10 s per APGD crafting), cdist's p=∞ kernel a sixth of it
+        p = math.inf if self.norm == "Linf" else 2.0
+        nearest = torch.cdist(flat[:, batch.positions], batch.sampled, p=p).argmin(1)
         if q == batch.flat.shape[0]:  # the whole batch, in order: the usual case
             aligned = torch.arange(q, device=x.device)
             if not bounded:

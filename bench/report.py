@@ -259,6 +259,8 @@ def _defense_comparison(ok: pd.DataFrame, extra: list[str], predictions: pd.Data
         "Δ: clean accuracy points against no defense. "
         f"**broken by adaptive attack**: at some ε the oblivious attacks leave ≥ {100 * BROKEN_OBLIVIOUS_GAIN:.0f} points "
         f"more than without the defense, and every attack together ≤ {100 * BROKEN_ADAPTIVE_GAIN:.0f} points more. "
+        f"**costs robustness**: at no ε does it keep more than {100 * BROKEN_ADAPTIVE_GAIN:.0f} points, and at some ε every "
+        f"attack together leaves more than {100 * BROKEN_ADAPTIVE_GAIN:.0f} points less than without it (p < {SIGNIFICANCE}). "
         f"A gain with p ≥ {SIGNIFICANCE} is not significant on these images."
         + (" With `cascade: true` the oblivious attacks alone were not run on every image (images already broken, by "
            "any attack, were skipped), so their worst case is not shown and no defense is called broken on it."
@@ -314,6 +316,11 @@ def _verdict(defense: str, adaptive: bool, gains: list[tuple[float | None, float
         p = min(g[3] for g in broken)
         return "**broken by adaptive attack**" + ("" if p < SIGNIFICANCE else f" (its oblivious gain is not significant: p {format_p(p)})")
     best = max(gains, key=lambda g: g[1], default=None)
+    worst = min(gains, key=lambda g: g[1], default=None)
+    if worst is not None and worst[1] < -BROKEN_ADAPTIVE_GAIN and worst[2] < SIGNIFICANCE and (best is None or best[1] <= BROKEN_ADAPTIVE_GAIN):
+        # the defended model falls further than the bare one: the transform helps the attack (seen on
+        # adversarially trained models, whose robustness does not survive a change of input distribution)
+        return f"**costs robustness**: down to {100 * worst[1]:+.0f} points against every attack (p {format_p(worst[2])})"
     if best is None or best[1] <= BROKEN_ADAPTIVE_GAIN:
         return "no robust gain"
     note = "" if best[2] < SIGNIFICANCE else f", not significant (p {format_p(best[2])})"

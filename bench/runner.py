@@ -69,6 +69,8 @@ def _describe(dataset: Dataset, key: tuple[DataSpec, Preprocess] | None = None, 
     out = {"name": dataset.name, "n": len(dataset), "ids": dataset.ids, "labels": dataset.labels.tolist(),
            "class_names": dataset.class_names if dataset.class_names and len(dataset.class_names) <= 100 else None,
            "skipped": dataset.skipped, "note": dataset.note}
+    if dataset.split:
+        out["split"] = dataset.split
     if key is not None:
         out["preprocess"] = {"input_size": key[1].input_size, "resize_size": key[1].resize, "interpolation": key[1].interpolation}
         out["models"] = models or []

@@ -30,6 +30,7 @@ class DataSpec:
     path: str | None = None  # resolved, absolute
     limit: int | None = None
     image_size: int = 224  # the input size of models that do not bring their own
+    split: str | None = None  # a source with a fixed split (digits): train or test (default test)
 
 
 @dataclass(frozen=True)

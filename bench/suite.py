@@ -347,7 +347,7 @@ class _Validator:
     def data(self, value: Any, key: str = "data") -> DataSpec:
         """A data source; sets ``self.num_labels`` to the number of classes its labels need."""
         sources = data_registry.SOURCES
-        value = self.mapping(value, key, ("source", "path", "limit", "image_size"), ("source",))
+        value = self.mapping(value, key, ("source", "path", "limit", "image_size", "split"), ("source",))
         source = value["source"]
         if source not in sources:
             raise self.fail(f"{key}.source", f"unknown source {source!r}; allowed: {', '.join(sources)}")
@@ -362,8 +362,13 @@ class _Validator:
         limit = value.get("limit")
         if limit is not None:
             limit = self.integer(limit, f"{key}.limit", lo=1)
-        image_size = self.integer(value.get("image_size", 224), f"{key}.image_size", lo=16, hi=4096)
-        spec = DataSpec(source=source, path=path, limit=limit, image_size=image_size)
+        image_size = self.integer(value.get("image_size", sources[source].image_size), f"{key}.image_size", lo=16, hi=4096)
+        split = value.get("split")
+        splits = sources[source].splits
+        if split is not None and split not in splits:
+            raise self.fail(f"{key}.split", f"source {source!r} has no split {split!r}; allowed: {', '.join(splits)}"
+                            if splits else f"source {source!r} takes no split (it is one set of images)")
+        spec = DataSpec(source=source, path=path, limit=limit, image_size=image_size, split=split)
         try:
             count, self.num_labels = data_registry.describe(spec)
         except data_registry.DataError as exc:
@@ -429,7 +434,7 @@ class _Validator:
                 info = attack_registry.lookup(item["type"])
             except KeyError:
                 raise self.fail(f"{key}.type", f"unknown attack {item['type']!r}; allowed: " + ", ".join(attack_registry.names())) from None
-            allowed = ["name", "type", "target", *info.params]
+            allowed = ["name", "type", "target", attack_registry.RESTARTS, *info.params]
             self.mapping(item, key, allowed)
             name = self.name(item.get("name", info.name), f"{key}.name")
             if name in seen:
@@ -448,6 +453,9 @@ class _Validator:
             for p, default in info.params.items():
                 if p != "eps":
                     params[p] = self.param(item[p], f"{key}.{p}", default) if p in item else default
+            restarts = self.integer(item.get(attack_registry.RESTARTS, 1), f"{key}.restarts", lo=1, hi=1000)
+            if restarts > 1:  # left out at 1, so a suite without the key keeps its cell ids
+                params[attack_registry.RESTARTS] = restarts
             if "eps" in info.params:
                 if "eps" not in item:
                     raise self.fail(f"{key}.eps", "is required (pixel-space L-inf budget for images in [0,1], e.g. 8/255)")
@@ -486,8 +494,13 @@ class _Validator:
         if not p.is_file():
             from bench.train import RECIPES
 
-            hint = (f"; make it with `bench train {p.stem} --data <faces data folder> --out {p.parent}` (or `make faces`)"
-                    if p.stem in RECIPES else "")
+            recipe, _, method = p.stem.partition("-")  # bench train names a checkpoint <recipe>[-<method>]
+            hint = ""
+            if recipe in RECIPES:
+                digits = RECIPES[recipe].data == "digits"
+                hint = (f"; make it with `bench train {recipe}{'' if digits else ' --data <faces data folder>'}"
+                        f"{f' --adversarial {method} --train-eps <ε>' if method else ''} --out {p.parent}` "
+                        f"(or `{'make robust' if digits else 'make faces'}`)")
             raise self.fail(key, f"checkpoint not found: {p}{hint}")
         card = {}
         card_file = p.with_suffix(".json")

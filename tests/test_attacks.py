@@ -253,3 +253,60 @@ def test_the_unbounded_attack_keeps_its_step_relative_to_its_budget_and_starts_a
     assert big.eps == 1.0 and dict(big.params) == {"alpha": pytest.approx(0.25), "random_start": False, "steps": 10}
     l2 = unbounded(AttackSpec("pgdl2", "pgdl2", 0.5, (("alpha", 0.1), ("steps", 10))), (3, 16, 16))
     assert l2.eps == pytest.approx(768 ** 0.5) and dict(l2.params)["alpha"] == pytest.approx(0.1 * 768 ** 0.5 / 0.5)
+
+
+class _Calls:
+    """An attack stand-in: records the batch sizes it is called with and fools images in the order given."""
+
+    def __init__(self, model, fool_on_call: list[set[int]]):
+        self.model, self.plan, self.sizes, self.seen = model, fool_on_call, [], []
+
+    def __call__(self, images, labels):
+        call = len(self.sizes)
+        self.sizes.append(len(images))
+        ids = images[:, 0, 0, 0].round().long().tolist()  # each test image carries its id in one pixel
+        self.seen.append(ids)
+        adv = images.clone()
+        for row, i in enumerate(ids):
+            if i in self.plan[call]:
+                adv[row, 1] = 1.0  # channel 1 set to ones: the model below then predicts class 1
+        return adv
+
+
+class _Channel(nn.Module):
+    def forward(self, x):
+        return torch.stack([x[:, 1].mean((1, 2)) * 0, (x[:, 1] == 1).all(2).all(1).float()], 1)
+
+
+def test_restarts_attack_only_the_images_still_standing_and_keep_the_first_adversarial_found():
+    from bench.attacks import Restarts
+
+    images = torch.zeros(4, 3, 2, 2)
+    images[:, 0, 0, 0] = torch.arange(4).float()
+    labels = torch.zeros(4, dtype=torch.long)  # class 0 right; class 1 is fooled
+    attack = _Calls(_Channel(), [{1}, {3}, {0, 2}])
+    adv = Restarts(attack, _Channel(), 3, target=None)(images, labels)
+    assert attack.sizes == [4, 3, 2] and attack.seen == [[0, 1, 2, 3], [0, 2, 3], [0, 2]]
+    assert (_Channel()(adv).argmax(1) == 1).all()
+    # no run when every image already fell
+    attack = _Calls(_Channel(), [{0, 1, 2, 3}, set(), set()])
+    Restarts(attack, _Channel(), 3, target=None)(images, labels)
+    assert attack.sizes == [4]
+
+
+def test_restarts_is_a_suite_key_of_any_attack_and_part_of_its_identity(write_suite, tiny_suite):
+    from bench.suite import SuiteError, load_suite
+
+    tiny_suite["attacks"] = [{"name": "pgd", "type": "pgd", "eps": "8/255", "steps": 2, "restarts": 3},
+                             {"name": "pgd1", "type": "pgd", "eps": "8/255", "steps": 2, "restarts": 1},
+                             {"name": "plain", "type": "pgd", "eps": "8/255", "steps": 2}]
+    suite = load_suite(write_suite(tiny_suite))
+    specs = [v[0] for v in suite.attacks]
+    assert specs[0].kwargs["restarts"] == 3 and "restarts" not in specs[1].kwargs  # 1 is the default: left out
+    assert specs[1].digest == specs[2].digest != specs[0].digest
+    from bench.attacks import Restarts
+
+    assert isinstance(build(specs[0], Linear()), Restarts) and not isinstance(build(specs[1], Linear()), Restarts)
+    tiny_suite["attacks"][0]["restarts"] = 0
+    with pytest.raises(SuiteError, match=r":\d+: attacks\[0\]\.restarts: must be .*1.*got 0"):
+        load_suite(write_suite(tiny_suite))

@@ -67,3 +67,70 @@ def test_batches_are_floats_in_the_unit_interval(image_folder):
     x = batches[0][0]
     assert x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
     assert torch.allclose(x * 255, (x * 255).round(), atol=1e-4)  # on the 8-bit grid
+
+
+# ---------------------------------------------------------------------------------------------
+# scikit-learn's digits
+
+
+def _digits(**kw):
+    return load_dataset(DataSpec("digits", **kw))
+
+
+def test_digits_split_is_a_fixed_stratified_eighty_twenty_partition():
+    from sklearn.datasets import load_digits
+
+    train, test = _digits(split="train", image_size=16), _digits(split="test", image_size=16)
+    assert (len(train), len(test)) == (1437, 360) and describe(DataSpec("digits")) == (360, 10)
+    assert describe(DataSpec("digits", split="train")) == (1437, 10)
+    ids_train, ids_test = set(train.ids), set(test.ids)
+    assert not ids_train & ids_test and len(ids_train | ids_test) == 1797  # every scan, exactly once
+    # stratified: each class's share of the test split is its share of the whole set, to within one image
+    whole = torch.bincount(torch.from_numpy(load_digits().target), minlength=10)
+    assert (torch.bincount(test.labels, minlength=10) - whole * 0.2).abs().max() <= 1
+    # the same split every time, and recorded with a digest of its indices
+    again = _digits(split="test", image_size=16)
+    assert again.ids == test.ids and again.split == test.split
+    assert test.split["seed"] == 0 and test.split["n_split"] == 360 and len(test.split["indices_sha256"]) == 16
+
+
+def test_digits_labels_are_the_scans_own_and_images_sit_on_the_8_bit_grid():
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    ds = _digits(split="test", image_size=8)  # at 8 px the resize is the identity: the scans themselves
+    index = [int(i.split(":")[1]) for i in ds.ids]
+    assert ds.labels.tolist() == bunch.target[index].tolist()
+    assert ds.images.dtype == torch.uint8 and ds.images.shape == (360, 3, 8, 8)
+    assert torch.equal(ds.images[:, 0], ds.images[:, 1]) and torch.equal(ds.images[:, 0], ds.images[:, 2])
+    expected = torch.from_numpy(bunch.images[index] * 255 / 16).round().to(torch.uint8)
+    assert torch.equal(ds.images[:, 0], expected)  # 0..16 → 0..255, nothing else
+    big = _digits(split="test", image_size=32, limit=5)
+    assert big.images.shape == (5, 3, 32, 32) and big.images.dtype == torch.uint8
+    # upscaled whole (no evaluation crop: the scans fill their frame), bilinear, still uint8
+    from torchvision.transforms.v2 import functional as TF
+
+    assert torch.equal(big.images, TF.resize(ds.images[:5], [32, 32], antialias=True))
+    assert big.class_names == [str(k) for k in range(10)]
+
+
+def test_digits_limit_keeps_the_classes_balanced():
+    ds = _digits(limit=30, image_size=16)
+    assert torch.bincount(ds.labels, minlength=10).tolist() == [3] * 10
+    assert describe(DataSpec("digits", limit=30)) == (30, 10)
+
+
+def test_digits_in_a_suite_default_to_32_px_and_check_the_split(write_suite):
+    from bench.suite import SuiteError, load_suite
+
+    doc = {"name": "d", "data": {"source": "digits", "split": "test", "limit": 20},
+           "models": [{"name": "cnn", "arch": "small_cnn"}], "attacks": [{"name": "fgsm", "type": "fgsm", "eps": 0.1}]}
+    suite = load_suite(write_suite(doc))
+    assert suite.data == DataSpec("digits", limit=20, image_size=32, split="test")
+    assert suite.models[0].num_classes == 10 and suite.models[0].input_size == 32
+    doc["data"]["split"] = "validation"
+    with pytest.raises(SuiteError, match=r":\d+: data\.split: source 'digits' has no split 'validation'; allowed: train, test"):
+        load_suite(write_suite(doc))
+    doc["data"] = {"source": "samples", "split": "test"}
+    with pytest.raises(SuiteError, match=r"data\.split: source 'samples' takes no split"):
+        load_suite(write_suite(doc))

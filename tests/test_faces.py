@@ -56,9 +56,17 @@ def test_split_refuses_too_few_images_or_a_missing_class(tmp_path):
         split_protocol(tmp_path / "only", tmp_path / "out2")
 
 
-def test_proxy_is_deterministic_balanced_and_says_it_is_a_proxy(tmp_path):
+def test_proxy_is_deterministic_whatever_the_thread_count_balanced_and_says_it_is_a_proxy(tmp_path):
+    import torch
+
+    threads = torch.get_num_threads()
     a = make_proxy(tmp_path / "a", per_class=400, size=32, seed=0, train_per_class=300)
-    b = make_proxy(tmp_path / "b", per_class=400, size=32, seed=0, train_per_class=300)
+    torch.set_num_threads(threads + 2)  # another machine's core count: the same data
+    try:
+        b = make_proxy(tmp_path / "b", per_class=400, size=32, seed=0, train_per_class=300)
+        assert torch.get_num_threads() == threads + 2  # the caller's setting is left as it was
+    finally:
+        torch.set_num_threads(threads)
     assert a["counts"] == {"train/fake": 300, "train/real": 300, "test/fake": 100, "test/real": 100}
     assert a["split_hash"] == b["split_hash"]
     assert tree_digest(tmp_path / "a" / "source") == tree_digest(tmp_path / "b" / "source")

@@ -85,3 +85,21 @@ def test_the_nightly_workflow_runs_the_gpu_tests_and_fails_on_them():
     assert install < gpu < runs.index("make nightly")
     assert not steps[gpu].get("continue-on-error") and "if" not in steps[gpu]  # a failure fails the job
     assert "torch.cuda.is_available()" in runs[gpu]  # and so does a runner whose GPU tests would all skip
+
+
+def test_robust_trains_both_digits_models_when_missing_then_runs_the_suite(tmp_path):
+    lines = make("-n", "robust", f"DIGITS_MODELS={tmp_path}", "STAMP=Makefile")
+    assert f".venv/bin/bench train digits_cnn --robust-eps 0.15 --out {tmp_path}" in lines
+    assert f".venv/bin/bench train digits_cnn --adversarial pgd --train-eps 0.15 --out {tmp_path}" in lines
+    assert lines[-1] == ".venv/bin/bench run suites/robust.yaml"
+    for name in ("digits_cnn.pt", "digits_cnn-pgd.pt"):  # once made, never again
+        (tmp_path / name).write_bytes(b"")
+    assert make("-n", "robust", f"DIGITS_MODELS={tmp_path}", "STAMP=Makefile") == [".venv/bin/bench run suites/robust.yaml"]
+
+
+def test_faces_makes_the_adversarially_trained_detector_with_fast_fgsm_training(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "split.json").write_text("{}")
+    lines = " ".join(make("-n", "faces", f"FACES_DATA={tmp_path / 'data'}", f"FACES_MODELS={tmp_path}", "STAMP=Makefile"))
+    assert (f".venv/bin/bench train custom_cnn --adversarial pgd --train-eps 2/255 --train-steps 1 --train-step-size 2.5/255 "
+            f"--data {tmp_path / 'data'} --out {tmp_path}") in lines.replace("\\ ", "").replace("  ", " ")

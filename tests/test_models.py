@@ -87,8 +87,17 @@ def test_resnet18_random_init_needs_no_download():
     assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 10)
 
 
-def test_registry_names_the_three_architectures():
-    assert set(ARCHS) == {"resnet18", "efficientnet_lite0", "custom_cnn"}
+def test_registry_names_the_four_architectures():
+    assert set(ARCHS) == {"resnet18", "efficientnet_lite0", "custom_cnn", "small_cnn"}
+
+
+def test_small_cnn_takes_the_digits_sizes_and_refuses_too_small_ones():
+    from bench.models import SmallCNN
+
+    for size in (8, 16, 32):
+        assert SmallCNN(10, size)(torch.zeros(2, 3, size, size)).shape == (2, 10)
+    with pytest.raises(ValueError, match="input_size 4 is too small for small_cnn"):
+        SmallCNN(10, 4)
 
 
 def test_checkpoint_round_trip(tmp_path):

@@ -115,3 +115,14 @@ def test_the_report_opens_with_whether_its_numbers_can_be_trusted():
     old = render(to_frame([_row(flags="zero-grad")]), META)
     assert "1 of 1 cells are unreliable" in old.split("## Can these numbers be trusted?")[1].split("\n## ")[0]
     assert "made before the indicators of attack failure existed" in render(to_frame([_row(flags="")]), META)
+
+
+def test_a_defense_that_lowers_the_worst_case_significantly_is_said_to_cost_robustness():
+    from bench.report import _verdict
+
+    # per ε: (oblivious gain, every attack's gain, its p, the oblivious gain's p)
+    assert _verdict("jpeg-q50", True, [(-0.01, -0.21, 0.0001, 0.5), (0.0, -0.33, 0.0001, 1.0)]) == \
+        "**costs robustness**: down to -33 points against every attack (p <0.001)"
+    # a loss that is not significant, or beside a real gain at another ε, is not called a cost
+    assert _verdict("jpeg-q50", True, [(0.0, -0.05, 0.2, 1.0)]) == "no robust gain"
+    assert _verdict("median-3", True, [(0.0, -0.05, 0.01, 1.0), (0.1, 0.09, 0.001, 0.001)]).startswith("keeps up to +9")

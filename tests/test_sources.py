@@ -88,7 +88,7 @@ def test_bench_models_lists_builders_with_weights_availability():
     names = {e.name: e for e in catalogue("torchvision")}
     assert "torchvision/mobilenet_v3_small" in names and "torchvision/resnet50" in names and len(names) >= 50
     assert "IMAGENET1K_V2" in names["torchvision/resnet50"].weights
-    assert {e.name for e in catalogue("builtin")} == {"resnet18", "efficientnet_lite0", "custom_cnn"}
+    assert {e.name for e in catalogue("builtin")} == {"resnet18", "efficientnet_lite0", "custom_cnn", "small_cnn"}
     lite0 = next(e for e in catalogue("builtin") if e.name == "efficientnet_lite0")
     assert lite0.available == "imagenet"  # ships in a package
     assert [e.name for e in catalogue("timm", "test_vit_relpos")] == ["timm/test_vit_relpos"]

@@ -14,7 +14,7 @@ KEYS = ["name", "seed", "data", "models", "attacks", "defenses", "devices", "pre
         "exclude", "eval_mode", "adaptive_method", "compile", "source", "path", "limit", "image_size", "arch",
         "weights", "checkpoint", "num_classes", "input_size", "type", "eps", "steps", "alpha", "lr", "momentum",
         "target", "quality", "model", "attack", "defense", "device", "precision", "c", "kappa", "random_start"]
-WORDS = ["samples", "manifest", "imagefolder", "resnet18", "efficientnet_lite0", "custom_cnn", "imagenet", "fgsm",
+WORDS = ["samples", "manifest", "imagefolder", "digits", "small_cnn", "split", "restarts", "resnet18", "efficientnet_lite0", "custom_cnn", "imagenet", "fgsm",
          "pgd", "sgd", "cw", "jpeg", "none", "cpu", "cuda", "fp32", "bf16", "fp16", "oblivious", "adaptive", "both",
          "8/255", "10/0", "1/0.0", "-1/255", "nan", "inf", ".", "..", "/etc/passwd", ""]
 

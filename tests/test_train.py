@@ -16,7 +16,10 @@ from bench.faces import split_protocol
 from bench.sources import create_model
 from bench.runner import run_suite
 from bench.suite import DataSpec, ModelSpec, SuiteError, load_suite
+from bench.adversarial_training import AdversarialSpec
 from bench.train import RECIPES, accuracy, train
+
+FACES_RECIPES = [name for name, recipe in RECIPES.items() if recipe.data == "faces"]
 from tests.conftest import write_images
 
 
@@ -34,15 +37,18 @@ WALL_SECONDS: dict[str, float] = {}  # each recipe's train() call, timed from ou
 @pytest.fixture(scope="module")
 def trained(faces_data, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("models")
-    for name in RECIPES:
+    for name in FACES_RECIPES:
         t0 = time.perf_counter()
         train(name, faces_data, out, epochs=1, batch_size=4)
         WALL_SECONDS[name] = time.perf_counter() - t0
+    # the faces suite's adversarially trained detector (FGSM with a random start, as the Makefile makes it)
+    train("custom_cnn", faces_data, out, epochs=1, batch_size=4,
+          adversarial=AdversarialSpec("pgd", 2 / 255, steps=1, step_size=2.5 / 255))
     return out
 
 
-@pytest.mark.parametrize("recipe", list(RECIPES))
-def test_each_recipe_writes_a_loadable_checkpoint_and_its_card(trained, faces_data, recipe):
+@pytest.mark.parametrize("recipe", FACES_RECIPES)
+def test_each_faces_recipe_writes_a_loadable_checkpoint_and_its_card(trained, faces_data, recipe):
     card = json.loads((trained / f"{recipe}.json").read_text())
     state = torch.load(trained / f"{recipe}.pt", weights_only=True)
     assert isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())
@@ -95,10 +101,12 @@ def test_faces_suite_runs_end_to_end_on_the_trained_detectors(trained, faces_dat
     path = tmp_path / "faces.yaml"
     path.write_text(yaml.safe_dump(suite))
     result = run_suite(load_suite(path), tmp_path / "results", tmp_path / "reports")
-    assert result.counts == {"ok": 3 * 3 * 2}
+    assert result.counts == {"ok": 4 * 3 * 2}
     report = result.report_path.read_text()
     assert "## Fakes accepted as real" in report and "(no attack)" in report
-    assert "| custom-cnn" in report and "| finetuned" in report
+    assert "| custom-cnn" in report and "| finetuned" in report and "| custom-cnn-pgd" in report
+    card = json.loads((trained / "custom_cnn-pgd.json").read_text())
+    assert card["adversarial"]["steps"] == 1 and card["robust_test"]["eps"] == pytest.approx(2 / 255)
 
 
 def test_a_missing_detector_checkpoint_says_which_command_makes_it(tmp_path):

