@@ -8,8 +8,9 @@ inside the training ε before the optimiser step.
 
 The examples are crafted with the network in eval mode (a BatchNorm's running statistics must not
 learn the attack's batches) and gradients on the input only; the training step then runs in the
-recipe's own mode. ε can be ramped up linearly over the first epochs (``eps_warmup``), which keeps a
-network trained from scratch from collapsing to a constant prediction at the full budget.
+recipe's own mode. ε can be ramped up linearly over the first epochs (``eps_warmup``; the step size
+follows it), which keeps a network trained from scratch from collapsing to a constant prediction at the
+full budget.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ class AdversarialSpec:
             problems.append(f"--train-steps must be at least 1, got {self.steps}")
         if self.step_size is not None and not 0 < self.step_size <= 1:
             problems.append(f"--train-step-size must be in (0, 1], got {self.step_size}")
-        if self.beta <= 0:
+        if not self.beta > 0:  # NaN too
             problems.append(f"--trades-beta must be positive, got {self.beta}")
         if self.eps_warmup < 0:
             problems.append(f"--eps-warmup must be 0 or more epochs, got {self.eps_warmup}")
@@ -52,6 +53,10 @@ class AdversarialSpec:
     @property
     def alpha(self) -> float:
         return self.step_size if self.step_size is not None else 2.5 * self.eps / self.steps
+
+    def alpha_at(self, eps: float) -> float:
+        """The step at a warmed-up budget ``eps``: the same share of the ball as at the full ε."""
+        return self.alpha * eps / self.eps
 
     def eps_at(self, epoch: int) -> float:
         """The budget in epoch ``epoch`` (0-based)."""
@@ -89,7 +94,7 @@ def adversarial_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: A
     model.eval()
     if spec.method == "pgd":
         noise = (torch.rand(x.shape, generator=g) * 2 - 1).mul_(eps).to(x)
-        x_adv = _ascend(model, x, x + noise, lambda out: F.cross_entropy(out, y), eps, spec.steps, spec.alpha)
+        x_adv = _ascend(model, x, x + noise, lambda out: F.cross_entropy(out, y), eps, spec.steps, spec.alpha_at(eps))
         model.train(train_mode)
         logits = model(x_adv)
         return F.cross_entropy(logits, y), logits
@@ -98,7 +103,7 @@ def adversarial_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: A
         p_clean = F.softmax(model(x), dim=1)
     noise = torch.randn(x.shape, generator=g).mul_(0.001).to(x)
     x_adv = _ascend(model, x, x + noise, lambda out: F.kl_div(F.log_softmax(out, dim=1), p_clean, reduction="sum"),
-                    eps, spec.steps, spec.alpha)
+                    eps, spec.steps, spec.alpha_at(eps))
     model.train(train_mode)
     logits = model(x)
     robust = F.kl_div(F.log_softmax(model(x_adv), dim=1), F.softmax(logits, dim=1), reduction="batchmean")

@@ -390,7 +390,7 @@ def _train(args: argparse.Namespace, console: Console) -> int:
             return None
         try:
             return parse_eps(text)
-        except (ValueError, ZeroDivisionError):
+        except (ValueError, ZeroDivisionError, OverflowError):
             problems.append(f"{flag} must be a number or a fraction like 8/255, got {text!r}")
             return None
 
@@ -403,7 +403,7 @@ def _train(args: argparse.Namespace, console: Console) -> int:
         given = [f for f, v in (("--train-eps", args.train_eps), ("--train-step-size", args.train_step_size),
                                 ("--train-steps", args.train_steps), ("--eps-warmup", args.eps_warmup)) if v is not None]
         if given:
-            problems.append(f"{', '.join(given)} only apply with --adversarial pgd or trades")
+            problems.append(f"{', '.join(given)} only appl{'ies' if len(given) == 1 else 'y'} with --adversarial pgd or trades")
     elif train_eps is None:
         if args.train_eps is None:
             problems.append("--adversarial needs --train-eps (e.g. 0.1 or 8/255)")
@@ -414,6 +414,10 @@ def _train(args: argparse.Namespace, console: Console) -> int:
             adversarial = AdversarialSpec(args.adversarial, train_eps, steps, step_size, args.trades_beta, warmup)
         except ValueError as exc:
             problems.append(str(exc))
+    if args.adversarial != "trades" and args.trades_beta != 6.0:
+        problems.append("--trades-beta only applies with --adversarial trades")
+    if args.image_size is not None and args.image_size < 8:
+        problems.append(f"--image-size must be at least 8 pixels, got {args.image_size}")
     if args.epochs is not None and args.epochs < 1:
         problems.append(f"--epochs must be at least 1, got {args.epochs}")
     if args.batch_size is not None and args.batch_size < 1:

@@ -128,7 +128,7 @@ def _count_samples(spec: "DataSpec") -> int:
 
 DIGITS_SPLIT_SEED = 0
 DIGITS_TEST_FRACTION = 0.2
-DIGITS_SPLITS = ("train", "test")
+DIGITS_SPLITS = ("test", "train")  # the first is the default
 DIGITS_IMAGES = 1797
 
 
@@ -153,7 +153,9 @@ def digits_split(split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def _load_digits(spec: "DataSpec", pre: "Preprocess") -> Dataset:
     import hashlib
 
-    split = spec.split or "test"
+    split = spec.split or DIGITS_SPLITS[0]
+    if split not in DIGITS_SPLITS:
+        raise DataError(f"digits has no split {split!r}; allowed: {', '.join(DIGITS_SPLITS)}", key="split")
     order, images, labels = digits_split(split)
     n_split = len(order)
     if spec.limit:

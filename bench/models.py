@@ -87,7 +87,7 @@ class CustomCNN(nn.Module):
 
 
 class SmallCNN(nn.Module):
-    """A small CNN for small images (the digits recipe, 32 px): three conv 3×3 + ReLU + max-pool
+    """A small CNN for small images (the digits recipe, 16 px): three conv 3×3 + ReLU + max-pool
     stages of ``width``, 2·``width``, 4·``width`` channels, then one linear layer. Small enough to
     train adversarially in minutes on two CPU cores, large enough to become robust (Madry et al.:
     capacity matters)."""

@@ -363,8 +363,8 @@ class _Validator:
         if limit is not None:
             limit = self.integer(limit, f"{key}.limit", lo=1)
         image_size = self.integer(value.get("image_size", sources[source].image_size), f"{key}.image_size", lo=16, hi=4096)
-        split = value.get("split")
         splits = sources[source].splits
+        split = value.get("split", splits[0] if splits else None)  # the default spelled out: one spec, one decode
         if split is not None and split not in splits:
             raise self.fail(f"{key}.split", f"source {source!r} has no split {split!r}; allowed: {', '.join(splits)}"
                             if splits else f"source {source!r} takes no split (it is one set of images)")
@@ -454,6 +454,9 @@ class _Validator:
                 if p != "eps":
                     params[p] = self.param(item[p], f"{key}.{p}", default) if p in item else default
             restarts = self.integer(item.get(attack_registry.RESTARTS, 1), f"{key}.restarts", lo=1, hi=1000)
+            if restarts > 1 and not attack_registry.restartable(info, params):
+                raise self.fail(f"{key}.restarts", f"{info.name} has no random start here (random_start: false, or none "
+                                "to turn on): every restart would repeat the first run")
             if restarts > 1:  # left out at 1, so a suite without the key keeps its cell ids
                 params[attack_registry.RESTARTS] = restarts
             if "eps" in info.params:
@@ -496,7 +499,9 @@ class _Validator:
 
             recipe, _, method = p.stem.partition("-")  # bench train names a checkpoint <recipe>[-<method>]
             hint = ""
-            if recipe in RECIPES:
+            from bench.adversarial_training import METHODS
+
+            if recipe in RECIPES and (not method or method in METHODS):
                 digits = RECIPES[recipe].data == "digits"
                 hint = (f"; make it with `bench train {recipe}{'' if digits else ' --data <faces data folder>'}"
                         f"{f' --adversarial {method} --train-eps <ε>' if method else ''} --out {p.parent}` "

@@ -8,7 +8,7 @@ Faces detectors (data made by ``bench data faces``):
 
 Digits (scikit-learn's handwritten digits, ``--data digits``, the fixed train split):
 
-- ``digits_cnn``: a small 3-conv CNN (``small_cnn``) from scratch at 32 px.
+- ``digits_cnn``: a small 3-conv CNN (``small_cnn``) from scratch at 16 px.
 
 The ResNet18 recipes start from torchvision's ImageNet weights when they are on the machine; offline
 they start from the bundled ImageNet model (EfficientNet-Lite0) with the same two recipes, and the
@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -189,6 +189,8 @@ def train(recipe_name: str, data: str | Path, out_dir: str | Path, epochs: int |
     num_classes = len(train_ds.class_names or []) or int(train_ds.labels.max()) + 1
     epochs = epochs or recipe.epochs
     name = output_name(recipe_name, adversarial)
+    if adversarial is not None and adversarial.eps_warmup >= epochs:  # the last epoch always trains at the full ε
+        adversarial = replace(adversarial, eps_warmup=epochs - 1)
 
     model, origin = _backbone(recipe, size, seed, num_classes)
     model.requires_grad_(True)
@@ -246,7 +248,7 @@ def train(recipe_name: str, data: str | Path, out_dir: str | Path, epochs: int |
     model.requires_grad_(False)
     train_acc, _ = accuracy(model, train_ds)
     test_acc, per_class = accuracy(model, test_ds)
-    robust_at = adversarial.eps if adversarial is not None else robust_eps
+    robust_at = robust_eps if robust_eps is not None else (adversarial.eps if adversarial is not None else None)
     robust = None
     if robust_at:
         t1 = time.perf_counter()

@@ -29,10 +29,12 @@ def test_the_spec_checks_its_values_and_defaults_to_madrys_step():
     assert "beta" not in AdversarialSpec("pgd", 0.1).card()
 
 
-def test_eps_warms_up_linearly_then_stays():
-    spec = AdversarialSpec("pgd", 0.2, eps_warmup=4)
+def test_eps_warms_up_linearly_then_stays_and_the_step_follows_it():
+    spec = AdversarialSpec("pgd", 0.2, steps=5, eps_warmup=4)
     assert [spec.eps_at(e) for e in range(6)] == pytest.approx([0.05, 0.1, 0.15, 0.2, 0.2, 0.2])
     assert AdversarialSpec("pgd", 0.2).eps_at(0) == 0.2
+    # the same share of the ball per step at every budget: 2.5 · ε / steps
+    assert [spec.alpha_at(spec.eps_at(e)) for e in range(4)] == pytest.approx([0.025, 0.05, 0.075, 0.1])
 
 
 def _linear(seed: int = 0) -> nn.Module:

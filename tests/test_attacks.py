@@ -310,3 +310,36 @@ def test_restarts_is_a_suite_key_of_any_attack_and_part_of_its_identity(write_su
     tiny_suite["attacks"][0]["restarts"] = 0
     with pytest.raises(SuiteError, match=r":\d+: attacks\[0\]\.restarts: must be .*1.*got 0"):
         load_suite(write_suite(tiny_suite))
+
+
+def test_restarts_give_an_attack_that_reseeds_itself_a_new_seed_per_run_and_restore_it():
+    from bench.attacks import Restarts
+
+    class Seeded:
+        seed = 7
+
+        def __init__(self):
+            self.seeds = []
+
+        def __call__(self, images, labels):
+            self.seeds.append(self.seed)
+            return images.clone()  # never fools: every run happens
+
+    images, labels = torch.zeros(2, 3, 2, 2), torch.zeros(2, dtype=torch.long)
+    attack = Seeded()
+    Restarts(attack, _Channel(), 3, target=None)(images, labels)
+    assert attack.seeds == [7, 8, 9] and attack.seed == 7
+
+
+def test_restarts_need_a_random_start_and_the_unbounded_check_runs_once(write_suite, tiny_suite):
+    from bench.attacks import RESTARTS, unbounded
+    from bench.suite import SuiteError, load_suite
+
+    for attack in ({"type": "fgsm", "eps": "8/255", "restarts": 2},
+                   {"type": "pgd", "eps": "8/255", "random_start": False, "restarts": 2}):
+        tiny_suite["attacks"] = [attack]
+        with pytest.raises(SuiteError, match=r"attacks\[0\]\.restarts: .* has no random start here"):
+            load_suite(write_suite(tiny_suite))
+    tiny_suite["attacks"] = [{"type": "pgd", "eps": "8/255", "restarts": 2}, {"type": "square", "eps": "8/255", "restarts": 2}]
+    suite = load_suite(write_suite(tiny_suite))  # a random start, or a seed that each restart changes
+    assert RESTARTS not in unbounded(suite.attacks[0][0], (3, 8, 8)).kwargs

@@ -165,13 +165,17 @@ def test_a_broken_attack_fails_its_cell_and_every_other_cell_runs(tmp_path, tiny
 
 @pytest.mark.parametrize("args,message", [
     (["digits_cnn", "--adversarial", "pgd"], "--adversarial needs --train-eps (e.g. 0.1 or 8/255)"),
-    (["digits_cnn", "--train-eps", "0.1"], "--train-eps only apply with --adversarial pgd or trades"),
+    (["digits_cnn", "--train-eps", "0.1"], "--train-eps only applies with --adversarial pgd or trades"),
     (["digits_cnn", "--adversarial", "pgd", "--train-eps", "a/b"], "--train-eps must be a number or a fraction like 8/255, got 'a/b'"),
     (["digits_cnn", "--adversarial", "pgd", "--train-eps", "3"], "--train-eps must be in (0, 1]"),
     (["digits_cnn", "--data", "faces-folder"], "recipe 'digits_cnn' trains on digits data; --data 'faces-folder' is not that"),
     (["custom_cnn"], "--data is required for the faces recipes: a folder made by `bench data faces`"),
     (["custom_cnn", "--data", "digits"], "recipe 'custom_cnn' trains on faces data; --data 'digits' is not that"),
     (["vgg"], "unknown recipe 'vgg'; allowed: custom_cnn, resnet18_frozen, resnet18_finetune, digits_cnn, all"),
+    (["digits_cnn", "--adversarial", "pgd", "--train-eps", "1e400"], "--train-eps must be a number or a fraction like 8/255"),
+    (["digits_cnn", "--image-size", "4"], "--image-size must be at least 8 pixels, got 4"),
+    (["digits_cnn", "--trades-beta", "3"], "--trades-beta only applies with --adversarial trades"),
+    (["digits_cnn", "--adversarial", "trades", "--train-eps", "0.1", "--trades-beta", "nan"], "--trades-beta must be positive"),
 ])
 def test_train_rejects_bad_options_before_any_compute(cli, tmp_path, args, message):
     proc = cli("train", *args, "--out", str(tmp_path / "models"))
@@ -180,10 +184,12 @@ def test_train_rejects_bad_options_before_any_compute(cli, tmp_path, args, messa
 
 
 def test_train_digits_writes_the_adversarial_checkpoint_under_its_method(cli, tmp_path):
-    proc = cli("train", "digits_cnn", "--adversarial", "trades", "--train-eps", "0.1", "--train-steps", "1", "--epochs", "1",
-               "--image-size", "8", "--out", "m")
+    proc = cli("train", "digits_cnn", "--adversarial", "trades", "--train-eps", "0.1", "--train-steps", "1", "--epochs", "2",
+               "--image-size", "8", "--robust-eps", "0.05", "--out", "m")
     assert proc.returncode == 0, proc.stderr
-    assert "digits_cnn-trades: test accuracy" in proc.stdout and "under PGD at ε 0.1 " in proc.stdout
+    assert "digits_cnn-trades: test accuracy" in proc.stdout and "under PGD at ε 0.05 " in proc.stdout
     card = json.loads((tmp_path / "m" / "digits_cnn-trades.json").read_text())
-    assert card["adversarial"]["method"] == "trades" and card["adversarial"]["eps_warmup"] == 5  # the recipe's warm-up
-    assert card["input_size"] == 8 and card["epochs"] == 1 and card["batch_size"] == 64
+    # the recipe's warm-up (5 epochs) shortened so that the last of the 2 epochs trains at the full ε
+    assert card["adversarial"]["method"] == "trades" and card["adversarial"]["eps_warmup"] == 1
+    assert card["robust_test"]["eps"] == 0.05  # --robust-eps wins over the training ε
+    assert card["input_size"] == 8 and card["epochs"] == 2 and card["batch_size"] == 64

@@ -128,8 +128,12 @@ def test_digits_in_a_suite_default_to_32_px_and_check_the_split(write_suite):
     suite = load_suite(write_suite(doc))
     assert suite.data == DataSpec("digits", limit=20, image_size=32, split="test")
     assert suite.models[0].num_classes == 10 and suite.models[0].input_size == 32
+    doc["data"].pop("split")  # the default, spelled out: the same spec as `split: test`
+    assert load_suite(write_suite(doc)).data == suite.data
+    with pytest.raises(DataError, match="digits has no split 'dev'; allowed: test, train"):
+        load_dataset(DataSpec("digits", split="dev"))
     doc["data"]["split"] = "validation"
-    with pytest.raises(SuiteError, match=r":\d+: data\.split: source 'digits' has no split 'validation'; allowed: train, test"):
+    with pytest.raises(SuiteError, match=r":\d+: data\.split: source 'digits' has no split 'validation'; allowed: test, train"):
         load_suite(write_suite(doc))
     doc["data"] = {"source": "samples", "split": "test"}
     with pytest.raises(SuiteError, match=r"data\.split: source 'samples' takes no split"):

@@ -133,3 +133,17 @@ def test_nightly_suite_mixes_an_imagenet_model_and_the_detectors_each_on_its_own
     assert {c.device for c in loaded.cells()} == {"cuda"} and {c.precision for c in loaded.cells()} == {"fp32", "bf16"}
     # 4 models x (2 + 2 + 1 attack cells) x 3 defenses x 2 precisions
     assert len(loaded.cells()) == 4 * 5 * 3 * 2
+
+
+def test_a_missing_digits_checkpoint_names_the_adversarial_command_and_make_robust(tmp_path):
+    suite = yaml.safe_load((Path(__file__).resolve().parents[1] / "suites" / "robust.yaml").read_text())
+    suite["models"] = [{"checkpoint": str(tmp_path / "digits_cnn-pgd.pt")}]
+    path = tmp_path / "robust.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    with pytest.raises(SuiteError, match=r"checkpoint not found: .*`bench train digits_cnn --adversarial pgd --train-eps <ε> "
+                                         r"--out .*` \(or `make robust`\)"):
+        load_suite(path)
+    suite["models"] = [{"checkpoint": str(tmp_path / "digits_cnn-fancy.pt")}]  # not a method: no command to suggest
+    path.write_text(yaml.safe_dump(suite))
+    with pytest.raises(SuiteError, match=r"checkpoint not found: [^;]*$"):
+        load_suite(path)

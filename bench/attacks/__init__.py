@@ -148,6 +148,8 @@ def unbounded(spec: "AttackSpec", shape: tuple[int, ...]) -> "AttackSpec":
             v = v * factor
         if k == "random_start":  # uniform noise over an unbounded ball destroys the image by itself:
             v = False  # the check is whether the attack's steps find adversarial examples
+        if k == RESTARTS:  # without a random start every restart would repeat the first run
+            continue
         params.append((k, v))
     return replace(spec, eps=big, params=tuple(params))
 
@@ -155,11 +157,18 @@ def unbounded(spec: "AttackSpec", shape: tuple[int, ...]) -> "AttackSpec":
 RESTARTS = "restarts"  # the harness's own attack key (not a constructor argument): see Restarts
 
 
+def restartable(info: AttackInfo, params: dict[str, Any]) -> bool:
+    """Whether runs of an attack differ: a random start that is on, or a ``seed`` (which :class:`Restarts`
+    changes per run). Restarting FGSM or CW would repeat the same run."""
+    return bool(params.get("random_start")) or "seed" in info.params
+
+
 class Restarts:
     """An attack run ``n`` times, each run on the images the runs before did not fool (as the model
     the attack sees classifies them), keeping the first adversarial example found: random restarts
     for any attack with a random start (Madry et al.'s PGD with restarts; AutoAttack's ``n_restarts``
-    does the same inside APGD). Each run draws a new start from the crafting's seeded generators."""
+    does the same inside APGD). Each run draws a new start from the crafting's seeded generators; an
+    attack that reseeds itself from its ``seed`` on every call gets seed + k for run k."""
 
     def __init__(self, attack, model: nn.Module, n: int, target: int | None):
         self.attack, self.model, self.n, self.target = attack, model, n, target
@@ -170,13 +179,20 @@ class Restarts:
         return pred == self.target if self.target is not None else pred != labels
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        seed = getattr(self.attack, "seed", None)
         adv = self.attack(images, labels)
-        for _ in range(1, self.n):
-            left = ~self._fooled(adv, labels)
-            if not left.any():
-                break
-            adv = adv.clone()
-            adv[left] = self.attack(images[left], labels[left])
+        try:
+            for k in range(1, self.n):
+                left = ~self._fooled(adv, labels)
+                if not left.any():
+                    break
+                if isinstance(seed, int):
+                    self.attack.seed = seed + k
+                adv = adv.clone()
+                adv[left] = self.attack(images[left], labels[left])
+        finally:
+            if isinstance(seed, int):
+                self.attack.seed = seed
         return adv
 
 
