@@ -176,7 +176,7 @@ def _load_digits(spec: "DataSpec", pre: "Preprocess") -> Dataset:
 
 def _describe_digits(spec: "DataSpec") -> tuple[int, int]:
     n_test = math.ceil(DIGITS_IMAGES * DIGITS_TEST_FRACTION)  # as scikit-learn rounds the test share
-    n = n_test if (spec.split or "test") == "test" else DIGITS_IMAGES - n_test
+    n = n_test if (spec.split or DIGITS_SPLITS[0]) == "test" else DIGITS_IMAGES - n_test
     return _limited(n, spec), 10
 
 

@@ -67,7 +67,7 @@ RECIPES: dict[str, Recipe] = {
     "digits_cnn": Recipe("small_cnn", "scratch", 40, 0.002, "a small 3-conv CNN, from scratch, on digits", "adam",
                          data="digits", augment="none", image_size=16, eps_warmup=5, train_steps=10),
 }
-DATA_KINDS = ("faces", "digits")
+ROBUST_STEPS = 20  # the card's robust accuracy: torchattacks PGD, this many steps of ε/4
 FALLBACK_ARCH = "efficientnet_lite0"
 
 
@@ -136,7 +136,7 @@ def accuracy(model: nn.Module, ds: Dataset, batch_size: int = 64) -> tuple[float
     return (pred == ds.labels).float().mean().item(), per_class
 
 
-def robust_accuracy(model: nn.Module, ds: Dataset, eps: float, steps: int = 20, seed: int = 0,
+def robust_accuracy(model: nn.Module, ds: Dataset, eps: float, steps: int = ROBUST_STEPS, seed: int = 0,
                     batch_size: int = 128) -> float:
     """Accuracy under torchattacks' L∞ PGD (random start, ``steps`` steps of ε/4): the field's
     implementation, not the one the model was trained with, so the card's number is an independent check."""
@@ -154,22 +154,22 @@ def robust_accuracy(model: nn.Module, ds: Dataset, eps: float, steps: int = 20, 
     return correct / len(ds)
 
 
-def load_training_data(data: str | Path, size: int | None, recipe: Recipe) -> tuple[Dataset, Dataset, dict[str, Any]]:
-    """(train split, test split, the card's record of the data) for ``--data``: ``digits`` or a
-    folder made by ``bench data faces``."""
+def load_training_data(data: str | Path, size: int | None, recipe: Recipe) -> tuple[Dataset, Dataset, int, dict[str, Any]]:
+    """(train split, test split, image size, the card's record of the data) for ``--data``: ``digits``
+    or a folder made by ``bench data faces``."""
     if str(data) == "digits":
         size = size or recipe.image_size or 32
         train_ds = load_dataset(DataSpec("digits", split="train", image_size=size))
         test_ds = load_dataset(DataSpec("digits", split="test", image_size=size))
-        return train_ds, test_ds, {"data": "digits", "data_split": test_ds.split, "size": size,
-                                   "note": test_ds.note, "proxy_data": False}
+        return train_ds, test_ds, size, {"data": "digits", "data_split": test_ds.split, "note": test_ds.note,
+                                         "proxy_data": False}
     data_dir = Path(data)
     split = read_split(data_dir)
     size = size or recipe.image_size or _native_size(data_dir)
     train_ds = load_dataset(DataSpec("imagefolder", path=str(data_dir / "train"), image_size=size))
     test_ds = load_dataset(DataSpec("imagefolder", path=str(data_dir / "test"), image_size=size))
-    return train_ds, test_ds, {"data": str(data_dir), "data_hash": split["split_hash"], "size": size,
-                               "proxy_data": split.get("proxy", False), "note": split.get("note", "")}
+    return train_ds, test_ds, size, {"data": str(data_dir), "data_hash": split["split_hash"],
+                                     "proxy_data": split.get("proxy", False), "note": split.get("note", "")}
 
 
 def output_name(recipe_name: str, adversarial: AdversarialSpec | None) -> str:
@@ -184,8 +184,7 @@ def train(recipe_name: str, data: str | Path, out_dir: str | Path, epochs: int |
     the training ε or ``robust_eps``), write checkpoint + card."""
     recipe = RECIPES[recipe_name]
     out_dir = Path(out_dir)
-    train_ds, test_ds, record = load_training_data(data, image_size, recipe)
-    size = record.pop("size")
+    train_ds, test_ds, size, record = load_training_data(data, image_size, recipe)
     num_classes = len(train_ds.class_names or []) or int(train_ds.labels.max()) + 1
     epochs = epochs or recipe.epochs
     name = output_name(recipe_name, adversarial)
@@ -252,7 +251,7 @@ def train(recipe_name: str, data: str | Path, out_dir: str | Path, epochs: int |
     robust = None
     if robust_at:
         t1 = time.perf_counter()
-        robust = {"attack": "torchattacks PGD, L∞, random start", "eps": robust_at, "steps": 20, "step_size": robust_at / 4,
+        robust = {"attack": "torchattacks PGD, L∞, random start", "eps": robust_at, "steps": ROBUST_STEPS, "step_size": robust_at / 4,
                   "images": len(test_ds), "acc": robust_accuracy(model, test_ds, robust_at, seed=seed),
                   "seconds": round(time.perf_counter() - t1, 1)}
     out_dir.mkdir(parents=True, exist_ok=True)
