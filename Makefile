@@ -31,7 +31,7 @@ NIGHTLY_SUITE ?= suites/nightly-gpu.yaml
 BASELINE_FILES = results.parquet run.json predictions.parquet worst_case.parquet worst_case_images.parquet
 NIGHTLY_BASELINE = benchmarks/nightly/$(shell $(BIN)/python -c "from bench.results import machine_slug; print(machine_slug())" 2>/dev/null)/results.parquet
 
-.PHONY: bench test install clean-results faces robust perf-baseline perf-gate nightly nightly-baseline
+.PHONY: bench test install clean-results faces robust attack-sources perf-baseline perf-gate nightly nightly-baseline
 
 install: $(STAMP)
 
@@ -40,7 +40,7 @@ install: $(STAMP)
 # numpy, scipy) come from pyproject.toml.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --disable-pip-version-check -q -e '.[test,timm,ray]'
+	$(BIN)/python -m pip install --disable-pip-version-check -q -e '.[test,timm,ray,foolbox,art]'
 	$(BIN)/python -m pip install --disable-pip-version-check -q --no-deps 'torchattacks>=3.5.1,<4'
 	touch $(STAMP)
 
@@ -61,6 +61,11 @@ $(FACES_ADV): $(FACES_DATA)/split.json
 # Robustness where there is some: both digits models (once each, on scikit-learn's digits), then the suite.
 robust: $(STAMP) $(ROBUST_MODELS)
 	$(BIN)/bench run suites/robust.yaml
+
+# Attacks from anywhere: PGD and FGSM from torchattacks, foolbox and ART, minimum-norm curves and a user's own
+# attack, side by side on the PGD-trained digits model (trained once, as for make robust).
+attack-sources: $(STAMP) $(DIGITS_MODELS)/digits_cnn-pgd.pt
+	$(BIN)/bench run suites/attack-sources.yaml
 
 $(DIGITS_MODELS)/digits_cnn.pt: | $(STAMP)
 	$(BIN)/bench train digits_cnn --robust-eps $(ROBUST_EPS) --out $(DIGITS_MODELS)

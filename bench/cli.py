@@ -210,9 +210,12 @@ def _run(args: argparse.Namespace, console: Console) -> int:
     cells = suite.cells()
     from bench import executors
 
-    try:  # the command line's executor options are checked with the suite, --dry-run included
-        spec = executors.override(suite.executor, type=args.executor, address=args.address, workers=args.workers,
+    try:  # the suite's executor entry and the command line's options are checked here, --dry-run included
+        spec = executors.override(executors.from_suite(suite), type=args.executor, address=args.address, workers=args.workers,
                                   cpus_per_worker=args.cpus_per_worker, max_retries=args.max_retries)
+    except SuiteError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except executors.ExecutorError as exc:
         print(f"error: {args.suite}: executor: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

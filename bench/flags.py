@@ -7,7 +7,7 @@ about the setting (a defense that breaks the classifier itself) that do not. How
 judged, with its thresholds, is in :mod:`bench.indicators`.
 
 Per-cell flags are raised while a cell runs; cross-cell flags (``eps-rise``, ``adaptive-weaker``,
-``black-box-stronger``) once every row is in.
+``black-box-stronger``, ``implementations-disagree``) once every row is in.
 """
 
 from __future__ import annotations
@@ -55,6 +55,11 @@ FLAGS: dict[str, Flag] = {f.code: f for f in (
     Flag("black-box-stronger", "a score-based black-box attack broke images that every gradient attack at the same ε "
          "left standing: the gradients mislead (gradient masking)",
          "trust the worst case over all attacks; attack through BPDA or with a margin loss"),
+    Flag("implementations-disagree", "another library's implementation of the same attack (same family, budget, "
+         "steps and step size) broke clearly more images of this model (McNemar's exact p < 0.01 on the images only "
+         "one of them broke): this implementation is weaker, its robust accuracy an overestimate",
+         "trust the stronger implementation and the worst case over all attacks; compare the two libraries' "
+         "defaults (step size, random start, loss) with the report's side-by-side table"),
     Flag("softmax-output", "the model returns probabilities (non-negative rows summing to 1), not logits: "
          "cross-entropy on them saturates and its gradients vanish",
          "return logits (drop the final softmax), or use a margin loss (apgd with loss: dlr)"),
@@ -149,6 +154,13 @@ def cross_cell_flags(df: pd.DataFrame, predictions: pd.DataFrame | None = None, 
         for cell_id, images in _black_box_stronger(ok, right, set(black_box), set(randomized)):
             out.setdefault(cell_id, []).append("black-box-stronger")
             evidence.setdefault(cell_id, {})["black_box_only_images"] = images
+    if predictions is not None and not predictions.empty:
+        from bench.crosscheck import comparisons, disagreements
+
+        table = comparisons(df, predictions)  # through a randomized defense each cell's draws differ: no verdict there
+        for cell_id, pairs in disagreements(table[~table["defense"].isin(list(randomized))]).items():
+            out.setdefault(cell_id, []).append("implementations-disagree")
+            evidence.setdefault(cell_id, {})["implementations_disagree"] = pairs
     return out
 
 

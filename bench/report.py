@@ -21,6 +21,7 @@ PLOT_TITLES = {
     "robust": "Robust accuracy against ε",
     "defenses": "Robust accuracy against ε, per defense (adaptive dashed, no defense dotted)",
     "quality": "Accuracy against JPEG quality",
+    "curves": "Minimum-norm curves: robust accuracy over ε from one run per attack",
 }
 CASCADE_NOTE = ("This run used `cascade: true`: each attack ran only on the images still standing (column n_attacked), and "
                 "a row counts the images its attack never ran on as they are without attack. Read the worst case over all "
@@ -43,9 +44,11 @@ def write_report(run_dir: str | Path, reports_root: str | Path = "reports") -> P
     loaded = worst_case.load(Path(run_dir))
     worst = loaded[0] if loaded is not None else None
     by_defense = _plot_defenses(df, out_dir / f"{meta['run_id']}-defenses.png", worst)
+    predictions = load_predictions(Path(run_dir))
     plots = [p for p in (by_defense or _plot(df, out_dir / f"{meta['run_id']}-robust.png", worst),
-                         _plot_quality(df, out_dir / f"{meta['run_id']}-quality.png")) if p]
-    text = render(df, meta, [p.name for p in plots], load_predictions(Path(run_dir)), worst)
+                         _plot_quality(df, out_dir / f"{meta['run_id']}-quality.png"),
+                         _plot_curves(df, predictions, out_dir / f"{meta['run_id']}-curves.png")) if p]
+    text = render(df, meta, [p.name for p in plots], predictions, worst)
     path = out_dir / f"{meta['run_id']}.md"
     write_atomic(path, text.encode())
     # latest.md points at latest-*.png copies: a committed latest report keeps stable file names
@@ -109,6 +112,12 @@ def render(df: pd.DataFrame, meta: dict[str, Any], plot_names: list[str] | None 
         accepted = _fakes_accepted(ok, meta, predictions, ["model", "attack", "ε", *extra])
         if accepted:
             lines += ["", "## Fakes accepted as real (share of fake images the detector calls real)", "", accepted]
+        side = _implementations_section(df, predictions)
+        if side:
+            lines += ["", "## Implementations side by side", "", side]
+        minimum = _curves_section(df, predictions)
+        if minimum:
+            lines += ["", "## Minimum-norm attacks", "", minimum]
         comparison = _defense_comparison(ok, extra, predictions, cascade)
         if comparison:
             lines += ["", "## Defense comparison", "", comparison]
@@ -365,6 +374,10 @@ def _evidence(code: str, ev: dict[str, Any], row: Any) -> str:
                             else "more accuracy than the oblivious attack"),
         "black-box-stronger": (f"{get('black_box_only_images')} image(s) only a black-box attack broke"
                                if get("black_box_only_images") else "a black-box attack broke images it left standing"),
+        "implementations-disagree": "; ".join(
+            f"{_pct(d.get('robust_acc'))} here, {_pct(d.get('other_robust_acc'))} with {d.get('other')} "
+            f"({d.get('only_other_broke')} image(s) only it broke, {d.get('only_this_broke')} only this one; p {format_p(d.get('p'))})"
+            for d in (get("implementations_disagree") or [])) or "another library's implementation broke more images",
         "short-delta": f"max ‖δ‖∞ {255 * row.get('linf_max', float('nan')):.1f}/255",
         "non-finite": "NaN or inf logits",
     }.get(code, "")
@@ -460,7 +473,7 @@ def _worst_case_section(worst: pd.DataFrame) -> str:
         table.to_markdown(index=False),
         "Share of the n images classified correctly without attack and left correctly classified by every attack of the suite "
         "— every attack, every mode (oblivious and adaptive) and every smaller ε of the same norm — with its 95 % Wilson "
-        "interval (AutoAttack's and RobustBench's robust accuracy). Attacks without a budget are not part of it. "
+        "interval (AutoAttack's and RobustBench's robust accuracy). A minimum-norm attack counts at every ε of its norm with the images it broke within that ε; other attacks without a budget are not part of it. "
         "Written to worst_case.parquet (per image: worst_case_images.parquet).",
         pd.DataFrame(detail).to_markdown(index=False),
         "'broke first': the first attack that broke each image, in the order ε ascending, then the suite's attack order, "
@@ -535,6 +548,84 @@ def _environment(meta: dict[str, Any]) -> str:
     rows += [("suite file", meta.get("suite_file")), ("suite digest", meta.get("suite_digest", "")[:16]),
              ("wall time", f"{meta['wall_seconds']:.1f} s" if "wall_seconds" in meta else "?")]
     return pd.DataFrame(rows, columns=["", "value"]).to_markdown(index=False)
+
+
+def _implementations_section(df: pd.DataFrame, predictions: pd.DataFrame | None) -> str | None:
+    """The same attack from two libraries on the same images (bench/crosscheck.py), a row per pair."""
+    from bench.crosscheck import DISAGREE_P, comparisons
+
+    table = comparisons(df, predictions)
+    if table.empty:
+        return None
+    rows = []
+    for _, r in table.iterrows():
+        where = r["defense"] + ("" if r["eval_mode"] == "oblivious" else f" ({r['eval_mode'].removeprefix('adaptive-')})")
+        rows.append({"model": r["model"], "defense": where, "attack": r["family"],
+                     "A": f"{r['attack_a']} ({r['source_a']}) {_pct(r['robust_acc_a'])}",
+                     "B": f"{r['attack_b']} ({r['source_b']}) {_pct(r['robust_acc_b'])}",
+                     "both broke": int(r["both_broke"]), "only A": int(r["only_a"]), "only B": int(r["only_b"]),
+                     "p": format_p(r["p"]), "": "agree" if r["agree"] else "**disagree**"})
+    text = pd.DataFrame(rows).to_markdown(index=False)
+    return (f"Each pair runs the same attack family and budget (same ε, steps, step size and random start) from two "
+            f"libraries, on the same images of the same model: robust accuracy of each, the images both broke and those "
+            f"only one broke, and McNemar's exact test on those. p < {DISAGREE_P} is a disagreement: the weaker one is "
+            f"flagged `implementations-disagree`.\n\n" + text)
+
+
+def _curves_section(df: pd.DataFrame, predictions: pd.DataFrame | None) -> str | None:
+    """Each minimum-norm attack: what it broke, its median smallest perturbation, robust accuracy at a few ε read
+    off its one run, and its optimality against the per-image best of every attack (bench/curves.py)."""
+    from bench import curves
+
+    table = curves.table(df, predictions)
+    if table.empty:
+        return None
+    rows = []
+    for _, r in table.iterrows():
+        clean, d = curves.per_image(predictions, r["cell_id"])
+        grid = [r["reach"] * f for f in (0.25, 0.5, 1.0)]
+        unit = (lambda e: f"{255 * e:.1f}/255") if r["norm"] == "Linf" else (lambda e: f"{e:.3g}")
+        where = r["defense"] + ("" if r["eval_mode"] == "oblivious" else f" ({r['eval_mode'].removeprefix('adaptive-')})")
+        rows.append({"model": r["model"], "defense": where, "attack": r["attack"], "norm": r["norm"],
+                     "broken": f"{r['broken']} of {r['n']}",
+                     "median ‖δ‖": unit(r["median_distance"]) if r["median_distance"] == r["median_distance"] else "–",
+                     **{f"ε = {f}·E": f"{_pct(curves.robust_at(clean, d, e))} (ε {unit(e)})" for f, e in zip(("¼", "½", "1"), grid)},
+                     "optimality": f"{r['optimality']:.2f}"})
+    return ("An attack that searches the smallest perturbation gives robust accuracy at every ε from one run (an image "
+            "broken with perturbation d is broken at every ε ≥ d; d measured on the 8-bit image that was evaluated). "
+            "E is the largest smallest perturbation the per-image best of every attack of the same norm found; "
+            "**optimality** (AttackBench's sense) is 1 when an attack's curve is that best one, 0 when it breaks "
+            "nothing: (area of clean accuracy − area of its curve) / (area of clean accuracy − area of the best curve) "
+            "on [0, E]. Minimum-norm attacks also join the worst case at every ε of their norm.\n\n"
+            + pd.DataFrame(rows).to_markdown(index=False))
+
+
+def _plot_curves(df: pd.DataFrame, predictions: pd.DataFrame | None, path: Path) -> Path | None:
+    """Robust accuracy over ε from each minimum-norm attack's one run, and the per-image best over every
+    attack of the same norm (thick): a panel per model, defense, mode and norm."""
+    import numpy as np
+
+    from bench import curves
+
+    table = curves.table(df, predictions)
+    if table.empty:
+        return None
+    panels = []
+    for key, group in table.groupby([*curves.GROUP[:-1], "norm"], sort=False):
+        model, defense, mode, device, precision, norm = key
+        top = float(group["reach"].max()) or 1.0
+        grid = np.linspace(0, 1.15 * top, 120)
+        scale = 255 if norm == "Linf" else 1
+        lines = [(grid * scale, curves.curve(predictions, [r["cell_id"]], grid), f"{r['attack']} (optimality {r['optimality']:.2f})",
+                  "-", {"marker": ""}) for _, r in group.iterrows()]
+        everyone = group["best_of"].iloc[0]
+        lines.append((grid * scale, curves.curve(predictions, everyone, grid), f"best of all {len(everyone)} attacks ({norm})",
+                      "-", {"marker": "", "width": 4.0, "colour": "black", "alpha": 0.3}))
+        where = defense + ("" if mode == "oblivious" else f" ({mode.removeprefix('adaptive-')})")
+        panels.append((f"{model} · {where} · {norm}", lines))
+    norms = set(table["norm"])
+    xlabel = "ε (×1/255)" if norms == {"Linf"} else "ε (L∞ ×1/255; L2, L1: pixel units)" if "Linf" in norms else "ε"
+    return _draw(panels, path, xlabel, "robust accuracy (%)")
 
 
 def _plot(df: pd.DataFrame, path: Path, worst: pd.DataFrame | None = None) -> Path | None:
@@ -656,7 +747,7 @@ def _draw(panels: list[tuple[str, list]], path: Path, xlabel: str, ylabel: str) 
             else:
                 key = opts.get("colour_of", name)
                 colour = colours.setdefault(key, "0.35" if reference else f"C{len(colours) % 10}")
-            (handle,) = ax.plot(x, 100 * y, marker="o", linestyle=style, color=colour, label=name,
+            (handle,) = ax.plot(x, 100 * y, marker=opts.get("marker", "o"), linestyle=style, color=colour, label=name,
                                 linewidth=opts.get("width", 1.5), alpha=opts.get("alpha", 1.0),
                                 zorder=5 if reference else 1 if "width" in opts else 2)
             legend.setdefault(name, handle)

@@ -27,10 +27,13 @@ COLUMNS: dict[str, str] = {
     "input_size": "Int64",  # the model's own input size (its preprocessing decides which decoded copy it reads)
     "dataset": "string",
     "attack": "string",
-    "attack_type": "string",  # the attack's registry name (pgd, square, sgd, …)
+    "attack_type": "string",  # the attack's registry name (pgd, square, sgd, foolbox/LinfPGD, art/SquareAttack, python)
+    "attack_source": "string",  # where the attack comes from: torchattacks, foolbox, art, python
     "attack_args": "string",  # JSON of the attack's resolved arguments (defaults filled in); digested in cell_id
     "eps": "float64",
-    "norm": "string",  # what eps bounds: Linf, L2, L1, or none (CW, DeepFool, L0 attacks: measured, not bounded)
+    "norm": "string",  # what eps bounds: Linf, L2, L1, L0, or none (CW, DeepFool, FMN without eps: measured, not bounded)
+    "minimum_norm": "string",  # the norm a minimum-norm attack minimises (its per-image distances give a curve); else empty
+    "distance_median": "float64",  # median smallest perturbation found (minimum_norm) over the images it broke
     "defense": "string",
     "eval_mode": "string",  # oblivious, adaptive-bpda (real defense forward, identity backward), adaptive-diff
     "eot_samples": "Int64",  # draws averaged per attack gradient (randomized defenses); 1 deterministic; null oblivious
@@ -106,7 +109,9 @@ def to_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
 def predictions_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
     """Per-image predictions of every ok cell, long format: cell_id, image, label, clean_pred,
     robust_pred, robust_all (right under every draw of a randomized defense: robust_acc_all_draws)
-    and attacked (the attack ran on the image: false for images a cascade skipped)."""
+    attacked (the attack ran on the image: false for images a cascade skipped) and distance (the measured
+    perturbation in the cell's curve norm: minimum_norm, else the budget's norm; NaN for an unbounded attack
+    that minimises nothing)."""
     parts = []
     for row in rows:
         pred = row.get(PREDICTIONS_KEY)
@@ -115,9 +120,10 @@ def predictions_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
             robust_all = pred.get("robust_all") or [r == y for r, y in zip(pred["robust"], labels)]
             parts.append(pd.DataFrame({"cell_id": row["cell_id"], "image": range(len(labels)), "label": labels,
                                        "clean_pred": pred["clean"], "robust_pred": pred["robust"],
-                                       "robust_all": robust_all, "attacked": pred.get("attacked") or [True] * len(labels)}))
+                                       "robust_all": robust_all, "attacked": pred.get("attacked") or [True] * len(labels),
+                                       "distance": pred.get("distance") or [float("nan")] * len(labels)}))
     columns = {"cell_id": "string", "image": "int64", "label": "int64", "clean_pred": "int64", "robust_pred": "int64",
-               "robust_all": "bool", "attacked": "bool"}
+               "robust_all": "bool", "attacked": "bool", "distance": "float64"}
     if not parts:
         return pd.DataFrame({c: pd.Series(dtype=t) for c, t in columns.items()})
     return pd.concat(parts, ignore_index=True).astype(columns)

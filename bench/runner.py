@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from bench import defenses as defense_registry
 from bench import executors, worst_case
-from bench.attacks import BLACK_BOX
+from bench import attacks as attack_registry
 from bench.cells import LOG_FILE, Interrupted, _now, _trace, data_key, load_datasets
 from bench.data import Dataset
 from bench.executors import Executor, Job
@@ -140,7 +140,7 @@ def run_suite(
     total_batches)``, ``cell(cell)``, ``cell_done()``, ``batch(n)``, ``stop()``.
     """
     cells = suite.cells()
-    executor = executor if executor is not None else executors.create(suite.executor)
+    executor = executor if executor is not None else executors.create(executors.from_suite(suite))
     with contextlib.ExitStack() as cleanup:
         done_rows: list[dict[str, Any]] = []
         retry_rows: list[dict[str, Any]] = []
@@ -257,7 +257,8 @@ def _execute(suite: Suite, cells: list, done_rows: list[dict[str, Any]], retry_r
                 meta.pop("error", None)
             predictions = predictions_frame(rows)
             randomized = [d.label for d in suite.defenses if defense_registry.randomized(d)]
-            apply_cross_cell(rows, to_frame(rows), predictions, BLACK_BOX, randomized)
+            black_box = sorted({r["attack_type"] for r in rows if r.get("attack_type") and attack_registry.black_box(r["attack_type"])})
+            apply_cross_cell(rows, to_frame(rows), predictions, black_box, randomized)
             table = to_frame(rows)
             write_table(table, run_dir / TABLE_FILE)
             write_table(predictions, run_dir / PREDICTIONS_FILE)

@@ -87,6 +87,11 @@ class AttackSpec:
     eps: float | None
     params: tuple[tuple[str, Any], ...] = ()
     target: int | None = None
+    # what the registry resolved (bench/attacks), kept so that rows need no attack library: not part of the
+    # attack's identity beyond type and params (not in the digest)
+    norm: str | None = None  # the norm eps bounds (None: torchattacks', worked out from type and params)
+    minimum_norm: str | None = None  # the norm a minimum-norm attack minimises (None: not one, or torchattacks')
+    path: str | None = None  # a python attack's resolved file.py:function (params hold it as the suite wrote it)
 
     @property
     def kwargs(self) -> dict[str, Any]:

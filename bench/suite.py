@@ -23,7 +23,6 @@ import yaml
 from bench import attacks as attack_registry
 from bench import data as data_registry
 from bench import defenses as defense_registry
-from bench import executors as executor_registry
 from bench import models as model_registry
 from bench import sources
 from bench.specs import AttackSpec, CellSpec, DataSpec, DefenseSpec, ExecutorSpec, ModelSpec, format_eps  # noqa: F401 (re-exported)
@@ -113,9 +112,16 @@ class Suite:
     unconstrained_check: bool = True  # the unconstrained-fails indicator's extra crafting (bench/indicators.py)
     include: tuple[dict[str, Any], ...] = ()
     exclude: tuple[dict[str, Any], ...] = ()
-    executor: ExecutorSpec = ExecutorSpec()  # where cells run; not in the digest (any executor gives the same table)
+    # where cells run, as the suite wrote it: checked where the executor is chosen (bench.executors.from_suite),
+    # and not in the digest (any executor gives the same table)
+    executor_entry: Any = "local"
     path: str = "<memory>"
     raw: dict[str, Any] = field(default_factory=dict)
+    lines: dict[str, int] = field(default_factory=dict, repr=False)  # key path → line in the suite file
+
+    def checker(self) -> "_Validator":
+        """The suite file's validator, so a section checked elsewhere (the executor) reports FILE:LINE: KEY."""
+        return _Validator(Path(self.path), self.lines)
 
     def cells(self) -> list[CellSpec]:
         """The pruned grid, ordered so cells sharing a model and an adversarial batch are adjacent."""
@@ -310,7 +316,6 @@ class _Validator:
         unconstrained_check = self.boolean(doc.get("unconstrained_check", True), "unconstrained_check")
         include = self.rules(doc.get("include", []), "include")
         exclude = self.rules(doc.get("exclude", []), "exclude")
-        executor = executor_registry.parse(doc.get("executor", "local"), "executor", self)
         suite = Suite(
             name=name,
             seed=seed,
@@ -328,13 +333,18 @@ class _Validator:
             unconstrained_check=unconstrained_check,
             include=include,
             exclude=exclude,
-            executor=executor,
+            executor_entry=doc.get("executor", "local"),
             path=str(self.path),
+            lines=self.lines,
         )
         # the resolved suite as plain JSON: recorded in run.json, and hashed for --resume
         raw = dataclasses.asdict(suite)
-        for key in ("path", "raw", "executor"):
+        for key in ("path", "raw", "executor_entry", "lines"):
             raw.pop(key)
+        for variants in raw["attacks"]:  # what the registry worked out from type and params (and where a file lies)
+            for attack in variants:
+                for derived in ("norm", "minimum_norm", "path"):
+                    attack.pop(derived, None)
         # keys at their defaults stay out, so a suite written before they existed keeps its digest
         for key, default in (("cascade", False), ("unconstrained_check", True)):
             if raw[key] == default:
@@ -422,70 +432,15 @@ class _Validator:
         return tuple(out)
 
     def attacks(self, value: Any, models: tuple[ModelSpec, ...]) -> tuple[tuple[AttackSpec, ...], ...]:
-        items = self.listof(value, "attacks")
+        """Each entry is resolved by its attack source (bench/attacks): this loader only checks names across entries."""
         out, seen = [], set()
-        for i, item in enumerate(items):
-            key = f"attacks[{i}]"
-            if not isinstance(item, dict):
-                raise self.fail(key, f"must be a mapping with a 'type', got {_kind(item)}")
-            if "type" not in item:
-                raise self.fail(f"{key}.type", "is required; allowed: " + ", ".join(attack_registry.names()))
-            try:
-                info = attack_registry.lookup(item["type"])
-            except KeyError:
-                raise self.fail(f"{key}.type", f"unknown attack {item['type']!r}; allowed: " + ", ".join(attack_registry.names())) from None
-            allowed = ["name", "type", "target", attack_registry.RESTARTS, *info.params]
-            self.mapping(item, key, allowed)
-            name = self.name(item.get("name", info.name), f"{key}.name")
+        for i, item in enumerate(self.listof(value, "attacks")):
+            variants = attack_registry.parse(item, f"attacks[{i}]", self, models)
+            name = variants[0].name
             if name in seen:
-                raise self.fail(f"{key}.name", f"duplicate attack name {name!r}; names must be unique")
+                raise self.fail(f"attacks[{i}].name", f"duplicate attack name {name!r}; names must be unique")
             seen.add(name)
-            target = item.get("target")
-            if target is not None:
-                target = self.integer(target, f"{key}.target", lo=0)
-                if not info.targeted:
-                    raise self.fail(f"{key}.target", f"attack {info.name} has no targeted mode")
-                for m in models:
-                    if target >= m.num_classes:
-                        raise self.fail(f"{key}.target", f"class {target} does not exist for model {m.name!r} ({m.num_classes} classes)")
-            # every argument the attack runs with, defaults filled in: equal specs are the same attack
-            params = {}
-            for p, default in info.params.items():
-                if p != "eps":
-                    params[p] = self.param(item[p], f"{key}.{p}", default) if p in item else default
-            restarts = self.integer(item.get(attack_registry.RESTARTS, 1), f"{key}.restarts", lo=1, hi=1000)
-            if restarts > 1 and not attack_registry.restartable(info, params):
-                raise self.fail(f"{key}.restarts", f"{info.name} has no random start here (random_start: false, or none "
-                                "to turn on): every restart would repeat the first run")
-            if restarts > 1:  # left out at 1, so a suite without the key keeps its cell ids
-                params[attack_registry.RESTARTS] = restarts
-            if "eps" in info.params:
-                if "eps" not in item:
-                    raise self.fail(f"{key}.eps", "is required (pixel-space L-inf budget for images in [0,1], e.g. 8/255)")
-                raw = item["eps"] if isinstance(item["eps"], list) else [item["eps"]]
-                if not raw:
-                    raise self.fail(f"{key}.eps", "must not be empty")
-                eps_key = (lambda j: f"{key}.eps[{j}]") if isinstance(item["eps"], list) else (lambda j: f"{key}.eps")
-                norm = attack_registry.norm(AttackSpec(name, info.name, None, tuple(sorted(params.items()))))
-                epss = []
-                for j, e in enumerate(raw):
-                    x = self.number(e, eps_key(j))
-                    if norm == "Linf" and not 0 < x <= 1:
-                        raise self.fail(eps_key(j), f"must be in (0, 1] for an L-inf attack (pixel space, images in [0,1]), got {e!r}")
-                    if x <= 0:
-                        raise self.fail(eps_key(j), f"must be > 0 ({norm} budget in pixel space, images in [0,1]), got {e!r}")
-                    epss.append(x)
-            else:
-                epss = [None]
-            variants = []
-            for eps in dict.fromkeys(epss):  # drop repeated values, keep order
-                spec = AttackSpec(name=name, type=info.name, eps=eps, params=tuple(sorted(params.items())), target=target)
-                try:
-                    attack_registry.check(spec)
-                except Exception as exc:  # whatever the attack's constructor raises for bad arguments
-                    raise self.fail(key, f"invalid arguments for {info.name}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
-                variants.append(spec)
-            out.append(tuple(variants))
+            out.append(variants)
         return tuple(out)
 
     def checkpoint(self, value: Any, key: str) -> tuple[str, dict]:
@@ -519,7 +474,8 @@ class _Validator:
         return str(p), card
 
     def param(self, value: Any, key: str, default: Any) -> Any:
-        """An attack argument, typed after its default; numbers may be written as fractions."""
+        """An argument (of an attack, for the attack registry), typed after its default; numbers may be
+        written as fractions."""
         if isinstance(default, bool):
             if not isinstance(value, bool):
                 raise self.fail(key, f"must be true or false, got {value!r}")

@@ -4,8 +4,10 @@ AutoAttack and RobustBench define robust accuracy this way: an image counts only
 correctly without attack and every attack of the ensemble leaves it classified correctly. Here, for
 each (model, defense, device, precision, norm) and each ε the suite ran, the ensemble is every ok
 cell of that group at that ε or a smaller one of the same norm (an image broken at ε is broken at
-every larger ε): every attack, every mode (oblivious and each adaptive method). Attacks without a
-budget (``norm: none``) belong to no ε and are left out.
+every larger ε): every attack, every mode (oblivious and each adaptive method). A minimum-norm attack
+run without a budget (``minimum_norm``: FMN, DDN, CW, DeepFool, …) joins at every ε of the norm it
+minimises, with the images it broke within that ε (its measured perturbation ≤ ε). Other attacks
+without a budget (``norm: none``) belong to no ε and are left out.
 
 Two tables come out of a run's rows and per-image predictions:
 
@@ -70,6 +72,12 @@ def worst_case_id(model: str, norm: str, eps: float, defense: str, device: str, 
     return "/".join([model, "worst-case", norm, f"eps={format_eps(eps)}", defense, device, precision])
 
 
+def curve_label(row: Any) -> str:
+    """``fmn (minimum-norm)``: a minimum-norm attack, which counts at every ε up to what it found."""
+    mode = "" if row["eval_mode"] == "oblivious" else f", {row['eval_mode']}"
+    return f"{row['attack']} (minimum-norm{mode})"
+
+
 def attack_label(row: Any) -> str:
     """``pgd ε=8/255`` for an oblivious attack, ``pgd (adaptive-bpda) ε=8/255`` for an adaptive one."""
     mode = "" if row["eval_mode"] == "oblivious" else f" ({row['eval_mode']})"
@@ -82,6 +90,10 @@ def compute(df: pd.DataFrame, predictions: pd.DataFrame | None) -> tuple[pd.Data
              pd.DataFrame({c: pd.Series(dtype=t) for c, t in IMAGE_COLUMNS.items()}))
     if predictions is None or predictions.empty or df.empty:
         return empty
+    minimum = df["minimum_norm"].fillna("").astype(str) if "minimum_norm" in df else pd.Series("", index=df.index)
+    # a minimum-norm attack joins at every ε of its norm: an image it broke with perturbation d is broken at ε ≥ d
+    unbounded = (minimum != "") & df["eps"].isna()  # with an ε it is a bounded attack like any other
+    curves = df[unbounded & (df["status"] == "ok")].assign(norm=minimum[unbounded])
     bounded = df[df["eps"].notna() & (df["norm"].fillna("none") != "none")].copy()
     if bounded.empty:
         return empty
@@ -101,12 +113,22 @@ def compute(df: pd.DataFrame, predictions: pd.DataFrame | None) -> tuple[pd.Data
         broken = {cid: by_cell[cid]["robust_pred"].to_numpy() != labels for cid in ok["cell_id"]}
         broken_all = {cid: ~by_cell[cid]["robust_all"].to_numpy().astype(bool) for cid in ok["cell_id"]}
         names = {cid: attack_label(r) for cid, r in ok.set_index("cell_id").iterrows()}
+        model, defense, device, precision, norm = key
+        extra = curves[(curves["model"] == model) & (curves["defense"] == defense) & (curves["device"] == device)
+                       & (curves["precision"] == precision) & (curves["norm"] == norm) & curves["cell_id"].isin(list(by_cell))]
+        wrong = {cid: by_cell[cid]["robust_pred"].to_numpy() != labels for cid in extra["cell_id"]}
+        wrong_all = {cid: ~by_cell[cid]["robust_all"].to_numpy().astype(bool) for cid in extra["cell_id"]}
+        distance = {cid: by_cell[cid]["distance"].to_numpy(dtype=float) for cid in extra["cell_id"]}
+        names.update({cid: curve_label(r) for cid, r in extra.set_index("cell_id").iterrows()})
         for eps in sorted(ok["eps"].unique()):
             ensemble = ok[ok["eps"] <= eps + 1e-12]
             at_eps = ensemble[(ensemble["eps"] - eps).abs() <= 1e-12]
             if at_eps.empty:
                 continue
-            ids = list(ensemble["cell_id"])
+            for cid, d in distance.items():  # within ε: what the minimum-norm attack broke at this budget
+                within = np.nan_to_num(d, nan=np.inf) <= eps + 1e-6
+                broken[cid], broken_all[cid] = wrong[cid] & within, wrong_all[cid] & within
+            ids = list(ensemble["cell_id"]) + list(distance)
             hit = [broken[c] for c in ids]
             survived = clean_ok.copy()
             survived_all = clean_ok.copy()
@@ -129,7 +151,6 @@ def compute(df: pd.DataFrame, predictions: pd.DataFrame | None) -> tuple[pd.Data
             # under a cascade a row's robust accuracy counts images its attack never ran on: no single cell to name
             full = "n_attacked" not in at_eps or bool((at_eps["n_attacked"].isna() | (at_eps["n_attacked"] >= at_eps["n"])).all())
             strongest = at_eps.sort_values(["robust_acc", "_rank"]).iloc[0] if full else None
-            model, defense, device, precision, norm = key
             wid = worst_case_id(model, norm, eps, defense, device, precision)
             all_cells = group[(group["eps"] <= eps + 1e-12)]
             rows.append({
@@ -160,6 +181,8 @@ def _complete(predictions: pd.DataFrame) -> pd.DataFrame:
         predictions = predictions.assign(robust_all=predictions["robust_pred"] == predictions["label"])
     if "attacked" not in predictions:
         predictions = predictions.assign(attacked=True)
+    if "distance" not in predictions:
+        predictions = predictions.assign(distance=np.nan)
     return predictions
 
 

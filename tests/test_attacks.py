@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from bench.attacks import build, check, lookup, names
+from bench.attacks import build, check, lookup
+from bench.attacks.torchattacks_attacks import names
 from bench.attacks.sgd import SGD
 from bench.suite import AttackSpec
 
@@ -124,11 +125,11 @@ _CHEAPER = {"eadl1": {"binary_search_steps": 2, "max_iterations": 10}, "eaden": 
 
 
 def _args(name: str) -> dict:
-    from bench.attacks import norm
+    from bench.attacks import budget_norm
 
     args = dict(_CHEAPER.get(name, {}))
     if "eps" in lookup(name).params:
-        args["eps"] = 0.5 if norm(AttackSpec(name, name, None)) == "L2" else "8/255"
+        args["eps"] = 0.5 if budget_norm(lookup(name), {}) == "L2" else "8/255"
     return args
 
 
@@ -179,13 +180,14 @@ def test_most_attacks_run_ok_on_the_fast_path(every_attack):
 
 def _default_spec(name: str) -> AttackSpec:
     """The attack with its defaults, as a suite entry without arguments would give it."""
-    from bench.attacks import norm, registry
+    from bench.attacks import budget_norm
+    from bench.attacks.torchattacks_attacks import registry
 
     info = registry()[name]
     params = tuple(sorted((k, v) for k, v in info.params.items() if k != "eps"))
     eps = None
     if "eps" in info.params:
-        eps = 8 / 255 if norm(AttackSpec(name, name, None, params)) == "Linf" else 0.5
+        eps = 8 / 255 if budget_norm(info, dict(params)) == "Linf" else 0.5
     return AttackSpec(name, name, eps, params)
 
 
@@ -220,7 +222,7 @@ def test_every_registered_attack_gives_the_same_images_twice_under_the_harness_s
 
 
 def test_an_attack_that_takes_a_seed_gets_the_crafting_seed_unless_the_suite_pins_one():
-    from bench.attacks import registry
+    from bench.attacks.torchattacks_attacks import registry
 
     assert registry()["autoattack"].params["seed"] is None  # left open: the harness fills it in
     spec = _default_spec("square")

@@ -100,7 +100,7 @@ def test_the_verdict_is_unreliable_when_an_indicator_of_attack_failure_fired():
 def test_every_flag_says_what_it_suspects_and_what_to_try():
     indicators = {"silent-success", "incomplete-optimization", "transfer-failure", "unavailable-gradients",
                   "unstable-predictions", "shattered-gradients", "unconstrained-fails", "black-box-stronger",
-                  "softmax-output", "clean-at-chance"}
+                  "softmax-output", "clean-at-chance", "implementations-disagree"}
     kept = {"eps-rise", "adaptive-weaker", "short-delta", "defense-breaks-clean", "non-finite", "zero-grad"}
     assert set(FLAGS) == indicators | kept
     assert all(f.suspects and f.remedy for f in FLAGS.values())

@@ -103,3 +103,17 @@ def test_faces_makes_the_adversarially_trained_detector_with_fast_fgsm_training(
     lines = " ".join(make("-n", "faces", f"FACES_DATA={tmp_path / 'data'}", f"FACES_MODELS={tmp_path}", "STAMP=Makefile"))
     assert (f".venv/bin/bench train custom_cnn --adversarial pgd --train-eps 2/255 --train-steps 1 --train-step-size 2.5/255 "
             f"--data {tmp_path / 'data'} --out {tmp_path}") in lines.replace("\\ ", "").replace("  ", " ")
+
+
+def test_attack_sources_trains_the_pgd_digits_model_when_missing_then_runs_the_suite(tmp_path):
+    lines = make("-n", "attack-sources", f"DIGITS_MODELS={tmp_path}", "STAMP=Makefile")
+    assert lines == [f".venv/bin/bench train digits_cnn --adversarial pgd --train-eps 0.15 --out {tmp_path}",
+                     ".venv/bin/bench run suites/attack-sources.yaml"]
+    (tmp_path / "digits_cnn-pgd.pt").write_bytes(b"")
+    assert make("-n", "attack-sources", f"DIGITS_MODELS={tmp_path}", "STAMP=Makefile") == [
+        ".venv/bin/bench run suites/attack-sources.yaml"]
+
+
+def test_install_brings_the_optional_attack_libraries():
+    (line,) = [x for x in make("-n", "install", "STAMP=.never-there") if "pip install" in x and "-e" in x]
+    assert "foolbox" in line and "art" in line

@@ -88,12 +88,17 @@ BAD = [
     (lambda d: d["data"].update(source="kaggle"), "data.source", "imagefolder"),
     (lambda d: d.update(include=[{"model": "nobody"}]), "include/exclude", "empty grid"),
     (lambda d: d.pop("models"), "models", "required"),
-    (lambda d: d.update(executor="slurm"), "executor.type", "allowed: local, ray"),
-    (lambda d: d.update(executor={"type": "ray", "workers": 0}), "executor.workers", ">= 1"),
-    (lambda d: d.update(executor={"type": "ray", "max_retries": -1}), "executor.max_retries", ">= 0"),
-    (lambda d: d.update(executor={"type": "ray", "gpus": 2}), "executor.gpus", "allowed: type, address"),
-    (lambda d: d.update(executor={"type": "local", "workers": 2}), "executor.workers", "ray executor only"),
-    (lambda d: d.update(executor={"workers": 2}), "executor.type", "required"),
+]
+
+# The executor's own keys are checked where the executor is chosen (bench.executors.from_suite: the CLI, --dry-run
+# included, and run_suite), with the suite file's line, before anything runs.
+BAD_EXECUTOR = [
+    ("slurm", "executor.type", "allowed: local, ray"),
+    ({"type": "ray", "workers": 0}, "executor.workers", ">= 1"),
+    ({"type": "ray", "max_retries": -1}, "executor.max_retries", ">= 0"),
+    ({"type": "ray", "gpus": 2}, "executor.gpus", "allowed: type, address"),
+    ({"type": "local", "workers": 2}, "executor.workers", "ray executor only"),
+    ({"workers": 2}, "executor.type", "required"),
 ]
 
 
@@ -113,6 +118,34 @@ def test_bad_input_names_the_file_the_key_and_what_is_allowed(write_suite, tiny_
     mutate(doc)
     path = write_suite(doc)
     _assert_one_line_error(path, key, words)
+
+
+@pytest.mark.parametrize("entry,key,words", BAD_EXECUTOR, ids=[b[1] + ":" + b[2] for b in BAD_EXECUTOR])
+def test_a_bad_executor_entry_names_the_file_the_line_and_the_key_where_the_executor_is_chosen(
+        write_suite, tiny_suite, entry, key, words):
+    from bench import executors
+    from bench.runner import run_suite
+
+    tiny_suite["executor"] = entry
+    path = write_suite(tiny_suite)
+    suite = load_suite(path)
+    with pytest.raises(SuiteError) as err:
+        executors.from_suite(suite)
+    msg = str(err.value)
+    assert re.match(rf"{re.escape(str(path))}:\d+: {re.escape(key)}: ", msg) and words in msg, msg
+    with pytest.raises(SuiteError):  # and the run refuses before it makes a results folder
+        run_suite(suite, path.parent / "results", path.parent / "reports")
+    assert not (path.parent / "results").exists()
+
+
+def test_the_suite_loader_does_not_import_the_executors():
+    """No import circle suite → executors → cells → suite: loading a suite never imports an executor."""
+    import subprocess
+    import sys
+
+    code = "import sys, bench.suite; print(sorted(m for m in sys.modules if m.startswith(('bench.executors', 'bench.cells'))))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_empty_dataset_is_an_error(write_suite, tiny_suite, tmp_path):
@@ -231,6 +264,9 @@ def test_the_executor_is_not_part_of_the_suite_digest(write_suite, tiny_suite):
     local = load_suite(write_suite(tiny_suite))
     tiny_suite["executor"] = {"type": "ray", "address": "auto", "workers": 3, "max_retries": 1}
     ray = load_suite(write_suite(tiny_suite, "ray.yaml"))
-    assert ray.executor.type == "ray" and ray.executor.address == "auto" and ray.executor.workers == 3
-    assert ray.executor.max_retries == 1 and ray.executor.cpus_per_worker == 1
-    assert local.executor.type == "local" and ray.digest() == local.digest()
+    from bench.executors import from_suite
+
+    spec = from_suite(ray)
+    assert spec.type == "ray" and spec.address == "auto" and spec.workers == 3
+    assert spec.max_retries == 1 and spec.cpus_per_worker == 1
+    assert from_suite(local).type == "local" and ray.digest() == local.digest()

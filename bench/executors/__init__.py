@@ -111,6 +111,11 @@ def parse(value: Any, key: str, check) -> ExecutorSpec:
     return spec
 
 
+def from_suite(suite: Any) -> ExecutorSpec:
+    """The suite's ``executor:`` entry, checked (a :class:`~bench.suite.SuiteError` naming the file, line and key)."""
+    return parse(suite.executor_entry, "executor", suite.checker())
+
+
 def override(spec: ExecutorSpec, **given: Any) -> ExecutorSpec:
     """The suite's executor with the command line's choices (those not None) on top. A Ray-only
     option with the local executor is an error."""
