@@ -23,15 +23,17 @@ ROBUST_MODELS := $(DIGITS_MODELS)/digits_cnn.pt $(DIGITS_MODELS)/digits_cnn-pgd.
 # compared with an A100. Commit benchmarks/baselines/<device>/ from the machine that gates.
 PERF_FAIL ?= median:10%
 PERF_STORAGE = benchmarks/baselines/$(shell $(BIN)/python -c "from bench.results import machine_slug; print(machine_slug())" 2>/dev/null)
+PERF_SELECT ?=
 PERF_ARGS = tests/benchmarks -m benchmark_suite --benchmark-only --benchmark-warmup=on \
-	--benchmark-timer=bench.timing.synchronized_timer --benchmark-storage=file://$(CURDIR)/$(PERF_STORAGE)
+	--benchmark-timer=bench.timing.synchronized_timer --benchmark-storage=file://$(abspath $(PERF_STORAGE)) \
+	$(if $(PERF_SELECT),-k "$(PERF_SELECT)")
 
 NIGHTLY_SUITE ?= suites/nightly-gpu.yaml
 # a baseline run keeps its per-image predictions and worst case, so bench compare can pair the images
 BASELINE_FILES = results.parquet run.json predictions.parquet worst_case.parquet worst_case_images.parquet
 NIGHTLY_BASELINE = benchmarks/nightly/$(shell $(BIN)/python -c "from bench.results import machine_slug; print(machine_slug())" 2>/dev/null)/results.parquet
 
-.PHONY: bench test install clean-results faces robust attack-sources perf-baseline perf-gate nightly nightly-baseline
+.PHONY: bench test install clean-results faces robust attack-sources gpu-kit perf-baseline perf-gate nightly nightly-baseline
 
 install: $(STAMP)
 
@@ -66,6 +68,11 @@ robust: $(STAMP) $(ROBUST_MODELS)
 # attack, side by side on the PGD-trained digits model (trained once, as for make robust).
 attack-sources: $(STAMP) $(DIGITS_MODELS)/digits_cnn-pgd.pt
 	$(BIN)/bench run suites/attack-sources.yaml
+
+# The GPU check's kit: every wheel the GPU machine lacks (bench/gpu_check.py: KIT), for its Python 3.12, into .whl/
+# (ignored). There, `scripts/gpu-check "$$OUT"` installs them into a temporary site folder and runs the check.
+gpu-kit: $(STAMP)
+	$(BIN)/python -m bench.gpu_check kit .whl
 
 $(DIGITS_MODELS)/digits_cnn.pt: | $(STAMP)
 	$(BIN)/bench train digits_cnn --robust-eps $(ROBUST_EPS) --out $(DIGITS_MODELS)

@@ -1,0 +1,96 @@
+"""The GPU check: its CPU smoke run (every step's plumbing, the bundle, the budgets) and its kit."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+from bench import gpu_check
+from bench.gpu_check import KIT, STEPS, TOTAL_SECONDS, missing_on_gpu, normalise
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory) -> tuple[dict, Path, float]:
+    """`scripts/gpu-check OUT --device cpu --smoke`, as a user runs it."""
+    out = tmp_path_factory.mktemp("gpu-check-out")
+    t0 = time.monotonic()
+    proc = subprocess.run([str(ROOT / "scripts" / "gpu-check"), str(out), "--device", "cpu", "--smoke"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads((out / "results.json").read_text()), out, time.monotonic() - t0
+
+
+def test_the_smoke_run_brings_back_one_summary_one_json_and_one_tarball(smoke):
+    results, out, _ = smoke
+    assert sorted(p.name for p in out.iterdir()) == ["gpu-check.tar.gz", "results.json", "summary.md"]
+    with tarfile.open(out / "gpu-check.tar.gz") as tar:
+        names = tar.getnames()
+    for step in STEPS:
+        assert f"gpu-check/{step.name}.json" in names
+    assert "gpu-check/nightly/compare-doctored.md" in names and "gpu-check/perf/perf-fp32.md" in names
+    summary = (out / "summary.md").read_text()
+    assert all(f"| {step.name} |" in summary for step in STEPS)
+
+
+def test_every_step_runs_on_the_cpu_and_a_cuda_only_step_says_it_skipped_for_want_of_cuda(smoke):
+    results, _, _ = smoke
+    assert list(results["steps"]) == [s.name for s in STEPS]
+    for step in STEPS:
+        r = results["steps"][step.name]
+        if step.cuda_only:
+            assert r["status"] == "skipped" and r["reason"].startswith("no CUDA"), r
+        else:
+            assert r["status"] == "ok", r
+        assert r["seconds"] <= r["budget"] == step.smoke_seconds
+
+
+def test_the_nightly_step_finds_the_doctored_baseline_and_two_clean_runs(smoke):
+    numbers = smoke[0]["steps"]["nightly"]["numbers"]
+    assert numbers["compare_clean_exit"] == 0 and numbers["compare_doctored_exit"] == 1 and numbers["history_exit"] == 0
+
+
+def test_the_kit_is_exactly_what_the_check_imports_beyond_the_gpu_machines_packages(smoke):
+    imported = smoke[0]["imports"]
+    assert "torch" in imported and "foolbox" in imported  # the record is real: the libraries the steps use
+    assert missing_on_gpu(imported) == {normalise(k) for k in KIT}
+
+
+def test_the_steps_fit_in_eight_minutes_and_one_device_call():
+    assert sum(s.seconds + 15 for s in STEPS) <= TOTAL_SECONDS + 15 * len(STEPS) and sum(s.seconds for s in STEPS) <= TOTAL_SECONDS
+    assert TOTAL_SECONDS + 15 * len(STEPS) < 600  # the device tool's limit for one command
+
+
+def test_a_failing_step_is_recorded_with_its_reason(tmp_path, monkeypatch):
+    def boom(ctx):
+        raise ValueError("no such kernel")
+
+    monkeypatch.setattr(gpu_check, "STEPS", (gpu_check.Step("boom", 5, 5, False, boom, "fails"),))
+    gpu_check.run_step("boom", tmp_path, "cpu", True, 5)
+    result = json.loads((tmp_path / "boom.json").read_text())
+    assert result["status"] == "failed" and result["reason"] == "ValueError: no such kernel"
+
+
+def test_a_child_past_its_budget_is_killed_with_what_it_started(tmp_path):
+    marker = tmp_path / "grandchild-alive"
+    script = f"import subprocess, sys, time; subprocess.Popen(['sh', '-c', 'sleep 3; touch {marker}']); time.sleep(30)"
+    t0 = time.monotonic()
+    with pytest.raises(TimeoutError, match="ran past 1 s"):
+        gpu_check._run([sys.executable, "-c", script], 1, cwd=tmp_path)
+    assert time.monotonic() - t0 < 10
+    time.sleep(4)
+    assert not marker.exists()  # the whole process group went
+
+
+def test_make_gpu_kit_downloads_into_the_ignored_wheel_folder():
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("MAKE")}
+    out = subprocess.run(["make", "-n", "gpu-kit", "STAMP=Makefile"], cwd=ROOT, capture_output=True, text=True, env=env)
+    assert out.stdout.strip() == ".venv/bin/python -m bench.gpu_check kit .whl"
+    assert "/.whl/" in (ROOT / ".gitignore").read_text().splitlines()
