@@ -1,7 +1,9 @@
 """Adversarial-robustness benchmark harness for PyTorch image classifiers.
 
-Two functions are the public API::
+The public API::
 
+    result = bench.run("suites/tutorial.yaml")          # or a dict, or a Suite; models={"name": module} in memory
+    result.table                                        # the results as a DataFrame; .predictions, .worst_case
     suite = bench.load_suite("suites/tutorial.yaml")   # validated, or SuiteError
     result = bench.run_suite(suite)                     # table + report on disk
 
@@ -14,12 +16,13 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["load_suite", "run_suite", "Suite", "SuiteError", "RunResult"]
+__all__ = ["run", "load_suite", "run_suite", "Suite", "SuiteError", "RunResult"]
 __version__ = "0.1.0"
-_HOME = {"run_suite": "bench.runner", "RunResult": "bench.runner",
+_HOME = {"run": "bench.api", "run_suite": "bench.runner", "RunResult": "bench.runner",
          "load_suite": "bench.suite", "Suite": "bench.suite", "SuiteError": "bench.suite"}
 
 if TYPE_CHECKING:
+    from bench.api import run
     from bench.runner import RunResult, run_suite
     from bench.suite import Suite, SuiteError, load_suite
 

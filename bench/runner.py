@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from bench import defenses as defense_registry
 from bench import executors, worst_case
@@ -25,7 +25,11 @@ from bench.cells import LOG_FILE, Interrupted, _now, _trace, data_key, load_data
 from bench.data import Dataset
 from bench.executors import Executor, Job
 from bench.flags import apply_cross_cell
+if TYPE_CHECKING:
+    import pandas as pd
+
 from bench.results import (
+    load_predictions,
     PREDICTIONS_FILE,
     ROWS_FILE,
     RUN_FILE,
@@ -52,6 +56,8 @@ def new_run_id() -> str:
 
 @dataclass
 class RunResult:
+    """A finished run: its folder and report, and its tables read from the folder (so they are what was written)."""
+
     run_dir: Path
     report_path: Path | None
     rows: list[dict[str, Any]]
@@ -63,6 +69,29 @@ class RunResult:
         for r in self.rows:
             out[r["status"]] = out.get(r["status"], 0) + 1
         return out
+
+    @property
+    def table(self) -> "pd.DataFrame":
+        """One row per cell, the results table's typed columns (README: What is measured)."""
+        import pandas as pd
+
+        return pd.read_parquet(self.run_dir / TABLE_FILE)
+
+    @property
+    def predictions(self) -> "pd.DataFrame | None":
+        """Per image and cell: label, clean and robust predictions, whether attacked, the measured distance."""
+        return load_predictions(self.run_dir)
+
+    @property
+    def worst_case(self) -> "pd.DataFrame | None":
+        """Per model, defense, norm and ε: the share of images no attack broke (bench/worst_case.py)."""
+        loaded = worst_case.load(self.run_dir)
+        return loaded[0] if loaded is not None else None
+
+    @property
+    def report(self) -> str:
+        """The markdown report's text."""
+        return self.report_path.read_text() if self.report_path else ""
 
 
 def _describe(dataset: Dataset, key: tuple[DataSpec, Preprocess] | None = None, models: list[str] | None = None) -> dict[str, Any]:

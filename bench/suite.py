@@ -9,6 +9,7 @@ every problem becomes a :class:`SuiteError` that names the file, the key path
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
 import math
@@ -188,6 +189,12 @@ def _rule_matches(rule: dict[str, Any], cell: CellSpec) -> bool:
 
 def load_suite(path: str | Path) -> Suite:
     """Read, validate and resolve a suite file. Raises :class:`SuiteError` on any problem."""
+    doc, lines = read_suite(path)
+    return parse_suite(doc, path, lines)
+
+
+def read_suite(path: str | Path) -> tuple[Any, dict[str, int]]:
+    """A suite file's YAML document and the line of every key path (SuiteError if it cannot be read)."""
     path = Path(path)
     if not path.is_file():
         raise SuiteError(path, "", "suite file not found")
@@ -202,7 +209,7 @@ def load_suite(path: str | Path) -> Suite:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise SuiteError(path, "", f"invalid YAML{where}: {problem}") from None
-    return parse_suite(doc, path, _key_lines(text))
+    return doc, _key_lines(text)
 
 
 def parse_suite(doc: Any, path: str | Path = "<memory>", lines: dict[str, int] | None = None) -> Suite:
@@ -360,7 +367,9 @@ class _Validator:
         value = self.mapping(value, key, ("source", "path", "limit", "image_size", "split"), ("source",))
         source = value["source"]
         if source not in sources:
-            raise self.fail(f"{key}.source", f"unknown source {source!r}; allowed: {', '.join(sources)}")
+            near = difflib.get_close_matches(str(source).lower(), list(sources), n=3, cutoff=0.6)
+            hint = f"; did you mean {', '.join(near)}?" if near else ""
+            raise self.fail(f"{key}.source", f"unknown source {source!r}{hint}; allowed: {', '.join(sources)}")
         needs_path = sources[source].needs_path
         path = None
         if needs_path:

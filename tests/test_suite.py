@@ -86,6 +86,8 @@ BAD = [
     (lambda d: d.update(name="../escape"), "name", "letters"),
     (lambda d: d["data"].update(path="/no/such/folder"), "data.path", "not found"),
     (lambda d: d["data"].update(source="kaggle"), "data.source", "imagefolder"),
+    (lambda d: d["data"].update(source="digit"), "data.source", "did you mean digits?"),
+    (lambda d: d.update(defenses=["none", "jpg"]), "defenses[1].type", "did you mean jpeg?"),
     (lambda d: d.update(include=[{"model": "nobody"}]), "include/exclude", "empty grid"),
     (lambda d: d.pop("models"), "models", "required"),
 ]

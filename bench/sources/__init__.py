@@ -6,7 +6,8 @@ A ``models:`` entry names exactly one source:
 - ``arch: torchvision/<name>`` — any torchvision classification builder (:mod:`.torchvision_models`);
 - ``arch: timm/<name>`` — any timm model, timm being an optional extra (:mod:`.timm_models`);
 - ``factory: "pkg.module:function"`` or ``"file.py:function"`` — the user's own code (:mod:`.factory`);
-- ``file: model.pt2`` — a ``torch.export`` ExportedProgram (:mod:`.exported`).
+- ``file: model.pt2`` — a ``torch.export`` ExportedProgram (:mod:`.exported`);
+- ``memory: <token>`` — a module handed to :func:`bench.run` in this process (:mod:`.memory`; ``bench.run`` writes the key).
 
 Each source module has the same small surface:
 
@@ -38,7 +39,7 @@ import torch
 
 from bench.models import Classifier, ProbeError, load_checkpoint, short_error
 from bench.specs import ModelSpec, resize_for_crop
-from bench.sources import builtin, exported, factory, timm_models, torchvision_models
+from bench.sources import builtin, exported, factory, memory, timm_models, torchvision_models
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ COMMON_KEYS = ("name", "checkpoint", "compile", "data", "num_classes", "input_si
                "interpolation", "crop_pct", "class_names")
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 ALLOWED = "resnet18, efficientnet_lite0, custom_cnn, small_cnn, torchvision/<name>, timm/<name>, factory: FILE.py:FN, file: MODEL.pt2"
-SOURCES: dict[str, ModuleType] = {m.NAME: m for m in (builtin, torchvision_models, timm_models, factory, exported)}
+SOURCES: dict[str, ModuleType] = {m.NAME: m for m in (memory, builtin, torchvision_models, timm_models, factory, exported)}
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ def resolve(entry: dict[str, Any], ctx: Context, **fixed: Any) -> ModelSpec:
     source = source_of(entry)
     if source is None:
         ctx.error("arch", f"unknown model {entry.get('arch')!r}; allowed: {ALLOWED}")
-    claims = [k for k in ("factory", "file") if k in entry] + (["arch"] if "arch" in entry else [])
+    claims = [k for k in ("factory", "file", "memory") if k in entry] + (["arch"] if "arch" in entry else [])
     if len(claims) > 1:
         ctx.error("", f"give one of arch, factory, file; got {', '.join(claims)}")
     fields = source.resolve(entry, ctx)

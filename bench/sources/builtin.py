@@ -25,7 +25,7 @@ KEYS = ("arch", "weights")
 
 def claims(entry: dict[str, Any]) -> bool:
     arch = entry.get("arch")
-    return "factory" not in entry and "file" not in entry and not (isinstance(arch, str) and "/" in arch)
+    return not {"factory", "file", "memory"} & set(entry) and not (isinstance(arch, str) and "/" in arch)
 
 
 def resolve(entry: dict[str, Any], ctx: "Context") -> dict[str, Any]:
