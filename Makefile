@@ -42,7 +42,7 @@ install: $(STAMP)
 # numpy, scipy) come from pyproject.toml.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --disable-pip-version-check -q -e '.[test,timm,ray,foolbox,art]'
+	$(BIN)/python -m pip install --disable-pip-version-check -q -e '.[test,timm,ray,foolbox,art,hf]'
 	$(BIN)/python -m pip install --disable-pip-version-check -q --no-deps 'torchattacks>=3.5.1,<4'
 	touch $(STAMP)
 

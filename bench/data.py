@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
+from bench import data_hf, data_torchvision
 from bench.specs import DataSpec, Preprocess
 
 
@@ -272,8 +273,12 @@ class SourceInfo:
     load: Callable[["DataSpec", "Preprocess"], Dataset]
     describe: Callable[["DataSpec"], tuple[int, int]]  # (images, classes); lists files, decodes nothing
     needs_path: str | None  # "file", "dir" or None
-    splits: tuple[str, ...] = ()  # the values ``split:`` may take (none: the source has no split)
+    splits: tuple[str, ...] | None = ()  # the values ``split:`` may take (empty: no split; None: any the data has)
     image_size: int = 224  # the default ``image_size``: ImageNet's, or the source's own
+    path_key: str = "path"  # the entry key that holds its path (torchvision's datasets: root)
+    keys: tuple[str, ...] = ()  # entry keys of its own (torchvision: name)
+    size_of: Callable[[dict], int] | None = None  # the default image_size from the entry (a dataset's native size)
+    default_split: str | None = None  # with splits None: the split when the entry names none
 
 
 def _describe_manifest(spec: "DataSpec") -> tuple[int, int]:
@@ -291,6 +296,9 @@ SOURCES: dict[str, SourceInfo] = {
     "manifest": SourceInfo(_load_manifest, _describe_manifest, "file"),
     "imagefolder": SourceInfo(_load_folder, _describe_folder, "dir"),
     "digits": SourceInfo(_load_digits, _describe_digits, None, DIGITS_SPLITS, 32),
+    "torchvision": SourceInfo(data_torchvision.load, data_torchvision.describe, "dir", data_torchvision.SPLITS, 32,
+                              path_key="root", keys=("name",), size_of=lambda entry: data_torchvision.native_size(entry.get("name"))),
+    "hf": SourceInfo(data_hf.load, data_hf.describe, "dir", None, keys=data_hf.KEYS, default_split=data_hf.DEFAULT_SPLIT),
 }
 
 
@@ -307,6 +315,15 @@ def load_dataset(spec: "DataSpec", pre: "Preprocess | None" = None) -> Dataset:
     if len(ds) == 0:
         raise DataError(f"the dataset is empty after skipping {len(ds.skipped)} unreadable image(s)")
     return ds
+
+
+def balanced(labels: np.ndarray) -> np.ndarray:
+    """Indices taken round-robin across classes (each class in its own order): any prefix is class-balanced."""
+    rank = np.zeros(len(labels), dtype=np.int64)
+    for c in np.unique(labels):
+        where = np.flatnonzero(labels == c)
+        rank[where] = np.arange(len(where))
+    return np.lexsort((labels, rank))
 
 
 def _limited(n: int, spec: "DataSpec") -> int:

@@ -31,6 +31,8 @@ class DataSpec:
     limit: int | None = None
     image_size: int = 224  # the input size of models that do not bring their own
     split: str | None = None  # a source with a fixed split (digits): train or test (default test)
+    name: str | None = None  # which dataset of a source that holds several (torchvision: CIFAR10, MNIST, …)
+    options: tuple[tuple[str, Any], ...] = ()  # a source's own keys (hf: image_column, label_column)
 
 
 @dataclass(frozen=True)

@@ -348,6 +348,10 @@ class _Validator:
         raw = dataclasses.asdict(suite)
         for key in ("path", "raw", "executor_entry", "lines"):
             raw.pop(key)
+        for data in [raw["data"], *(m["data"] for m in raw["models"] if m.get("data"))]:
+            for newer in ("name", "options"):  # keys newer than most suites: left out unset, so their digest stays
+                if data.get(newer) in (None, (), []):
+                    data.pop(newer, None)
         for variants in raw["attacks"]:  # what the registry worked out from type and params (and where a file lies)
             for attack in variants:
                 for derived in ("norm", "minimum_norm", "path"):
@@ -364,34 +368,57 @@ class _Validator:
     def data(self, value: Any, key: str = "data") -> DataSpec:
         """A data source; sets ``self.num_labels`` to the number of classes its labels need."""
         sources = data_registry.SOURCES
-        value = self.mapping(value, key, ("source", "path", "limit", "image_size", "split"), ("source",))
+        own = {k for info in sources.values() for k in (info.path_key, *info.keys)}
+        value = self.mapping(value, key, ("source", "path", *sorted(own - {"path"}), "limit", "image_size", "split"), ("source",))
         source = value["source"]
         if source not in sources:
             near = difflib.get_close_matches(str(source).lower(), list(sources), n=3, cutoff=0.6)
             hint = f"; did you mean {', '.join(near)}?" if near else ""
             raise self.fail(f"{key}.source", f"unknown source {source!r}{hint}; allowed: {', '.join(sources)}")
-        needs_path = sources[source].needs_path
+        info = sources[source]
+        for k in value:  # another source's keys
+            if k in own and k not in ("path", info.path_key) and k not in info.keys:
+                raise self.fail(f"{key}.{k}", f"source {source!r} takes no {k}")
+        needs_path, path_key = info.needs_path, info.path_key
         path = None
+        if needs_path and path_key != "path" and "path" in value:
+            raise self.fail(f"{key}.path", f"source {source!r} takes its folder as {path_key}: (not path:)")
         if needs_path:
-            if "path" not in value:
-                raise self.fail(f"{key}.path", f"is required for source {source!r}")
-            path = str(self.existing_path(value["path"], f"{key}.path", needs_path))
+            if path_key not in value:
+                raise self.fail(f"{key}.{path_key}", f"is required for source {source!r}")
+            path = str(self.existing_path(value[path_key], f"{key}.{path_key}", needs_path))
         elif "path" in value:
             raise self.fail(f"{key}.path", f"source {source!r} takes no path")
+        name = None
+        if "name" in info.keys:
+            if "name" not in value:
+                raise self.fail(f"{key}.name", f"is required for source {source!r}")
+            name = value["name"]
         limit = value.get("limit")
         if limit is not None:
             limit = self.integer(limit, f"{key}.limit", lo=1)
-        image_size = self.integer(value.get("image_size", sources[source].image_size), f"{key}.image_size", lo=16, hi=4096)
-        splits = sources[source].splits
-        split = value.get("split", splits[0] if splits else None)  # the default spelled out: one spec, one decode
-        if split is not None and split not in splits:
+        default_size = info.size_of(value) if info.size_of else info.image_size
+        image_size = self.integer(value.get("image_size", default_size), f"{key}.image_size", lo=16, hi=4096)
+        splits = info.splits
+        split = value.get("split", splits[0] if splits else info.default_split)  # the default spelled out: one spec, one decode
+        if splits is None:  # any split the data has: the source checks it
+            if not isinstance(split, str) or not split:
+                raise self.fail(f"{key}.split", f"must be a split name, got {split!r}")
+        elif split is not None and split not in splits:
             raise self.fail(f"{key}.split", f"source {source!r} has no split {split!r}; allowed: {', '.join(splits)}"
                             if splits else f"source {source!r} takes no split (it is one set of images)")
-        spec = DataSpec(source=source, path=path, limit=limit, image_size=image_size, split=split)
+        options = []
+        for k in info.keys:
+            if k != "name" and k in value:
+                if not isinstance(value[k], str) or not value[k]:
+                    raise self.fail(f"{key}.{k}", f"must be a column name, got {value[k]!r}")
+                options.append((k, value[k]))
+        spec = DataSpec(source=source, path=path, limit=limit, image_size=image_size, split=split, name=name,
+                        options=tuple(sorted(options)))
         try:
             count, self.num_labels = data_registry.describe(spec)
         except data_registry.DataError as exc:
-            raise self.fail(f"{key}.{exc.key or 'path'}", str(exc)) from None
+            raise self.fail(f"{key}.{exc.key or path_key}", str(exc)) from None
         if count == 0:
             raise self.fail(key, f"the dataset is empty: source {source!r}" + (f" at {path}" if path else "") + " has no images")
         return spec

@@ -1,0 +1,154 @@
+"""``data: {source: torchvision, name: CIFAR10, root: PATH, split: test}``: torchvision's datasets from their files on disk.
+
+CIFAR10, CIFAR100, SVHN, MNIST, FashionMNIST and STL10, read by torchvision's own dataset classes from the layout
+their ``download=True`` leaves under ``root`` (bench never downloads: a missing file is a one-line error naming
+every file expected, and where). torchvision checks each file's MD5 before reading it; bench checks that the split's
+files are there and lets torchvision parse them, so a truncated file still fails, with its name. Grey images
+(MNIST, FashionMNIST) become 3 channels. An image fills its frame: it is resized whole to the input size (the
+native size by default: 32 px, 28 px for the MNISTs, 96 px for STL10), never cropped. ``limit`` takes the images
+round-robin across classes, so a limited set stays class-balanced.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+import torch
+import torchvision.transforms.functional as TF
+
+if TYPE_CHECKING:
+    from bench.data import Dataset
+    from bench.specs import DataSpec, Preprocess
+
+SPLITS = ("test", "train", "extra")  # the first is the default; extra is SVHN's alone
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where torchvision keeps one dataset's files under ``root``, per split, and its native image size."""
+
+    folder: str  # below root
+    files: Callable[[str], list[str]]  # the split's files, in that folder
+    size: int
+    splits: tuple[str, ...] = ("test", "train")
+
+
+LAYOUTS = {
+    "CIFAR10": Layout("cifar-10-batches-py", lambda s: (["test_batch"] if s == "test" else [f"data_batch_{i}" for i in range(1, 6)])
+                      + ["batches.meta"], 32),
+    "CIFAR100": Layout("cifar-100-python", lambda s: [s, "meta"], 32),
+    "SVHN": Layout("", lambda s: [f"{s}_32x32.mat"], 32, ("test", "train", "extra")),
+    "MNIST": Layout("MNIST/raw", lambda s: [f"{'t10k' if s == 'test' else 'train'}-images-idx3-ubyte",
+                                            f"{'t10k' if s == 'test' else 'train'}-labels-idx1-ubyte"], 28),
+    "FashionMNIST": Layout("FashionMNIST/raw", lambda s: [f"{'t10k' if s == 'test' else 'train'}-images-idx3-ubyte",
+                                                          f"{'t10k' if s == 'test' else 'train'}-labels-idx1-ubyte"], 28),
+    "STL10": Layout("stl10_binary", lambda s: [f"{s}_X.bin", f"{s}_y.bin"], 96),
+}
+NAMES = tuple(LAYOUTS)
+
+
+class TorchvisionDataError(ValueError):
+    def __init__(self, message: str, key: str):
+        super().__init__(message)
+        self.key = key
+
+
+def check(name: Any, split: str, root: Path) -> Layout:
+    """The layout of ``name``, its split checked and every file of it present (TorchvisionDataError with the key)."""
+    if name not in LAYOUTS:
+        near = difflib.get_close_matches(str(name), NAMES, n=3, cutoff=0.5)
+        raise TorchvisionDataError(f"unknown torchvision dataset {name!r}{'; did you mean ' + ', '.join(near) + '?' if near else ''}"
+                                   f"; allowed: {', '.join(NAMES)}", "name")
+    layout = LAYOUTS[name]
+    if split not in layout.splits:
+        raise TorchvisionDataError(f"{name} has no split {split!r}; allowed: {', '.join(layout.splits)}", "split")
+    folder = root / layout.folder
+    missing = [f for f in layout.files(split) if not (folder / f).is_file()]
+    if missing:
+        raise TorchvisionDataError(f"{name} {split} split: {len(missing)} of its files are not in {folder}: {', '.join(missing)} "
+                                   f"(torchvision's layout, as download=True leaves it under root; bench never downloads)", "root")
+    return layout
+
+
+def _dataset(name: str, root: Path, split: str):
+    """torchvision's dataset object, its MD5 checks replaced by :func:`check`'s presence check."""
+    import torchvision.datasets as D
+
+    base = getattr(D, name)
+
+    class Present(base):  # type: ignore[misc,valid-type]
+        def _check_integrity(self) -> bool:
+            return True
+
+        def _check_exists(self) -> bool:
+            return True
+
+        def _load_meta(self) -> None:  # CIFAR: the class names, without the MD5 check
+            with open(os.path.join(self.root, self.base_folder, self.meta["filename"]), "rb") as f:
+                data = pickle.load(f, encoding="latin1")
+            self.classes = data[self.meta["key"]]
+            self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+
+    Present.__name__ = name  # MNIST's folders are named after the class
+    if name in ("SVHN", "STL10"):
+        return Present(str(root), split=split)
+    return Present(str(root), train=split == "train")
+
+
+@functools.lru_cache(maxsize=2)
+def _raw(name: str, root: str, split: str) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """(uint8 images N×C×H×W, labels, class names) of one split, read once per process."""
+    ds = _dataset(name, Path(root), split)
+    data = ds.data.numpy() if isinstance(ds.data, torch.Tensor) else np.asarray(ds.data)
+    labels = getattr(ds, "targets", None)
+    labels = getattr(ds, "labels", None) if labels is None else labels
+    labels = labels.numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+    if data.ndim == 3:  # grey: N×H×W
+        data = data[:, None]
+    elif data.shape[-1] == 3 and data.shape[1] != 3:  # CIFAR: N×H×W×C
+        data = data.transpose(0, 3, 1, 2)
+    classes = tuple(getattr(ds, "classes", None) or [str(k) for k in range(int(labels.max()) + 1)])
+    return np.ascontiguousarray(data), labels.astype(np.int64), classes
+
+
+def describe(spec: "DataSpec") -> tuple[int, int]:
+    from bench.data import DataError, _limited
+
+    try:
+        check(spec.name, spec.split or SPLITS[0], Path(spec.path))
+        _, labels, classes = _raw(spec.name, spec.path, spec.split or SPLITS[0])
+    except TorchvisionDataError as exc:
+        raise DataError(str(exc), key=exc.key) from None
+    except Exception as exc:  # a file torchvision cannot parse (truncated, another format)
+        raise DataError(f"{spec.name} in {spec.path}: torchvision cannot read it ({type(exc).__name__}: {exc})", key="root") from None
+    return _limited(len(labels), spec), max(len(classes), int(labels.max()) + 1 if len(labels) else 0)
+
+
+def load(spec: "DataSpec", pre: "Preprocess") -> "Dataset":
+    from bench.data import Dataset, balanced
+
+    split = spec.split or SPLITS[0]
+    describe(spec)  # the same checks, one error
+    data, labels, classes = _raw(spec.name, spec.path, split)
+    order = balanced(labels)[: spec.limit] if spec.limit else balanced(labels)
+    images = torch.from_numpy(data[order])
+    if images.shape[1] == 1:
+        images = images.expand(-1, 3, -1, -1)
+    mode = TF.InterpolationMode(pre.interpolation)
+    if images.shape[-1] != pre.input_size or images.shape[-2] != pre.input_size:  # the whole image, never cropped
+        images = TF.resize(images, [pre.input_size, pre.input_size], interpolation=mode, antialias=True)
+    ds = Dataset(f"{spec.name}:{split}", images.contiguous(), torch.from_numpy(labels[order]),
+                 [f"{spec.name}:{split}:{i}" for i in order.tolist()], list(classes))
+    ds.note = f"torchvision's {spec.name} ({split} split, {len(labels)} images) read from {spec.path}"
+    return ds
+
+
+def native_size(name: Any) -> int:
+    return LAYOUTS[name].size if name in LAYOUTS else 32
