@@ -101,14 +101,15 @@ def render(df: pd.DataFrame, meta: dict[str, Any], plot_names: list[str] | None 
         ok["column"] = [d if m == "oblivious" else f"{d} ({m.removeprefix('adaptive-')})" for d, m in zip(ok["defense"], ok["eval_mode"])]
         extra = [c for c in ("device", "precision") if ok[c].nunique() > 1]
         clean = ok[ok["eval_mode"] == "oblivious"].drop_duplicates(["model", "defense", *extra])
-        lines += ["", "## Clean accuracy (defense applied, no attack)", "", _pivot(clean, ["model", *extra], "clean_acc")]
+        clean = clean.assign(column=[" ".join([m, *(str(r[c]) for c in extra)]) for m, (_, r) in zip(clean["model"], clean.iterrows())])
+        lines += ["", "## Clean accuracy (defense applied, no attack)", "", _pivot(clean, ["defense"], "clean_acc")]
         for col, title in RATE_COLUMNS.items():
             part = ok[ok[col].notna()]
             if len(part):
                 lines += ["", f"## {title}", ""]
                 if cascade:
                     lines += [CASCADE_NOTE, ""]
-                lines += [_pivot(part, ["model", "attack", "ε", *extra], col)]
+                lines += [_long(part, ["model", "attack", *extra], col)]
         accepted = _fakes_accepted(ok, meta, predictions, ["model", "attack", "ε", *extra])
         if accepted:
             lines += ["", "## Fakes accepted as real (share of fake images the detector calls real)", "", accepted]
@@ -137,8 +138,62 @@ def render(df: pd.DataFrame, meta: dict[str, Any], plot_names: list[str] | None 
             cells = ", ".join(f"`{c}`" for c in group["cell_id"].head(3))
             more = f", … {len(group) - 3} more" if len(group) > 3 else ""
             lines.append(f"- **{status}**, {len(group)} cells of {models} ({cells}{more}): {reason}")
+    nxt = _what_next(df, meta)
+    if nxt:
+        lines += ["", "## What next", "", *nxt]
     lines += ["", "## Environment", "", _environment(meta), ""]
-    return "\n".join(lines)
+    return wrap("\n".join(lines))
+
+
+def _what_next(df: pd.DataFrame, meta: dict[str, Any]) -> list[str]:
+    """A few bullets on what would make this run say more: cells to enable, attacks to add, indicators to act on."""
+    from bench.flags import split
+
+    suite_file = meta.get("suite_file") or f"suites/{meta.get('suite', 'SUITE')}.yaml"
+    out = []
+    for reason, group in df[df["status"] == "skipped"].groupby("reason", sort=False):
+        out.append(f"- {len(group)} cell(s) skipped ({', '.join(dict.fromkeys(group['model']))}): {reason}")
+    failed = df[df["status"] == "failed"]
+    if len(failed):
+        out.append(f"- {len(failed)} cell(s) failed (reasons above, tracebacks in the run folder's run.log): fix, then "
+                   f"`bench run {suite_file} --retry-failed` runs only those again.")
+    ok = df[df["status"] == "ok"]
+    defended = ok[ok["defense"] != "none"]
+    if len(defended) and (defended["eval_mode"] == "oblivious").all():
+        out.append("- The defenses were attacked obliviously only (the attack never saw them): add `eval_mode: [oblivious, "
+                   "adaptive]` (as suites/tutorial-adaptive.yaml does) before trusting what a defense seems to buy.")
+    bounded = ok[ok["eps"].notna()]
+    if len(bounded) and bounded.groupby(["model", "eps"])["attack"].nunique().max() < 2:
+        out.append("- One attack per ε: add a second family (apgd with loss: dlr, square) for a worst case over attacks.")
+    unreliable = int((ok.get("verdict", pd.Series(dtype=str)) == "unreliable").sum()) if "verdict" in ok else 0
+    if unreliable:
+        out.append(f"- {unreliable} cell(s) unreliable: \"Can these numbers be trusted?\" above says what each indicator saw "
+                   "and what to try.")
+    if any("implementations-disagree" in split(f) for f in ok["flags"]):
+        out.append("- Two libraries disagree on the same attack (Implementations side by side): trust the stronger, and "
+                   "compare their defaults.")
+    return out
+
+
+WIDTH = 120  # prose is wrapped here; markdown joins the lines of a paragraph again
+
+
+def wrap(text: str, width: int = WIDTH) -> str:
+    """Paragraphs and bullets wrapped at ``width`` (tables, headings, images and code left alone), so a report reads in
+    a terminal and a diff as well as on GitHub."""
+    import textwrap
+
+    out, fenced = [], False
+    for line in text.split("\n"):
+        if line.startswith("```"):
+            fenced = not fenced
+        if fenced or len(line) <= width or line.lstrip().startswith(("|", "#", "![", "```")):
+            out.append(line)
+            continue
+        bullet = line.startswith("- ")
+        out.append(textwrap.fill(line, width, subsequent_indent="  " if bullet else "", break_long_words=False,
+                                 break_on_hyphens=False))
+    return "\n".join(out)
 
 
 def _fakes_accepted(ok: pd.DataFrame, meta: dict[str, Any], predictions: pd.DataFrame | None, index: list[str]) -> str | None:
@@ -210,6 +265,25 @@ def _with_ci(df: pd.DataFrame, value: str) -> pd.Series:
                       for v, a, b in zip(df[value], df[lo], df[hi])], index=df.index)
 
 
+def _long(df: pd.DataFrame, index: list[str], value: str) -> str:
+    """A row per ``index`` (defense and mode included), a column per ε: narrow however many defenses there are;
+    a section per model when there are several."""
+    df = df.assign(_cell=_with_ci(df, value), mode=df["eval_mode"].map(lambda m: m.removeprefix("adaptive-")),
+                   _order=range(len(df)))
+    epsilons = [format_eps(e) for e in sorted(df["eps"].dropna().unique())] + (["–"] if df["eps"].isna().any() else [])
+    parts = []
+    models = list(dict.fromkeys(df["model"]))
+    for model in models:
+        part = df[df["model"] == model]
+        rows = [c for c in index if c != "model"] + ["defense", "mode"]
+        table = part.pivot_table(index=rows, columns="ε", values="_cell", aggfunc="first", sort=False)
+        table = table[[e for e in epsilons if e in table.columns]].fillna("–").reset_index()
+        table.columns.name = None
+        text = table.to_markdown(index=False)
+        parts.append(f"**{model}**\n\n{text}" if len(models) > 1 else text)
+    return "\n\n".join(parts)
+
+
 def _pivot(df: pd.DataFrame, index: list[str], value: str) -> str:
     df = df.assign(_cell=_with_ci(df, value))
     column = "column" if "column" in df else "defense"
@@ -254,10 +328,16 @@ def _defense_comparison(ok: pd.DataFrame, extra: list[str], predictions: pd.Data
         clean0 = group[group["defense"] == "none"]["clean_acc"].iloc[0]
         rows = [_defense_row(defense, d, epsilons, base, clean0, group, predictions, where, cascade)
                 for defense, d in group.groupby("defense", sort=False)]
-        table = pd.DataFrame([row for _, row in sorted(rows, key=lambda r: r[0])])
-        table.insert(0, "rank", range(1, len(table) + 1))
+        ranked = [row for _, row in sorted(rows, key=lambda r: r[0])]
+        per_eps = [k for k in ranked[0] if k.startswith("ε ")]
+        main = [{"rank": i, **{k: v for k, v in row.items() if k not in per_eps}} for i, row in enumerate(ranked, 1)]
+        detail = [{"rank": i, "defense": row["defense"], "ε": format_eps(eps),
+                   "oblivious → worst case (p)": row[f"ε {format_eps(eps)}: oblivious → worst case (p)"],
+                   "gain (p)": row[f"ε {format_eps(eps)}: gain (p)"]}
+                  for i, row in enumerate(ranked, 1) for eps in epsilons]
         title = " · ".join(str(v) for v in spec.values())
-        parts.append(f"### {title}\n\n" + table.to_markdown(index=False))
+        parts.append(f"### {title}\n\n" + pd.DataFrame(main).to_markdown(index=False) + "\n\n"
+                     + pd.DataFrame(detail).to_markdown(index=False))
     if not parts:
         return None
     return "\n\n".join(parts) + (
@@ -421,17 +501,16 @@ def _trust_section(df: pd.DataFrame) -> str:
         codes = [c for c in split(r["flags"]) if c in FLAGS and FLAGS[c].unreliable]
         for c in codes:
             fired.setdefault(c, 0)
-        rows.append({"cell": " · ".join([r["model"], r["attack"], format_eps(r["eps"]), r["defense"], r["eval_mode"]]),
-                     "robust acc": _pct(r["robust_acc"]),
-                     "indicators": "; ".join(f"**{c}**: {_evidence(c, ev, r)}".rstrip(": ") for c in codes)})
+        cell = " · ".join([r["model"], r["attack"], format_eps(r["eps"]), r["defense"], r["eval_mode"]])
+        rows.append(f"- `{cell}`, robust accuracy {_pct(r['robust_acc'])}: "
+                    + "; ".join(f"**{c}**: {_evidence(c, ev, r)}".rstrip(": ") for c in codes))
     for codes in bad["flags"]:
         for c in split(codes):
             if c in FLAGS and FLAGS[c].unreliable:
                 fired[c] = fired.get(c, 0) + 1
     lines = [f"**No, not all of them: {len(bad)} of {len(ok)} cells are unreliable** — an indicator of attack failure "
              "fired, so their robust accuracy is at best an upper bound. The worst case over all attacks (next section) "
-             f"is the number to read; where every attack fails the same way, it is too high as well.{idle_note}", "",
-             pd.DataFrame(rows).to_markdown(index=False)]
+             f"is the number to read; where every attack fails the same way, it is too high as well.{idle_note}", "", *rows]
     if len(bad) > TRUST_ROWS:
         lines.append(f"\n… and {len(bad) - TRUST_ROWS} more (results.parquet: columns verdict, flags, indicators).")
     lines += ["", "What each indicator suspects, and what to try:", ""]
@@ -452,15 +531,16 @@ def _worst_case_section(worst: pd.DataFrame) -> str:
     table = w.pivot_table(index=["model", "defense", *extra], columns="ε", values="cell", aggfunc="first", sort=False)
     table = table[list(dict.fromkeys(w["ε"]))].fillna("–").reset_index()
     table.columns.name = None
-    detail = []
+    strongest, contributions = [], []
     for _, r in w.iterrows():
-        first = {k: v for k, v in json.loads(r["broke_first"]).items() if v}
-        only = {k: v for k, v in json.loads(r["only_broken_by"]).items() if v}
-        detail.append({"model": r["model"], "defense": r["defense"], **{c: r[c] for c in extra}, "ε": r["ε"],
-                       "worst case": _pct(r["worst_case_acc"]),
-                       "strongest single cell": f"{r['strongest']}: {_pct(r['strongest_acc'])}" if isinstance(r["strongest"], str) else "–",
-                       "broke first (images)": ", ".join(f"{k} {v}" for k, v in first.items()) or "–",
-                       "only it broke (images)": ", ".join(f"{k} {v}" for k, v in only.items()) or "–"})
+        where = {"model": r["model"], "defense": r["defense"], **{c: r[c] for c in extra}, "ε": r["ε"]}
+        strongest.append({**where, "worst case": _pct(r["worst_case_acc"]),
+                          "strongest single cell": f"{r['strongest']}: {_pct(r['strongest_acc'])}" if isinstance(r["strongest"], str) else "–"})
+        first, only = json.loads(r["broke_first"]), json.loads(r["only_broken_by"])
+        for attack in dict.fromkeys([*first, *only]):
+            if first.get(attack) or only.get(attack):
+                contributions.append({**where, "attack": attack, "broke first": first.get(attack, 0) or "–",
+                                      "only it broke": only.get(attack, 0) or "–"})
     notes = []
     if (w["cells_not_ok"] > 0).any():
         notes.append("Some attacks failed or were skipped: their worst case misses them (column cells_not_ok in worst_case.parquet).")
@@ -475,7 +555,9 @@ def _worst_case_section(worst: pd.DataFrame) -> str:
         "— every attack, every mode (oblivious and adaptive) and every smaller ε of the same norm — with its 95 % Wilson "
         "interval (AutoAttack's and RobustBench's robust accuracy). A minimum-norm attack counts at every ε of its norm with the images it broke within that ε; other attacks without a budget are not part of it. "
         "Written to worst_case.parquet (per image: worst_case_images.parquet).",
-        pd.DataFrame(detail).to_markdown(index=False),
+        pd.DataFrame(strongest).to_markdown(index=False),
+        "What each attack added (images; an attack that broke none first and none alone is left out):",
+        pd.DataFrame(contributions).to_markdown(index=False) if contributions else "No attack broke an image.",
         "'broke first': the first attack that broke each image, in the order ε ascending, then the suite's attack order, "
         "then oblivious, bpda, diff ('clean': misclassified without attack). 'only it broke': images no other attack of "
         "the ensemble broke (with `cascade: true` an image is attacked until one attack breaks it, so there this is "
@@ -516,20 +598,23 @@ def _cost_table(ok: pd.DataFrame, extra: list[str]) -> str:
     table = pd.DataFrame(
         {
             **{k: rows[k] for k in keys},
-            "max ‖δ‖∞ (×255)": (rows["linf_max"] * 255).round(2),
-            "mean ‖δ‖₂": rows["l2_mean"].round(3),
+            "‖δ‖∞ ×255": (rows["linf_max"] * 255).round(2),
+            "‖δ‖₂ mean": rows["l2_mean"].round(3),
             "batch": rows["batch_size"],
             "attack s": rows["attack_seconds"].round(2),
-            "attack img/s": rows["attack_images_per_s"].round(2),
+            "img/s": rows["attack_images_per_s"].round(1),
             "img·steps/s": rows["attack_steps_per_s"].round(1),
             "clean img/s": rows["clean_images_per_s"].round(1),
             "warm-up s": rows["warmup_seconds"].round(1),
-            "peak mem MB": rows["peak_mem_mb"].round(0),
+            "peak MB": rows["peak_mem_mb"].round(0),
         }
     )
+    if table["model"].nunique() == 1:  # said in the Models table; a column of one value only widens the lines
+        table = table.drop(columns="model")
     note = (
-        "\n\n'crafted' is the defense an adaptive attack was crafted through (– for oblivious). Attack time covers "
-        "crafting for all n images (one oblivious crafting serves every defense); img·steps/s counts "
+        "\n\n'crafted' is the defense an adaptive attack was crafted through (– for oblivious). ‖δ‖∞ ×255 is the largest "
+        "measured L∞ perturbation, ‖δ‖₂ mean the mean L2 one. Attack time covers "
+        "crafting for all n images (one oblivious crafting serves every defense); img/s is attacked images per second, img·steps/s counts "
         "images × gradient steps; clean img/s is the model's forward pass on clean images; warm-up (model preparation, "
         "compilation, first pass) is never part of a throughput; batch is the size actually used (halved after a GPU "
         "out-of-memory); peak memory is CUDA allocated memory on GPU, the process's peak resident set so far on CPU."

@@ -95,6 +95,7 @@ def test_the_report_says_which_cells_cannot_be_trusted_and_what_to_try(masked):
     _, _, result = masked
     text = result.report_path.read_text()
     section = text.split("## Can these numbers be trusted?")[1].split("\n## ")[0]
+    section = section.replace("\n  ", " ")  # a wrapped bullet, joined again
     assert "shattered · pgd · 8/255 · none · oblivious" in section
     assert "**shattered-gradients**: gradient cosine" in section
     assert "robust · pgd" not in section

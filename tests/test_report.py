@@ -25,12 +25,15 @@ META = {"suite": "s", "run_id": "r", "status": "complete", "cells": 3, "dataset"
         "environment": {"torch": "2.x", "gpus": []}, "suite_file": "s.yaml", "suite_digest": "abc"}
 
 
-def test_rows_are_model_attack_eps_and_columns_are_defenses():
-    df = to_frame([_row(), _row(defense="jpeg-q75", robust_acc=0.6, clean_acc=0.8),
+def test_rate_tables_have_a_row_per_attack_defense_and_mode_and_a_column_per_eps():
+    df = to_frame([_row(), _row(defense="jpeg-q75", robust_acc=0.6, clean_acc=0.8), _row(eps=4 / 255, robust_acc=0.3),
                    _row(model="r18", status="skipped", reason="put X at Y", robust_acc=math.nan)])
     text = render(df, META)
-    assert "| model   | attack   | ε     | none   | jpeg-q75   |" in text
-    assert "| m       | pgd      | 8/255 | 10.0 % | 60.0 %     |" in text
+    robust = text.split("## Robust accuracy")[1].split("\n## ")[0]
+    assert "| attack   | defense   | mode      | 4/255   | 8/255   |" in robust
+    assert "| pgd      | none      | oblivious | 30.0 %  | 10.0 %  |" in robust
+    assert "| pgd      | jpeg-q75  | oblivious | –       | 60.0 %  |" in robust
+    assert "| defense   | m      |" in text.split("## Clean accuracy")[1]  # a row per defense, a column per model
     assert "**skipped**, 1 cells of `r18`" in text and "put X at Y" in text
     assert "Targeted success rate" not in text  # no targeted attack in this run
 
@@ -71,8 +74,11 @@ def _defense_run():
 def _comparison(df, preds):
     worst, _ = worst_case.compute(df, preds)
     text = render(df, META, predictions=preds, worst=worst)
-    table = text.split("## Defense comparison")[1].split("\n## ")[0]
-    return [line for line in table.splitlines() if line.startswith("|") and "---" not in line][1:]
+    section = text.split("## Defense comparison")[1].split("\n## ")[0]
+    ranked, details = [t for t in section.split("\n\n") if t.startswith("|")][:2]
+    rows = lambda t: [line for line in t.splitlines() if "---" not in line][1:]  # noqa: E731
+    # a defense's line of the ranked table, and its lines per ε of the table below it
+    return [main + " " + " ".join(d for d in rows(details) if d.split("|")[2] == main.split("|")[2]) for main in rows(ranked)]
 
 
 def test_defenses_are_ranked_by_their_worst_case_over_every_attack_and_broken_ones_are_marked():
@@ -126,3 +132,24 @@ def test_a_defense_that_lowers_the_worst_case_significantly_is_said_to_cost_robu
     # a loss that is not significant, or beside a real gain at another ε, is not called a cost
     assert _verdict("jpeg-q50", True, [(0.0, -0.05, 0.2, 1.0)]) == "no robust gain"
     assert _verdict("median-3", True, [(0.0, -0.05, 0.01, 1.0), (0.1, 0.09, 0.001, 0.001)]).startswith("keeps up to +9")
+
+
+def test_no_line_of_a_report_with_many_defenses_and_modes_is_wider_than_200_characters():
+    from bench import worst_case
+
+    df, preds = _defense_run()
+    worst, _ = worst_case.compute(df, preds)
+    text = render(df, META, predictions=preds, worst=worst)
+    assert "## Defense comparison" in text and "## Worst case over all attacks" in text
+    widest = max(text.splitlines(), key=len)
+    assert len(widest) <= 200, widest
+
+
+def test_the_report_ends_with_what_to_do_next():
+    df = to_frame([_row(defense="jpeg-q75"), _row(model="r18", status="skipped", reason="weights: put X at Y"),
+                   _row(attack="fgsm", status="failed", reason="ValueError: boom", verdict="unreliable")])
+    text = render(df, META)
+    nxt = text.split("## What next")[1].split("\n## ")[0].replace("\n  ", " ")
+    assert "1 cell(s) skipped (r18): weights: put X at Y" in nxt
+    assert "--retry-failed" in nxt and "eval_mode: [oblivious, adaptive]" in nxt and "One attack per ε" in nxt
+    assert "## What next" not in render(to_frame([_row(), _row(attack="fgsm")]), META)
