@@ -386,3 +386,26 @@ def test_kwargs_must_be_a_mapping_of_plain_values(folder):
     assert error(folder, factory="nets.py:tiny_cnn", kwargs=[1, 2]).startswith("models[0].kwargs: must be a mapping")
     assert error(folder, factory="nets.py:tiny_cnn", kwargs={"cfg": {"a": 1}}).startswith(
         "models[0].kwargs.cfg: must be a plain value")
+
+
+def test_a_factory_that_loads_a_state_dict_validates_without_a_single_warning(tmp_path):
+    import warnings
+
+    import yaml
+
+    from bench.suite import load_suite
+
+    (tmp_path / "trained.py").write_text(
+        "import torch, torch.nn as nn\n"
+        "def make():\n"
+        "    net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 10))\n"
+        "    net.load_state_dict({k: torch.zeros(v.shape) for k, v in net.state_dict().items()})  # the usual way\n"
+        "    net.mean, net.std, net.input_size, net.num_classes = (0.5,) * 3, (0.5,) * 3, 16, 10\n"
+        "    return net\n")
+    doc = {"name": "w", "data": {"source": "digits", "limit": 10, "image_size": 16},
+           "models": [{"name": "f", "factory": "trained.py:make"}], "attacks": [{"type": "fgsm", "eps": 0.1}]}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(doc))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_suite(tmp_path / "s.yaml")
+    assert [str(w.message)[:80] for w in caught] == []

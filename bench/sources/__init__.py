@@ -30,6 +30,7 @@ from __future__ import annotations
 import difflib
 import logging
 import re
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType
@@ -234,7 +235,10 @@ def probe(spec: ModelSpec) -> None:
     source = SOURCES[spec.source]
     for device in ("meta", "cpu"):
         try:
-            with torch.device(device), torch.no_grad(), torch.random.fork_rng(devices=[]):
+            with torch.device(device), torch.no_grad(), torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+                # a factory that loads a state dict copies into meta parameters here: PyTorch warns once per
+                # parameter that the copy is a no-op, which is the probe's own doing, not the user's news
+                warnings.filterwarnings("ignore", message=".*copying from a non-meta parameter.*")
                 net = source.build(bare)
                 out = net(torch.zeros(1, 3, size, size))
         except Exception as exc:  # whatever the user's or library's network raises for a bad shape
