@@ -251,3 +251,26 @@ def test_a_cascade_on_ray_gives_the_local_cascade_even_when_a_worker_dies(ray_se
     assert hook.killed and remote.complete and len(executor.describe()["lost_workers"]) == 1
     pd.testing.assert_frame_equal(_table(remote.run_dir), _table(local.run_dir))
     assert pd.read_parquet(remote.run_dir / "results.parquet")["n_attacked"].min() < 12  # the cascade did skip images
+
+
+def test_rays_own_log_lines_go_to_the_run_log_not_the_terminal(suite_file, tmp_path):
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-m", "bench", "run", str(suite_file), "--executor", "ray", "--workers", "1",
+                           "--no-progress", "--results-dir", str(tmp_path / "r"), "--reports-dir", str(tmp_path / "p")],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    said = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+    ours = ("INFO ", "WARNING ", "cells:", "table:", "report:")
+    assert [line for line in said if not line.lstrip().startswith(ours)] == []  # no banner, no raylet, no token line
+    run_log = next((tmp_path / "r").rglob("run.log")).read_text()
+    assert "ray" in run_log.lower()  # what Ray said is kept there
+
+
+def test_a_lost_workers_reason_is_whole_sentences():
+    from bench.executors.ray_actors import _sentences
+
+    text = "The actor died because its node ran out of memory. " * 20
+    cut = _sentences(text, 600)
+    assert len(cut) <= 600 and cut.endswith("memory.") and cut.count("The actor") == cut.count("memory.")
+    assert _sentences("short.", 600) == "short."

@@ -20,10 +20,13 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import itertools
 import logging
 import os
 import socket
+import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -128,13 +131,15 @@ class RayExecutor:
         self._places = {False: 0, True: 0}  # CPU workers and GPU workers the alive nodes can hold
 
     def start(self) -> None:
+        self._quiet = _RayLog()  # Ray's own log lines (its banner, token authentication) to the run log, not the terminal
         if not ray.is_initialized():  # else the caller's own Ray session (a notebook, a test), used as it is
             kwargs = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING, configure_logging=False)
             try:
-                if self.spec.address:
-                    ray.init(address=self.spec.address, **kwargs)
-                else:
-                    ray.init(**kwargs)  # a local instance sized to this machine (its CPUs and GPUs)
+                with self._quiet.stderr():  # the processes Ray starts write to our stderr: to the run log instead
+                    if self.spec.address:
+                        ray.init(address=self.spec.address, **kwargs)
+                    else:
+                        ray.init(**kwargs)  # a local instance sized to this machine (its CPUs and GPUs)
             except Exception as exc:  # ConnectionError, a bad address, a version mismatch …
                 where = f"at {self.spec.address}" if self.spec.address else "locally"
                 raise ExecutorError(f"cannot start Ray {where}: {one_line(exc)}") from None
@@ -157,6 +162,10 @@ class RayExecutor:
             if self._started_ray:
                 self._started_ray = False
                 ray.shutdown()
+            quiet = getattr(self, "_quiet", None)
+            if quiet is not None:
+                quiet.close()
+                self._quiet = None
 
     def describe(self) -> dict[str, Any]:
         return {"type": "ray", "address": self.spec.address or "local", "cpus_per_worker": self.spec.cpus_per_worker,
@@ -166,6 +175,8 @@ class RayExecutor:
     # --- the driver loop -------------------------------------------------------------------------
 
     def run(self, job: Job) -> Iterator[dict[str, Any]]:
+        if getattr(self, "_quiet", None) is not None:
+            self._quiet.flush()  # what Ray said while starting, now that the run log exists
         cascade = job.suite.cascade
         todo = [_Group(g, g[0].device.startswith("cuda")) for g in groups(job.cells, cascade)]
         if cascade:  # rows of an earlier session of a resumed run: each chain's worker replays its own
@@ -343,11 +354,81 @@ class RayExecutor:
         job.batches(job.batches_of_group(group.cells))
 
 
+class _RayLog(logging.Handler):
+    """Takes the ``ray`` logger's records off the terminal for as long as the executor lives, into the run log
+    (``bench.trace``, which the runner writes to run.log); records from before the run log exists are kept and
+    written once it does. The logger's own settings come back on close."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        from bench.cells import _trace
+
+        self.trace, self.pending = _trace, []
+        self.logger = logging.getLogger("ray")
+        self.propagate, self.handlers = self.logger.propagate, list(self.logger.handlers)  # Ray's own stderr handler too
+        self.logger.propagate = False
+        for handler in self.handlers:
+            self.logger.removeHandler(handler)
+        self.logger.addHandler(self)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if any(not isinstance(h, logging.NullHandler) for h in self.trace.handlers):
+            self.trace.handle(record)
+        else:
+            self.pending.append(record)
+
+    @contextlib.contextmanager
+    def stderr(self):
+        """File descriptor 2 into a file while Ray starts (its own processes keep that file as their stderr);
+        :meth:`flush` copies what it holds into the run log."""
+        self.captured = tempfile.TemporaryFile()
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(self.captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+
+    def flush(self) -> None:
+        captured = getattr(self, "captured", None)
+        if captured is not None:
+            captured.seek(0)
+            for line in captured.read().decode("utf-8", "replace").splitlines():
+                if line.strip():
+                    self.pending.append(logging.LogRecord("ray.stderr", logging.INFO, __file__, 0, line, None, None))
+            captured.seek(0)
+            captured.truncate()
+        pending, self.pending = self.pending, []
+        for record in pending:
+            self.emit(record)
+
+    def close(self) -> None:
+        self.flush()
+        if getattr(self, "captured", None) is not None:
+            self.captured.close()
+        self.logger.removeHandler(self)
+        for handler in self.handlers:
+            self.logger.addHandler(handler)
+        self.logger.propagate = self.propagate
+        super().close()
+
+
 def _kill(handle: Any) -> None:
     try:
         ray.kill(handle, no_restart=True)
     except Exception:  # already gone, or the cluster connection with it: nothing left to stop
         pass
+
+
+def _sentences(text: str, limit: int) -> str:
+    """``text`` whole if it fits in ``limit`` characters, else its sentences that do (never cut mid-sentence)."""
+    if len(text) <= limit:
+        return text
+    cut = text.rfind(". ", 0, limit)
+    return text[: cut + 1] if cut > 0 else text[:limit].rsplit(" ", 1)[0] + " …"
 
 
 def _death(exc: BaseException) -> str:
@@ -356,6 +437,6 @@ def _death(exc: BaseException) -> str:
     lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
     fields = dict(line.split(": ", 1) for line in lines[1:] if ": " in line and not line.startswith("The "))
     causes = [line for line in lines[1:] if line.startswith("The ") and not line.startswith("The actor never ran")]
-    cause = (causes[-1] if causes else lines[0] if lines else "")[:300]
+    cause = _sentences(causes[-1] if causes else lines[0] if lines else "", 600)
     where = ", ".join(f"{k} {fields[k]}" for k in ("ip", "pid") if k in fields)
     return f"{type(exc).__name__}: {cause}" + (f" ({where})" if where else "")
