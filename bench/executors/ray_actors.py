@@ -363,7 +363,7 @@ class _RayLog(logging.Handler):
         super().__init__(logging.DEBUG)
         from bench.cells import _trace
 
-        self.trace, self.pending = _trace, []
+        self.trace, self.pending, self.ready = _trace, [], False  # ready: the run log is attached (run() began)
         self.logger = logging.getLogger("ray")
         self.propagate, self.handlers = self.logger.propagate, list(self.logger.handlers)  # Ray's own stderr handler too
         self.logger.propagate = False
@@ -372,7 +372,7 @@ class _RayLog(logging.Handler):
         self.logger.addHandler(self)
 
     def emit(self, record: logging.LogRecord) -> None:
-        if any(not isinstance(h, logging.NullHandler) for h in self.trace.handlers):
+        if self.ready:
             self.trace.handle(record)
         else:
             self.pending.append(record)
@@ -393,6 +393,8 @@ class _RayLog(logging.Handler):
             os.close(saved)
 
     def flush(self) -> None:
+        """Called when the run log is attached: what was kept goes there, and so does everything after."""
+        self.ready = True
         captured = getattr(self, "captured", None)
         if captured is not None:
             captured.seek(0)
