@@ -205,7 +205,8 @@ def _run(args: argparse.Namespace, console: Console) -> int:
     try:
         suite = load_suite(args.suite)
     except (SuiteError, ImportError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        for line in str(exc).splitlines():  # every problem of the suite, one line each
+            print(f"error: {line}", file=sys.stderr)
         return EXIT_BAD_INPUT
     cells = suite.cells()
     from bench import executors

@@ -71,6 +71,26 @@ class SuiteError(ValueError):
         super().__init__(text.replace("\r", "\\r").replace("\n", "\\n"))
 
 
+class SuiteErrors(SuiteError):
+    """Several problems of one suite, found in one pass: ``errors`` holds each :class:`SuiteError`; ``str()`` is one
+    line per problem (at most :data:`MAX_ERRORS`, then how many more)."""
+
+    def __init__(self, errors: list[SuiteError]):
+        self.errors = errors
+        first = errors[0]
+        super().__init__(first.file, first.key, first.message, first.line)
+        shown = [str(e) for e in errors[:MAX_ERRORS]]
+        if len(errors) > MAX_ERRORS:
+            shown.append(f"{first.file}: … and {len(errors) - MAX_ERRORS} more")
+        self.args = ("\n".join(shown),)
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+MAX_ERRORS = 20
+
+
 def _key_lines(text: str) -> dict[str, int]:
     """Line (1-based) of every key path in a YAML document, e.g. ``attacks[1].eps[0]`` → 12."""
     lines: dict[str, int] = {}
@@ -224,6 +244,15 @@ class _Validator:
         self.path = path
         self.lines = lines
         self.base = path.parent if path.name != "<memory>" else Path.cwd()
+        self.errors: list[SuiteError] = []  # problems found so far in this pass (see collect)
+
+    def collect(self, check, *args, default=None, **kwargs):
+        """``check(*args)``, or ``default`` with its SuiteError kept: a suite's every problem is found in one pass."""
+        try:
+            return check(*args, **kwargs)
+        except SuiteError as exc:
+            self.errors.append(exc)
+            return default
 
     def fail(self, key: str, message: str) -> SuiteError:
         # the key's own line, else its nearest parent's (a missing key is reported at its mapping)
@@ -304,25 +333,38 @@ class _Validator:
     def suite(self, doc: Any) -> Suite:
         if doc is None:
             raise self.fail("", "the suite file is empty; it must be a mapping with keys: " + ", ".join(TOP_KEYS))
-        doc = self.mapping(doc, "", TOP_KEYS, REQUIRED_TOP)
-        name = self.name(doc["name"], "name")
-        seed = self.integer(doc.get("seed", 0), "seed", lo=0, hi=2**32 - 1)
-        batch_size = self.integer(doc.get("batch_size", 16), "batch_size", lo=1)
-        data = self.data(doc["data"])
-        self.compile_default = self.boolean(doc.get("compile", False), "compile")
-        models = self.models(doc["models"], data)
-        attacks = self.attacks(doc["attacks"], models)
-        defenses = self.defenses(doc.get("defenses", ["none"]), models)
-        devices = self.choices(doc.get("devices", ["cpu"]), "devices", None, _DEVICE_RE)
-        precisions = self.choices(doc.get("precisions", ["fp32"]), "precisions", PRECISIONS)
-        modes = self.choices(doc.get("eval_mode", ["oblivious"]), "eval_mode", EVAL_MODES)
-        eval_modes = self.eval_modes(modes, doc.get("adaptive_method", list(defense_registry.ADAPTIVE_METHODS)))
-        eot_samples = self.integer(doc.get("eot_samples", defense_registry.EOT_SAMPLES), "eot_samples", lo=1)
-        eval_draws = self.integer(doc.get("eval_draws", 1), "eval_draws", lo=1)
-        cascade = self.boolean(doc.get("cascade", False), "cascade")
-        unconstrained_check = self.boolean(doc.get("unconstrained_check", True), "unconstrained_check")
-        include = self.rules(doc.get("include", []), "include")
-        exclude = self.rules(doc.get("exclude", []), "exclude")
+        if not isinstance(doc, dict):
+            raise self.fail("", f"must be a mapping, got {_kind(doc)}")
+        c = self.collect
+        for k in doc:
+            if not isinstance(k, str) or k not in TOP_KEYS:
+                self.errors.append(self.fail(_join("", str(k)), f"unknown key; allowed: {', '.join(TOP_KEYS)}"))
+        for k in REQUIRED_TOP:
+            if k not in doc:
+                self.errors.append(self.fail(k, "is required"))
+        name = c(self.name, doc.get("name", "suite"), "name", default="suite")
+        seed = c(self.integer, doc.get("seed", 0), "seed", lo=0, hi=2**32 - 1, default=0)
+        batch_size = c(self.integer, doc.get("batch_size", 16), "batch_size", lo=1, default=16)
+        data = c(self.data, doc["data"], default=None) if "data" in doc else None
+        if data is None:  # the models are still checked, against a stand-in for the data
+            data, self.num_labels = DataSpec("samples"), 0
+        self.compile_default = c(self.boolean, doc.get("compile", False), "compile", default=False)
+        models = c(self.models, doc["models"], data, default=()) if "models" in doc else ()
+        attacks = c(self.attacks, doc["attacks"], models, default=()) if "attacks" in doc else ()
+        defenses = c(self.defenses, doc.get("defenses", ["none"]), models, default=(DefenseSpec("none"),))
+        devices = c(self.choices, doc.get("devices", ["cpu"]), "devices", None, _DEVICE_RE, default=("cpu",))
+        precisions = c(self.choices, doc.get("precisions", ["fp32"]), "precisions", PRECISIONS, default=("fp32",))
+        modes = c(self.choices, doc.get("eval_mode", ["oblivious"]), "eval_mode", EVAL_MODES, default=("oblivious",))
+        eval_modes = c(self.eval_modes, modes, doc.get("adaptive_method", list(defense_registry.ADAPTIVE_METHODS)),
+                       default=("oblivious",))
+        eot_samples = c(self.integer, doc.get("eot_samples", defense_registry.EOT_SAMPLES), "eot_samples", lo=1, default=1)
+        eval_draws = c(self.integer, doc.get("eval_draws", 1), "eval_draws", lo=1, default=1)
+        cascade = c(self.boolean, doc.get("cascade", False), "cascade", default=False)
+        unconstrained_check = c(self.boolean, doc.get("unconstrained_check", True), "unconstrained_check", default=True)
+        include = c(self.rules, doc.get("include", []), "include", default=())
+        exclude = c(self.rules, doc.get("exclude", []), "exclude", default=())
+        if self.errors:
+            raise self.errors[0] if len(self.errors) == 1 else SuiteErrors(self.errors)
         suite = Suite(
             name=name,
             seed=seed,
@@ -430,48 +472,57 @@ class _Validator:
         suite_labels = self.num_labels
         out, seen = [], set()
         for i, item in enumerate(items):
-            key = f"models[{i}]"
-            if not isinstance(item, dict):
-                raise self.fail(key, f"must be a mapping, got {_kind(item)}")
-            source = sources.source_of(item)
-            if source is None:
-                raise self.fail(f"{key}.arch", f"unknown model {item.get('arch')!r}; allowed: " + sources.ALLOWED)
-            item = self.mapping(item, key, dict.fromkeys([*sources.COMMON_KEYS, *source.KEYS]))
-            model_data = data
-            if "data" in item:  # this model's own data (a suite may mix ImageNet models and detectors)
-                model_data = self.data(item["data"], f"{key}.data")
-            else:
-                self.num_labels = suite_labels
-            checkpoint, card = None, {}
-            if "checkpoint" in item:
-                checkpoint, card = self.checkpoint(item["checkpoint"], f"{key}.checkpoint")
-            ctx = sources.Context(key, self.base, model_data.image_size, self.fail, card)
-            default_name = Path(checkpoint).stem if checkpoint else _default_name(item)
-            name = self.name(item.get("name", default_name), f"{key}.name")
-            if name in seen:
-                raise self.fail(f"{key}.name", f"duplicate model name {name!r}; names must be unique")
-            seen.add(name)
-            spec = sources.resolve(item, ctx, name=name, checkpoint=checkpoint,
-                                   compile=self.boolean(item.get("compile", self.compile_default), f"{key}.compile"),
-                                   data=model_data if model_data != data else None)
-            if checkpoint and spec.weights is not None:
-                raise self.fail(f"{key}.checkpoint", "give either weights or checkpoint, not both")
-            if spec.num_classes < self.num_labels:
-                raise self.fail(f"{key}.num_classes", f"model {name!r} has {spec.num_classes} classes but the data has labels up to {self.num_labels - 1}")
-            try:  # shape problems surface here, before anything runs (and in --dry-run)
-                sources.probe(spec)
-            except model_registry.ProbeError as exc:
-                size_key = (f"{key}.input_size" if "input_size" in item else f"{key}.data.image_size" if "data" in item
-                            else "data.image_size" if spec.source == "builtin" else key)
-                raise self.fail(size_key, f"model {name!r} ({spec.arch}) at {spec.input_size} px: {exc}") from None
-            out.append(spec)
+            spec = self.collect(self.model, i, item, data, suite_labels, seen)
+            if spec is not None:
+                out.append(spec)
+        self.num_labels = suite_labels
         return tuple(out)
+
+    def model(self, i: int, item: Any, data: DataSpec, suite_labels: int, seen: set) -> ModelSpec:
+        """One ``models:`` entry, resolved by its source."""
+        key = f"models[{i}]"
+        if not isinstance(item, dict):
+            raise self.fail(key, f"must be a mapping, got {_kind(item)}")
+        source = sources.source_of(item)
+        if source is None:
+            raise self.fail(f"{key}.arch", f"unknown model {item.get('arch')!r}; allowed: " + sources.ALLOWED)
+        item = self.mapping(item, key, dict.fromkeys([*sources.COMMON_KEYS, *source.KEYS]))
+        model_data = data
+        if "data" in item:  # this model's own data (a suite may mix ImageNet models and detectors)
+            model_data = self.data(item["data"], f"{key}.data")
+        else:
+            self.num_labels = suite_labels
+        checkpoint, card = None, {}
+        if "checkpoint" in item:
+            checkpoint, card = self.checkpoint(item["checkpoint"], f"{key}.checkpoint")
+        ctx = sources.Context(key, self.base, model_data.image_size, self.fail, card)
+        default_name = Path(checkpoint).stem if checkpoint else _default_name(item)
+        name = self.name(item.get("name", default_name), f"{key}.name")
+        if name in seen:
+            raise self.fail(f"{key}.name", f"duplicate model name {name!r}; names must be unique")
+        seen.add(name)
+        spec = sources.resolve(item, ctx, name=name, checkpoint=checkpoint,
+                               compile=self.boolean(item.get("compile", self.compile_default), f"{key}.compile"),
+                               data=model_data if model_data != data else None)
+        if checkpoint and spec.weights is not None:
+            raise self.fail(f"{key}.checkpoint", "give either weights or checkpoint, not both")
+        if spec.num_classes < self.num_labels:
+            raise self.fail(f"{key}.num_classes", f"model {name!r} has {spec.num_classes} classes but the data has labels up to {self.num_labels - 1}")
+        try:  # shape problems surface here, before anything runs (and in --dry-run)
+            sources.probe(spec)
+        except model_registry.ProbeError as exc:
+            size_key = (f"{key}.input_size" if "input_size" in item else f"{key}.data.image_size" if "data" in item
+                        else "data.image_size" if spec.source == "builtin" else key)
+            raise self.fail(size_key, f"model {name!r} ({spec.arch}) at {spec.input_size} px: {exc}") from None
+        return spec
 
     def attacks(self, value: Any, models: tuple[ModelSpec, ...]) -> tuple[tuple[AttackSpec, ...], ...]:
         """Each entry is resolved by its attack source (bench/attacks): this loader only checks names across entries."""
         out, seen = [], set()
         for i, item in enumerate(self.listof(value, "attacks")):
-            variants = attack_registry.parse(item, f"attacks[{i}]", self, models)
+            variants = self.collect(attack_registry.parse, item, f"attacks[{i}]", self, models)
+            if variants is None:
+                continue
             name = variants[0].name
             if name in seen:
                 raise self.fail(f"attacks[{i}].name", f"duplicate attack name {name!r}; names must be unique")
@@ -531,9 +582,9 @@ class _Validator:
     def defenses(self, value: Any, models: tuple[ModelSpec, ...]) -> tuple[DefenseSpec, ...]:
         out: list[DefenseSpec] = []
         for i, item in enumerate(self.listof(value, "defenses")):
-            for spec in defense_registry.parse(item, f"defenses[{i}]", self):
-                self.probe_defense(spec, f"defenses[{i}]", models)
-                out.append(spec)
+            for spec in self.collect(defense_registry.parse, item, f"defenses[{i}]", self, default=[]):
+                if self.collect(self.probe_defense, spec, f"defenses[{i}]", models, default=False) is not False:
+                    out.append(spec)
         labels = [d.label for d in out]
         dup = sorted({x for x in labels if labels.count(x) > 1})
         if dup:
@@ -549,6 +600,7 @@ class _Validator:
             except defense_registry.DefenseError as exc:
                 where = _join(key, exc.key) if exc.key and spec.type != "chain" else key  # a chain's part: its entry
                 raise self.fail(where, f"{spec.label} at {size} px: {exc}") from None
+        return True
 
     def eval_modes(self, modes: tuple[str, ...], value: Any) -> tuple[str, ...]:
         """oblivious and adaptive-<method> for each method asked for (aliases resolved)."""

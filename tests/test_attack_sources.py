@@ -105,7 +105,7 @@ def test_a_python_attack_must_take_the_documented_arguments_and_its_required_one
 def test_a_python_attack_file_that_raises_on_import_names_the_file(tmp_path):
     (tmp_path / "broken.py").write_text("import torch\nraise RuntimeError('no GPU here')\n")
     message = _error(_suite(tmp_path, [{"type": "python", "fn": "broken.py:attack", "eps": 0.1}]))
-    assert "attacks[0].fn" in message and "broken.py raises RuntimeError: no GPU here" in message, message
+    assert "attacks[0].fn" in message and "broken.py:2 raises RuntimeError: no GPU here" in message, message
 
 
 def test_an_art_norm_is_read_whatever_the_type_of_its_default(tmp_path):

@@ -318,10 +318,10 @@ def test_a_module_that_is_not_installed(folder):
     ("def make(:\n    pass\n", "SyntaxError"),
     ("import no_such_module_for_bench\n", "ModuleNotFoundError: No module named 'no_such_module_for_bench'"),
 ])
-def test_a_file_that_fails_to_import_names_the_file_and_the_exception(folder, body, what):
+def test_a_file_that_fails_to_import_names_the_file_its_line_and_the_exception(folder, body, what):
     (folder / "broken.py").write_text(body)
     message = error(folder, factory="broken.py:make")
-    assert message.startswith(f"models[0].factory: importing {(folder / 'broken.py').resolve()} raises")
+    assert message.startswith(f"models[0].factory: importing {(folder / 'broken.py').resolve()}:1 raises")
     assert what in message
 
 
@@ -409,3 +409,19 @@ def test_a_factory_that_loads_a_state_dict_validates_without_a_single_warning(tm
         warnings.simplefilter("always")
         load_suite(tmp_path / "s.yaml")
     assert [str(w.message)[:80] for w in caught] == []
+
+
+def test_a_factory_file_that_raises_on_import_names_the_line_in_that_file(tmp_path):
+    import yaml
+
+    from bench.suite import SuiteError, load_suite
+
+    (tmp_path / "broken.py").write_text("import torch\n\n\nraise RuntimeError('no GPU here')\n")
+    doc = {"name": "b", "data": {"source": "digits", "limit": 4, "image_size": 16},
+           "models": [{"factory": "broken.py:make"}], "attacks": [{"type": "fgsm", "eps": 0.1}]}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(doc))
+    with pytest.raises(SuiteError, match=r"models\[0\]\.factory: importing .*broken\.py:4 raises RuntimeError: no GPU here"):
+        load_suite(tmp_path / "s.yaml")
+    (tmp_path / "broken.py").write_text("def make(:\n    pass\n")
+    with pytest.raises(SuiteError, match=r"broken\.py:1 raises SyntaxError"):
+        load_suite(tmp_path / "s.yaml")

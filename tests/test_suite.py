@@ -272,3 +272,29 @@ def test_the_executor_is_not_part_of_the_suite_digest(write_suite, tiny_suite):
     assert spec.type == "ray" and spec.address == "auto" and spec.workers == 3
     assert spec.max_retries == 1 and spec.cpus_per_worker == 1
     assert from_suite(local).type == "local" and ray.digest() == local.digest()
+
+
+def test_every_mistake_of_a_suite_is_found_in_one_pass_each_on_its_own_line(write_suite, tiny_suite):
+    from bench.suite import SuiteErrors
+
+    tiny_suite["models"].append({"arch": "tiny_cnn", "num_classes": 2})
+    tiny_suite["attacks"][0]["type"] = "pgdd"
+    tiny_suite["defenses"] = ["none", {"type": "jpeg", "quality": 150}]
+    path = write_suite(tiny_suite)
+    with pytest.raises(SuiteErrors) as err:
+        load_suite(path)
+    keys = [e.key for e in err.value.errors]
+    assert keys == ["models[1].arch", "attacks[0].type", "defenses[1].quality"]
+    lines = str(err.value).splitlines()
+    assert len(lines) == 3 and all(re.match(rf"{re.escape(str(path))}:\d+: ", line) for line in lines)
+    assert "did you mean pgd" in lines[1]
+
+
+def test_the_cli_prints_one_error_line_per_mistake(write_suite, tiny_suite, capsys):
+    from bench.cli import main
+
+    tiny_suite["attacks"][0]["type"] = "pgdd"
+    tiny_suite["devices"] = ["tpu"]
+    assert main(["run", str(write_suite(tiny_suite)), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(line.startswith("error: ") for line in err), err

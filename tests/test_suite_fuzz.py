@@ -44,8 +44,9 @@ def _check(tmp_path, text: str) -> None:
     path.write_text(text)
     try:
         load_suite(path)
-    except SuiteError as exc:
-        assert "\n" not in str(exc) and str(exc).startswith(str(path))
+    except SuiteError as exc:  # one line per problem (SuiteErrors: several), each naming the file
+        lines = str(exc).split("\n")
+        assert all(line.startswith(str(path)) for line in lines) and len(lines) == len(getattr(exc, "errors", [exc])), lines
 
 
 @settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])

@@ -240,9 +240,19 @@ def load_file(path: Path) -> ModuleType:
         sys.modules.pop(name, None)
         if isinstance(exc, KeyboardInterrupt):
             raise
-        raise FactoryError(f"importing {path} raises {type(exc).__name__}: {short_error(exc)}") from None
+        raise FactoryError(f"importing {path}{_line_in(exc, path)} raises {type(exc).__name__}: {short_error(exc)}") from None
     _FILE_MODULES[path] = (stamp, module)
     return module
+
+
+def _line_in(exc: BaseException, path: Path) -> str:
+    """``:LINE`` of the last place in ``path`` the exception passed through (a SyntaxError's own line), or ``""``."""
+    import traceback
+
+    if isinstance(exc, SyntaxError) and exc.lineno and Path(exc.filename or "") == path:
+        return f":{exc.lineno}"
+    lines = [line for frame, line in traceback.walk_tb(exc.__traceback__) if Path(frame.f_code.co_filename) == path]
+    return f":{lines[-1]}" if lines else ""
 
 
 def _callables(module: ModuleType) -> list[str]:
