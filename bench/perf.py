@@ -260,4 +260,8 @@ def _slug(name: str) -> str:
 
 
 def parse_eps(text: str) -> float:
-    return float(Fraction(text))
+    """``8/255``, ``2.5/255`` or ``0.03`` as a float (a decimal numerator too, as suites allow); ValueError otherwise."""
+    num, sep, den = str(text).partition("/")
+    if "/" in den:
+        raise ValueError(f"one fraction bar at most: {text!r}")
+    return float(Fraction(num.strip()) / Fraction(den.strip())) if sep else float(Fraction(str(text).strip()))

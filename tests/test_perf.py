@@ -165,3 +165,19 @@ def test_bad_perf_arguments_exit_2(capsys):
     assert main(["perf", "--model", "vgg99", "--eps", "10/0"]) == 2
     err = capsys.readouterr().err
     assert "--model 'vgg99' is unknown" in err and "--eps must be a number" in err
+
+
+@pytest.mark.parametrize("text, value", [("8/255", 8 / 255), ("2.5/255", 2.5 / 255), ("0.03", 0.03), (" 1/4 ", 0.25)])
+def test_eps_on_the_command_line_reads_like_in_a_suite(text, value):
+    """make faces passes --train-step-size 2.5/255: a decimal numerator must parse."""
+    from bench.perf import parse_eps
+
+    assert parse_eps(text) == pytest.approx(value)
+
+
+@pytest.mark.parametrize("text", ["8/0", "eight", "1/2/3", ""])
+def test_a_bad_eps_on_the_command_line_is_a_value_error(text):
+    from bench.perf import parse_eps
+
+    with pytest.raises((ValueError, ZeroDivisionError)):
+        parse_eps(text)
