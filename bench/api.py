@@ -63,7 +63,7 @@ def _with_models(doc: Any, models: dict[str, nn.Module], where: str) -> Any:
     """The suite document with each in-memory model in the entry of its name (added when there is none)."""
     from bench.sources import memory
 
-    if not models:
+    if not models:  # nothing to add: the document as written (no models key invented)
         return doc
     if not isinstance(doc, dict):
         return doc  # parse_suite says what is wrong with it

@@ -562,7 +562,8 @@ def _measure(cell: CellSpec, ws: Workspace, prep: Prepared) -> dict[str, Any]:
     norms = perturbation_norms(adv.images, ds.images)
     check_budget(norm, cell.attack.eps, norms)
     # each image's measured perturbation in the norm a curve over ε is drawn in (bench/curves.py)
-    curve_norm = attack_registry.minimum_norm(cell.attack) or (norm if norm != "none" else None)
+    minimum = attack_registry.minimum_norm(cell.attack)
+    curve_norm = minimum or (norm if norm != "none" else None)
     distance = norms[curve_norm.lower()] if curve_norm else None
     broke = _goal(robust_pred, ds.labels, cell.attack.target) & (clean_pred == ds.labels) & adv.attacked
     linf, l2 = norms["linf"].max().item(), norms["l2"]
@@ -590,8 +591,8 @@ def _measure(cell: CellSpec, ws: Workspace, prep: Prepared) -> dict[str, Any]:
         "flags": join_flags(flags),
         "indicators": json.dumps(json_values({**adv.evidence, **evidence}), sort_keys=True),
         "unconstrained_success": evidence.get("unconstrained_success", math.nan),
-        "distance_median": (float(np.median(distance[broke].numpy())) if distance is not None and bool(broke.any())
-                            and attack_registry.minimum_norm(cell.attack) else math.nan),
+        "distance_median": (float(np.median(distance[broke].numpy())) if minimum and distance is not None
+                            and bool(broke.any()) else math.nan),
         "linf_max": linf,
         "l2_mean": l2.mean().item(),
         "l2_max": l2.max().item(),

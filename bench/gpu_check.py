@@ -204,11 +204,9 @@ def agreement(ctx: Context) -> dict[str, Any]:
             "numbers": numbers}
 
 
-def pick_batch(device: str, seconds: float, smoke: bool) -> int:
+def pick_batch(device: str, seconds: float) -> int:
     """The largest power-of-two batch (32 to 1024) whose whole perf run (about 8 configurations × (repeats + 1) ×
     10 PGD steps) fits in ``seconds`` and in the GPU's free memory, from one timed fwd+bwd pass at batch 32."""
-    if smoke:
-        return 4
     import torch
 
     from bench.sources import create_model, from_name
@@ -240,7 +238,7 @@ def perf(ctx: Context) -> dict[str, Any]:
         runs = [("fp32", ["--model", "small_cnn", "--image-size", "16", "--batch", "4", "--steps", "2", "--repeats", "1",
                           "--precision", "fp32"])]
     else:
-        batch = pick_batch(ctx.device, 0.4 * ctx.budget, ctx.smoke)
+        batch = pick_batch(ctx.device, 0.4 * ctx.budget)
         common = ["--model", "resnet18", "--batch", str(batch), "--steps", "10", "--repeats", "3"]
         # compile once (bf16, where it matters most): its compilation is most of a run's time
         runs = [("bf16", [*common, "--precision", "bf16", "--compile"]), ("fp16", [*common, "--precision", "fp16"])]
