@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import torch.nn as nn
-import yaml
 
 from bench.runner import RunResult, run_suite
 from bench.suite import Suite, SuiteError, load_suite, parse_suite, read_suite

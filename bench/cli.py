@@ -1,7 +1,9 @@
 """Command line: ``bench run SUITE``, ``bench report RUN_DIR``.
 
-Exit status: 0 all cells ran (ok or skipped), 1 some cell failed, 2 bad input (nothing written),
-130 interrupted (finished cells kept).
+Exit status: 0 all cells ran (ok or skipped), 1 some cell failed or the run could not be written (a
+full disk: one line naming the file), 2 bad input (nothing written: a bad suite, a damaged run folder,
+a symbolic link where bench would write), 130 interrupted (finished cells kept). ``bench compare``: 1
+means a regression and nothing else.
 """
 
 from __future__ import annotations
@@ -239,6 +241,7 @@ def _run(args: argparse.Namespace, console: Console) -> int:
     except DataError as exc:
         print(f"error: {args.suite}: data: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    from bench.files import LinkError
     from bench.runner import ResumeError, RunError, latest_run
 
     resume = None
@@ -256,7 +259,7 @@ def _run(args: argparse.Namespace, console: Console) -> int:
         try:
             result = run_suite(suite, args.results_dir, args.reports_dir, progress=progress, datasets=datasets,
                                resume=resume, stop=stop.is_set, retry_failed=args.retry_failed, executor=executor)
-        except (ResumeError, executors.ExecutorError) as exc:
+        except (ResumeError, executors.ExecutorError, LinkError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_BAD_INPUT
         except RunError as exc:  # the run itself broke (its folder, say): one line, the log has the traceback
@@ -445,6 +448,8 @@ def _train(args: argparse.Namespace, console: Console) -> int:
 
 def _compare(args: argparse.Namespace) -> int:
     from bench.compare import compare
+    from bench.files import write_atomic
+    from bench.results import RunFolderError
 
     problems = [f"--alpha must be in (0, 1), got {args.alpha}" if not 0 < args.alpha < 1 else "",
                 f"--abs-threshold must be in [0, 1] (0.05 = 5 points), got {args.abs_threshold}"
@@ -454,15 +459,19 @@ def _compare(args: argparse.Namespace) -> int:
     if any(problems):
         print(f"error: {next(p for p in problems if p)}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    try:
+    try:  # a damaged run folder is bad input (2), never a traceback: 1 means a regression only
         result = compare(args.baseline, args.candidate, args.abs_threshold, args.min_throughput_ratio, args.alpha)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, RunFolderError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     print(result.markdown)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(result.markdown)
+        try:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(args.out, result.markdown.encode())
+        except OSError as exc:  # a link there, a full disk: the comparison is printed above, its file is not
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
     return EXIT_FAILED_CELLS if result.regressions else EXIT_OK
 
 
@@ -510,7 +519,7 @@ def _history(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     try:
         path = write_history(runs, args.out or Path("reports") / name)
-    except OSError as exc:  # an output folder that cannot be written
+    except OSError as exc:  # an output folder that cannot be written, a link where a file goes
         print(f"error: cannot write the history: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     print(f"history of {len(runs)} run(s): {path}")
@@ -518,6 +527,7 @@ def _history(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
+    from bench.files import LinkError
     from bench.report import write_report
     from bench.results import RUN_FILE
 
@@ -526,9 +536,12 @@ def _report(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     try:
         print(f"report: {write_report(args.run_dir, args.reports_dir)}")
-    except ValueError as exc:
+    except (ValueError, LinkError) as exc:  # a damaged run folder (RunFolderError names the file), a link where the report goes
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except OSError as exc:  # a full disk: one line naming the file
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED_CELLS
     return EXIT_OK
 
 

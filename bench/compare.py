@@ -51,7 +51,7 @@ from typing import Any
 import pandas as pd
 
 from bench import worst_case
-from bench.results import RUN_FILE, TABLE_FILE, load_run
+from bench.results import RUN_FILE, TABLE_FILE, TABLE_KEYS, load_run, read_json, read_table
 from bench.stats import format_p, paired
 
 # rate → +1 when higher is better for the defender, -1 when higher is worse
@@ -95,8 +95,8 @@ def _load(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any] | None]:
         return load_run(path)
     if path.suffix == ".parquet" and path.exists():
         meta_path = path.parent / RUN_FILE
-        meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else None
-        return pd.read_parquet(path), meta
+        meta = read_json(meta_path) if meta_path.is_file() else None
+        return read_table(path, TABLE_KEYS), meta
     raise FileNotFoundError(f"{path}: not a run folder (with {TABLE_FILE}) or a results .parquet file")
 
 

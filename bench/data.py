@@ -10,6 +10,9 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import os
+import stat
+import warnings
 from itertools import zip_longest
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +24,7 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
 from bench import data_hf, data_torchvision
-from bench.specs import DataSpec, Preprocess
+from bench.specs import DEFAULT_MAX_PIXELS, DataSpec, Preprocess
 
 
 log = logging.getLogger(__name__)
@@ -57,11 +60,44 @@ class Dataset:
             yield self.images[i : i + batch_size].float().div_(255), self.labels[i : i + batch_size]
 
 
-def prepare(image: torch.Tensor, pre: "Preprocess | int") -> torch.Tensor:
+class SkipImage(ValueError):
+    """One image that is not decoded (the reason says why); the data set goes on without it."""
+
+
+def open_image(source, max_pixels: int = DEFAULT_MAX_PIXELS, name: str | Path | None = None) -> torch.Tensor:
+    """One image file (a path or a file object) decoded as uint8 (3, H, W). Refused before any pixel
+    is decoded: a path that is not a regular file (a FIFO would block the run for ever, a device
+    never ends) and an image over ``max_pixels`` (a 12,000 × 12,000 PNG of 420 KB decodes into
+    432 MB, and PIL only warns below 179 M pixels)."""
+    if isinstance(source, (str, Path)):
+        try:
+            mode = os.stat(source).st_mode
+        except OSError as exc:
+            raise SkipImage(exc.strerror or str(exc)) from None
+        if not stat.S_ISREG(mode):
+            raise SkipImage("not a regular file (a FIFO, a device or a folder): not read")
+    with warnings.catch_warnings():  # PIL's DecompressionBombWarning: the budget below decides, in one line
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        im = Image.open(source)
+    with im:
+        w, h = im.size
+        if w * h > max_pixels:
+            raise SkipImage(f"{w}×{h} is {w * h / 1e6:.1f} M pixels, over the budget of {max_pixels / 1e6:g} M per image "
+                            "(data.max_pixels): not decoded")
+        return torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1)
+
+
+def prepare(image: torch.Tensor, pre: "Preprocess | int", max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
     """Resize the shorter side to the model's resize size (default size/0.875) with its
     interpolation (antialiased, as torchvision's and timm's eval transforms) and centre-crop its
-    input size; uint8 in, uint8 out."""
+    input size; uint8 in, uint8 out. An image so elongated that the resized copy would be over
+    ``max_pixels`` is :class:`SkipImage` (a 100 × 600,000 strip resized to 256 px would be 1.5 G pixels)."""
     pre = Preprocess(pre) if isinstance(pre, int) else pre
+    h, w = image.shape[-2:]
+    resized = pre.resize * math.ceil(pre.resize * max(h, w) / max(min(h, w), 1))
+    if resized > max_pixels:
+        raise SkipImage(f"{w}×{h}: resized to {pre.resize} px on its shorter side it would be {resized / 1e6:.1f} M pixels, "
+                        f"over the budget of {max_pixels / 1e6:g} M (data.max_pixels): not decoded")
     mode = TF.InterpolationMode(pre.interpolation)
     image = TF.resize(image, pre.resize, interpolation=mode, antialias=True)
     return TF.center_crop(image, [pre.input_size, pre.input_size]).contiguous()
@@ -214,7 +250,8 @@ def _folder_items(spec: "DataSpec") -> tuple[list[tuple[Path, int]], list[str]]:
     classes balanced), each class in sorted file order."""
     root = Path(spec.path)
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    per_class = [[(f, idx) for f in sorted((root / cls).rglob("*")) if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
+    # not is_dir() rather than is_file(): a FIFO or a device named like an image is listed, then skipped with a reason
+    per_class = [[(f, idx) for f in sorted((root / cls).rglob("*")) if not f.is_dir() and f.suffix.lower() in IMAGE_SUFFIXES]
                  for idx, cls in enumerate(classes)]
     items = [item for rank in zip_longest(*per_class) for item in rank if item is not None]
     return items, classes
@@ -224,13 +261,11 @@ def _read_files(name: str, items: list[tuple[Path, int]], spec: "DataSpec", pre:
     images, labels, ids, skipped = [], [], [], []
     for path, label in items[: spec.limit] if spec.limit else items:
         try:
-            with Image.open(path) as im:
-                img = torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1)
-        except Exception as exc:  # PIL raises OSError, SyntaxError or ValueError depending on the damage
+            images.append(prepare(open_image(path, spec.pixel_budget), pre, spec.pixel_budget))
+        except Exception as exc:  # SkipImage; PIL raises OSError, SyntaxError or ValueError depending on the damage
             skipped.append((str(path), str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__))
             log.warning("skipping unreadable image %s: %s", path, skipped[-1][1])
             continue
-        images.append(prepare(img, pre))
         labels.append(label)
         ids.append(str(path))
     ds = _finish(name, images, labels, ids, spec, pre, class_names, limit=False)

@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 if TYPE_CHECKING:
     from bench.data import Dataset
@@ -115,13 +114,15 @@ def describe(spec: "DataSpec") -> tuple[int, int]:
     return _limited(len(labels), spec), max(len(names or []), int(labels.max()) + 1 if len(labels) else 0)
 
 
-def _decode(value: Any, root: Path) -> Image.Image:
+def _decode(value: Any, root: Path, max_pixels: int) -> torch.Tensor:
+    from bench.data import open_image
+
     if isinstance(value, dict):
         if value.get("bytes"):
-            return Image.open(io.BytesIO(value["bytes"]))
+            return open_image(io.BytesIO(value["bytes"]), max_pixels)
         if value.get("path"):
             path = Path(value["path"])
-            return Image.open(path if path.is_absolute() else root / path)
+            return open_image(path if path.is_absolute() else root / path, max_pixels)
     raise ValueError(f"not an image (the Image feature's bytes or path): {type(value).__name__}")
 
 
@@ -136,13 +137,11 @@ def load(spec: "DataSpec", pre: "Preprocess") -> "Dataset":
     images, kept, skipped = [], [], []
     for i in order.tolist():
         try:
-            with _decode(column[i].as_py(), root) as im:
-                img = torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1)
+            images.append(prepare(_decode(column[i].as_py(), root, spec.pixel_budget), pre, spec.pixel_budget))
         except Exception as exc:  # a damaged row is skipped and named, as an unreadable file is
             skipped.append((f"{spec.path}#{i}", str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__))
             log.warning("skipping unreadable image %s: %s", *skipped[-1])
             continue
-        images.append(prepare(img, pre))
         kept.append(i)
     split = spec.split or DEFAULT_SPLIT
     stacked = torch.stack(images) if images else torch.empty(0, 3, pre.input_size, pre.input_size, dtype=torch.uint8)

@@ -1,20 +1,21 @@
 """``data: {source: torchvision, name: CIFAR10, root: PATH, split: test}``: torchvision's datasets from their files on disk.
 
-CIFAR10, CIFAR100, SVHN, MNIST, FashionMNIST and STL10, read by torchvision's own dataset classes from the layout
-their ``download=True`` leaves under ``root`` (bench never downloads: a missing file is a one-line error naming
-every file expected, and where). torchvision checks each file's MD5 before reading it; bench checks that the split's
-files are there and lets torchvision parse them, so a truncated file still fails, with its name. Grey images
-(MNIST, FashionMNIST) become 3 channels. An image fills its frame: it is resized whole to the input size (the
-native size by default: 32 px, 28 px for the MNISTs, 96 px for STL10), never cropped. ``limit`` takes the images
-round-robin across classes, so a limited set stays class-balanced.
+CIFAR10, CIFAR100, SVHN, MNIST, FashionMNIST and STL10, from the layout torchvision's ``download=True`` leaves under
+``root`` (bench never downloads: a missing file is a one-line error naming every file expected, and where).
+torchvision checks each file's MD5 before reading it; bench checks that the split's files are there and parses them,
+so a truncated file still fails, with its name. The CIFAR files are pickles, and unpickling runs whatever a pickle
+asks for: bench reads them itself with a restricted unpickler (:class:`bench.untrusted.DataUnpickler`: dicts, lists,
+strings, numbers and numpy arrays, nothing else), and a file that asks for anything more is a one-line error naming
+it; the other datasets are read by torchvision's own classes (raw binary, or SVHN's .mat), never from its legacy
+``processed/*.pt`` files. Grey images (MNIST, FashionMNIST) become 3 channels. An image fills its frame: it is
+resized whole to the input size (the native size by default: 32 px, 28 px for the MNISTs, 96 px for STL10), never
+cropped. ``limit`` takes the images round-robin across classes, so a limited set stays class-balanced.
 """
 
 from __future__ import annotations
 
 import difflib
 import functools
-import os
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -22,6 +23,8 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 import torch
 import torchvision.transforms.functional as TF
+
+from bench.untrusted import UnsafeFile, load_data_pickle
 
 if TYPE_CHECKING:
     from bench.data import Dataset
@@ -78,7 +81,8 @@ def check(name: Any, split: str, root: Path) -> Layout:
 
 
 def _dataset(name: str, root: Path, split: str):
-    """torchvision's dataset object, its MD5 checks replaced by :func:`check`'s presence check."""
+    """torchvision's dataset object (not for CIFAR: see :func:`_cifar`), its MD5 checks replaced by
+    :func:`check`'s presence check."""
     import torchvision.datasets as D
 
     base = getattr(D, name)
@@ -90,11 +94,8 @@ def _dataset(name: str, root: Path, split: str):
         def _check_exists(self) -> bool:
             return True
 
-        def _load_meta(self) -> None:  # CIFAR: the class names, without the MD5 check
-            with open(os.path.join(self.root, self.base_folder, self.meta["filename"]), "rb") as f:
-                data = pickle.load(f, encoding="latin1")
-            self.classes = data[self.meta["key"]]
-            self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+        def _check_legacy_exist(self) -> bool:  # MNIST: the raw files check() found, never processed/*.pt
+            return False
 
     Present.__name__ = name  # MNIST's folders are named after the class
     if name in ("SVHN", "STL10"):
@@ -102,9 +103,53 @@ def _dataset(name: str, root: Path, split: str):
     return Present(str(root), train=split == "train")
 
 
+CIFAR_KEYS = {"CIFAR10": ("labels", "label_names"), "CIFAR100": ("fine_labels", "fine_label_names")}
+NOT_CIFAR = "a CIFAR batch"
+
+
+def _field(entry: Any, key: str, path: Path) -> Any:
+    """``entry[key]`` of an unpickled CIFAR dict, whose keys are str (Python 2 files read as latin1) or bytes."""
+    if not isinstance(entry, dict):
+        raise TorchvisionDataError(f"{path}: not {NOT_CIFAR}: it holds a {type(entry).__name__}, not a dict", "root")
+    for k in (key, key.encode()):
+        if k in entry:
+            return entry[k]
+    raise TorchvisionDataError(f"{path}: not {NOT_CIFAR}: it has no {key!r} entry", "root")
+
+
+def _cifar(name: str, root: Path, split: str) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """A CIFAR split read from its pickles as data (the format torchvision reads: a dict per batch with
+    ``data``, N×3072 uint8 rows of R, G, B planes, and the labels; the meta file's class names)."""
+    layout = LAYOUTS[name]
+    folder = root / layout.folder
+    *batches, meta = layout.files(split)
+    label_key, names_key = CIFAR_KEYS[name]
+    images, labels = [], []
+    for file in batches:
+        path = folder / file
+        entry = load_data_pickle(path, NOT_CIFAR)
+        data = np.asarray(_field(entry, "data", path))
+        y = np.asarray(_field(entry, label_key, path))
+        if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or y.shape != (len(data),) \
+                or not np.issubdtype(y.dtype, np.integer):
+            raise TorchvisionDataError(f"{path}: not {NOT_CIFAR}: expected uint8 data of N×3072 and N integer labels, got "
+                                       f"{data.dtype} {data.shape} and {y.dtype} {y.shape}", "root")
+        images.append(data.reshape(-1, 3, 32, 32))
+        labels.append(y.astype(np.int64))
+    names = _field(load_data_pickle(folder / meta, NOT_CIFAR), names_key, folder / meta)
+    if not isinstance(names, (list, tuple)):
+        raise TorchvisionDataError(f"{folder / meta}: not {NOT_CIFAR}: {names_key} is not a list of names", "root")
+    names = tuple(n.decode("latin1") if isinstance(n, bytes) else str(n) for n in names)
+    y = np.concatenate(labels)
+    names = names or tuple(str(k) for k in range(int(y.max()) + 1 if len(y) else 0))
+    return np.ascontiguousarray(np.concatenate(images)), y, names
+
+
 @functools.lru_cache(maxsize=2)
 def _raw(name: str, root: str, split: str) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
     """(uint8 images N×C×H×W, labels, class names) of one split, read once per process."""
+    if name in CIFAR_KEYS:
+        return _cifar(name, Path(root), split)
     ds = _dataset(name, Path(root), split)
     data = ds.data.numpy() if isinstance(ds.data, torch.Tensor) else np.asarray(ds.data)
     labels = getattr(ds, "targets", None)
@@ -126,6 +171,8 @@ def describe(spec: "DataSpec") -> tuple[int, int]:
         _, labels, classes = _raw(spec.name, spec.path, spec.split or SPLITS[0])
     except TorchvisionDataError as exc:
         raise DataError(str(exc), key=exc.key) from None
+    except UnsafeFile as exc:  # a data file that would run code: refused, nothing in it ran
+        raise DataError(str(exc), key="root") from None
     except Exception as exc:  # a file torchvision cannot parse (truncated, another format)
         raise DataError(f"{spec.name} in {spec.path}: torchvision cannot read it ({type(exc).__name__}: {exc})", key="root") from None
     return _limited(len(labels), spec), max(len(classes), int(labels.max()) + 1 if len(labels) else 0)

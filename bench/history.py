@@ -31,7 +31,6 @@ previous run that has the series).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import statistics
@@ -45,7 +44,8 @@ import pandas as pd
 
 from bench import worst_case
 from bench.compare import THROUGHPUT_RULES
-from bench.results import RUN_FILE, load_run, write_atomic
+from bench import files
+from bench.results import RUN_FILE, RunFolderError, load_run, read_json
 from bench.specs import format_eps
 from bench.stats import format_p, paired, wilson
 
@@ -119,16 +119,20 @@ def load_runs(results_root: str | Path, suite: str, last: int | None = None) -> 
     runs = []
     for run_dir in sorted(p for p in folder.iterdir() if (p / RUN_FILE).is_file()) if folder.is_dir() else []:
         try:
-            meta = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8"))
-            if not isinstance(meta, dict) or meta.get("status") != "complete":
+            if read_json(run_dir / RUN_FILE).get("status") != "complete":
                 continue
             df, meta = load_run(run_dir)
             loaded = worst_case.load(run_dir)
             worst, images = (worst_case.as_cells(loaded[0]), loaded[1]) if loaded is not None else (pd.DataFrame(), None)
-        except Exception as exc:  # a run folder that cannot be read (a corrupt table): left out, said once
+            run = Run(run_dir, meta, df, worst, images)
+            run.outcomes()  # its per-image predictions read now, so a damaged file leaves the run out here
+        except RunFolderError as exc:  # a damaged file (it names itself): the run is left out, said once
+            log.warning("left out of the history: %s", exc)
+            continue
+        except Exception as exc:  # a run folder that cannot be read in another way: left out, said once
             log.warning("%s: left out of the history, cannot be read (%s: %s)", run_dir, type(exc).__name__, exc)
             continue
-        runs.append(Run(run_dir, meta, df, worst, images))
+        runs.append(run)
     if not runs:
         raise HistoryError(f"no complete run of suite {suite!r} under {folder}")
     return runs[-last:] if last else runs
@@ -362,7 +366,7 @@ def write_history(runs: list[Run], out_dir: str | Path) -> Path:
     plots = [p for p in (_plot_rates(runs, points, out_dir / "history-robust.png"),
                          _plot_throughput(runs, points, out_dir / "history-throughput.png")) if p]
     path = out_dir / HISTORY_FILE
-    write_atomic(path, render(runs, points, [p.name for p in plots]).encode())
+    files.write_atomic(path, render(runs, points, [p.name for p in plots]).encode())
     return path
 
 
@@ -552,8 +556,8 @@ def _figure(runs: list[Run], panels: list[tuple[str, list]], path: Path, ylabel:
     fig.tight_layout()
     # one legend beside the panels (a line name has one colour in every panel), not over the lines
     fig.legend(list(legend.values()), list(legend), fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        files.write_with(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
+    finally:
+        plt.close(fig)
     return path

@@ -10,6 +10,7 @@ to put where, and the runner turns that into skipped cells.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
@@ -17,6 +18,8 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from bench.untrusted import UnsafeFile, check_sha256, load_tensors
 
 if TYPE_CHECKING:
     from bench.specs import ModelSpec
@@ -232,16 +235,34 @@ def _build_resnet18(spec: "ModelSpec") -> nn.Module:
 
 
 def torchvision_state_dict(weights, what: str) -> dict:
-    """A torchvision weights enum's state dict from the local torch hub cache; offline and absent,
-    :class:`ModelUnavailable` says which file to put where."""
+    """A torchvision weights enum's state dict from the local torch hub cache, opened as data:
+    downloaded (hash-checked, as torch.hub does) when absent — offline, :class:`ModelUnavailable`
+    says which file to put where; present, its SHA-256 must begin with the hash in its name (torch
+    checks that only when it downloads) and it loads with ``weights_only=True``. A file that fails
+    either is a one-line :class:`CheckpointError` and is never loaded."""
+    url = weights.url
+    target = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+    match = torch.hub.HASH_REGEX.search(target.name)
+    expected = match.group(1) if match else None
+    if not target.is_file():
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(url, str(target), hash_prefix=expected, progress=False)
+        except OSError as exc:  # URLError and friends: no internet on this machine
+            raise ModelUnavailable(
+                f"{weights} weights for {what} are not on this machine and cannot be downloaded ({short_error(exc)}): "
+                f"put {url} at {target}"
+            ) from None
+        except RuntimeError as exc:  # torch.hub: "invalid hash value" (the partial download is removed)
+            raise CheckpointError(f"{url}: the download is not the published file ({short_error(exc)})") from None
     try:
-        return weights.get_state_dict(progress=False)
-    except OSError as exc:  # URLError and friends: no internet on this machine
-        target = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
-        raise ModelUnavailable(
-            f"{weights} weights for {what} are not on this machine and cannot be downloaded ({short_error(exc)}): "
-            f"put {weights.url} at {target}"
-        ) from None
+        check_sha256(target, expected)
+        state = load_tensors(target)
+    except UnsafeFile as exc:
+        raise CheckpointError(str(exc)) from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{target}: expected a state dict, got {type(state).__name__}")
+    return state
 
 
 def _build_lite0(spec: "ModelSpec") -> nn.Module:
@@ -304,5 +325,5 @@ def load_checkpoint(net: nn.Module, path: str | Path) -> None:
 
 
 def short_error(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip().splitlines()  # torch bolds words with terminal escapes
     return text[0][:200] if text else type(exc).__name__

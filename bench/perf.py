@@ -27,7 +27,8 @@ from bench.data import load_dataset
 from bench.fastpath import PLAIN, Levers, backend_flags, prepare
 from bench.models import ModelUnavailable
 from bench.sources import create_model, from_name
-from bench.results import device_name, environment, write_atomic
+from bench import files
+from bench.results import device_name, environment
 from bench.specs import DataSpec, format_eps
 from bench.timing import Stopwatch, peak_memory_mb, reset_peak_memory
 
@@ -152,7 +153,7 @@ def run_perf(device: str = "cpu", arch: str = "resnet18", batch: int = 16, steps
     # reports/perf/<device>.md for the default model; other models get their own file beside it
     out = Path(reports_dir) / "perf" / (f"{_slug(dev_name)}.md" if arch == "resnet18" else f"{_slug(dev_name)}-{re.sub(r'[^A-Za-z0-9_.-]+', '-', arch).strip('-')}.md")
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(out, text.encode())
+    files.write_atomic(out, text.encode())
     return out, text
 
 

@@ -10,12 +10,12 @@ from typing import Any
 
 import pandas as pd
 
-from bench import worst_case
-from bench.results import load_predictions, load_run, write_atomic
+from bench import files, worst_case
+from bench.results import load_predictions, load_run
 from bench.specs import format_eps
 from bench.stats import format_p, paired
 
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")  # fullmatch
 
 PLOT_TITLES = {
     "robust": "Robust accuracy against ε",
@@ -33,11 +33,14 @@ RATE_COLUMNS = {
 }
 
 
-def write_report(run_dir: str | Path, reports_root: str | Path = "reports") -> Path:
-    """Write ``reports/<suite>/<run_id>.md`` (+ plot) and refresh ``reports/<suite>/latest.md``."""
-    df, meta = load_run(Path(run_dir))
+def write_report(run_dir: str | Path, reports_root: str | Path = "reports", meta: dict[str, Any] | None = None) -> Path:
+    """Write ``reports/<suite>/<run_id>.md`` (+ plot) and refresh ``reports/<suite>/latest.md``.
+    ``meta``: the run's record when the caller holds a newer one than its run.json (the runner
+    writes run.json's final status only once the report is on disk)."""
+    df, on_disk = load_run(Path(run_dir))
+    meta = meta if meta is not None else on_disk
     for key in ("suite", "run_id"):  # these name files: a doctored run.json must not write elsewhere
-        if not isinstance(meta.get(key), str) or not _SAFE_NAME.match(meta[key]):
+        if not isinstance(meta.get(key), str) or not _SAFE_NAME.fullmatch(meta[key]):
             raise ValueError(f"{Path(run_dir) / 'run.json'}: {key} {meta.get(key)!r} is not a plain name")
     out_dir = Path(reports_root) / meta["suite"]
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -50,16 +53,16 @@ def write_report(run_dir: str | Path, reports_root: str | Path = "reports") -> P
                          _plot_curves(df, predictions, out_dir / f"{meta['run_id']}-curves.png")) if p]
     text = render(df, meta, [p.name for p in plots], predictions, worst)
     path = out_dir / f"{meta['run_id']}.md"
-    write_atomic(path, text.encode())
+    files.write_atomic(path, text.encode())
     # latest.md points at latest-*.png copies: a committed latest report keeps stable file names
     latest = {p: out_dir / f"latest-{p.name.removeprefix(meta['run_id'] + '-')}" for p in plots}
     for old in out_dir.glob("latest-*.png"):
         if old not in latest.values():
-            old.unlink()
+            old.unlink(missing_ok=True)  # another process writing this suite's reports may have removed it
     for src, dst in latest.items():
-        write_atomic(dst, src.read_bytes())
+        files.write_atomic(dst, src.read_bytes())
         text = text.replace(f"]({src.name})", f"]({dst.name})")
-    write_atomic(out_dir / "latest.md", text.encode())
+    files.write_atomic(out_dir / "latest.md", text.encode())
     return path
 
 
@@ -846,8 +849,8 @@ def _draw(panels: list[tuple[str, list]], path: Path, xlabel: str, ylabel: str) 
         ax.axis("off")
     fig.tight_layout()
     fig.legend(list(legend.values()), list(legend), fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))  # beside, not over, the lines
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        files.write_with(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
+    finally:
+        plt.close(fig)
     return path

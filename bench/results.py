@@ -14,6 +14,8 @@ from typing import Any, Iterable
 import pandas as pd
 import torch
 
+from bench import files
+
 # name → pandas dtype. Order is the table's column order.
 COLUMNS: dict[str, str] = {
     "suite": "string",
@@ -129,75 +131,126 @@ def predictions_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True).astype(columns)
 
 
+class RowLog:
+    """Append-only JSON-lines log; each row is written and fsynced before ``append`` returns,
+    so a run killed at any moment keeps every finished cell. Opened as :mod:`bench.files` opens
+    every file (never through a link); a failed write raises :class:`bench.files.WriteError`."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._file = files.AppendFile(path)
+        if self._file.size() and _last_byte(path) != b"\n":
+            self._file.append(b"\n")  # a line cut off by a crash: end it, or the next row would be glued to it and lost
+
+    def append(self, row: dict[str, Any]) -> None:
+        self._file.append((json.dumps(row, allow_nan=True) + "\n").encode("utf-8"))
+
+    def close(self) -> None:
+        self._file.close()
+
+
 def _last_byte(path: Path) -> bytes:
     with path.open("rb") as f:
         f.seek(-1, os.SEEK_END)
         return f.read(1)
 
 
-class RowLog:
-    """Append-only JSON-lines log; each row is flushed and fsynced before ``append`` returns,
-    so a run killed at any moment keeps every finished cell."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self._f = path.open("a", encoding="utf-8")
-        if self._f.tell() and _last_byte(path) != b"\n":
-            self._f.write("\n")  # a line cut off by a crash: end it, or the next row would be glued to it and lost
-
-    def append(self, row: dict[str, Any]) -> None:
-        self._f.write(json.dumps(row, allow_nan=True) + "\n")
-        self._f.flush()
-        os.fsync(self._f.fileno())
-
-    def close(self) -> None:
-        self._f.close()
-
-
 def read_rows(run_dir: Path) -> list[dict[str, Any]]:
+    """The rows of a run's row log; lines that are not a row (cut off by a crash mid-write, or
+    damaged) are left out: that cell simply has no row, and a resume runs it again."""
     path = Path(run_dir) / ROWS_FILE
     if not path.exists():
         return []
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise RunFolderError(path, f"cannot be read ({exc.strerror or exc})") from None
     rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in text.splitlines():
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError:
-            continue  # a line cut off by a crash mid-write: that cell simply has no row
+            continue
+        if isinstance(row, dict) and isinstance(row.get("cell_id"), str):
+            rows.append(row)
     return rows
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def write_table(df: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+    files.write_with(path, lambda f: df.to_parquet(f, index=False))
 
 
-def write_json(obj: Any, path: Path) -> None:
-    write_atomic(path, (json.dumps(obj, indent=2, default=str) + "\n").encode())
+def write_json(obj: Any, path: Path, reserve: int = 0) -> None:
+    """Write ``obj`` as JSON; ``reserve`` trailing spaces (valid JSON whitespace) keep room in the
+    file for a later :func:`bench.files.overwrite_in_place` on a full disk."""
+    files.write_atomic(path, (json.dumps(obj, indent=2, default=str) + "\n" + " " * reserve).encode())
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading a run folder: every damaged file is one line naming it
+
+
+class RunFolderError(ValueError):
+    """A run folder's file that cannot be read (truncated, not JSON or Parquet, the wrong shape)."""
+
+    def __init__(self, path: str | Path, problem: str):
+        super().__init__(f"{path}: {problem}")
+        self.path = Path(path)
+
+
+def read_json(path: str | Path) -> dict[str, Any]:
+    """A run.json (a JSON object), or :class:`RunFolderError` naming the file."""
+    path = Path(path)
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise RunFolderError(path, f"cannot be read ({exc.strerror or exc})") from None
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise RunFolderError(path, f"is not valid JSON ({_first_line(exc)})") from None
+    if not isinstance(meta, dict):
+        raise RunFolderError(path, f"must hold a JSON object, got {type(meta).__name__}")
+    return meta
+
+
+def read_table(path: str | Path, needs: tuple[str, ...] = ()) -> pd.DataFrame:
+    """A Parquet table of a run folder, or :class:`RunFolderError` naming the file."""
+    path = Path(path)
+    try:
+        df = pd.read_parquet(path)
+    except Exception as exc:  # pyarrow's ArrowInvalid, OSError and friends: a truncated or foreign file
+        raise RunFolderError(path, f"cannot be read as a Parquet table ({type(exc).__name__}: {_first_line(exc, path)})") from None
+    missing = [c for c in needs if c not in df.columns]
+    if missing:
+        raise RunFolderError(path, f"is not a bench table: it lacks the column(s) {', '.join(missing)}")
+    return df
+
+
+def _first_line(exc: BaseException, path: Path | None = None) -> str:
+    text = str(exc).strip().splitlines()
+    line = text[0] if text else type(exc).__name__
+    line = line.replace(f" '{path}'", "") if path else line  # the message names the file already
+    return line.split(". ")[0].rstrip(".")[:200]  # its first sentence: "… magic bytes not found in footer"
+
+
+TABLE_KEYS = ("cell_id", "status")  # without these a table is not a results table
 
 
 def load_run(run_dir: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """A run's table (from Parquet, or from the row log if the run never finished) and run.json."""
+    """A run's table (from Parquet, or from the row log if the run never finished) and run.json;
+    :class:`RunFolderError` naming the file when one cannot be read."""
     run_dir = Path(run_dir)
-    meta = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8"))
+    meta = read_json(run_dir / RUN_FILE)
     table = run_dir / TABLE_FILE
-    df = pd.read_parquet(table) if table.exists() else to_frame(read_rows(run_dir))
+    df = read_table(table, TABLE_KEYS) if table.exists() else to_frame(read_rows(run_dir))
     return df, meta
+
+
+PREDICTION_KEYS = ("cell_id", "image", "label", "clean_pred", "robust_pred")
 
 
 def load_predictions(run_dir: Path) -> pd.DataFrame | None:
     path = Path(run_dir) / PREDICTIONS_FILE
-    return pd.read_parquet(path) if path.exists() else None
+    return read_table(path, PREDICTION_KEYS) if path.exists() else None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 Two processes appending to one ``rows.jsonl`` (a ``--resume`` started while the run is still going)
 would duplicate rows. The lock is ``flock``'s: the kernel drops it when the holding process exits,
 however it exits (Ctrl-C, ``kill -9``, a crash), so a stale lock never blocks a resume. The file
-also says who holds it (process, host, start time, command) for the second writer's error.
+also says who holds it (process, host, start time, command) for the second writer's error. It is
+opened as every file bench writes (bench/files.py): a symbolic link there is refused, never followed.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import socket
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
+
+from bench import files
 
 try:
     import fcntl
@@ -35,7 +38,7 @@ class RunLock:
         self._fd: int | None = None
 
     def acquire(self) -> "RunLock":
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = files.open_fd(self.path, os.O_RDWR | os.O_CREAT)  # never through a link planted as .lock (LinkError)
         try:
             if fcntl is not None:
                 try:

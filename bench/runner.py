@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from bench import defenses as defense_registry
-from bench import executors, worst_case
+from bench import executors, files, worst_case
 from bench import attacks as attack_registry
 from bench.cells import LOG_FILE, Interrupted, _now, _trace, data_key, load_datasets
 from bench.data import Dataset
@@ -34,19 +34,28 @@ from bench.results import (
     ROWS_FILE,
     RUN_FILE,
     TABLE_FILE,
+    WORST_CASE_FILE,
+    WORST_CASE_IMAGES_FILE,
     RowLog,
+    RunFolderError,
     environment,
     predictions_frame,
+    read_json,
     read_rows,
     to_frame,
     write_json,
     write_table,
 )
-from bench.runlock import RunLock, RunLocked
+from bench.runlock import LOCK_FILE, RunLock, RunLocked
 from bench.specs import DataSpec, Preprocess
 from bench.suite import Suite
 
 log = logging.getLogger(__name__)
+# Bytes of spaces kept at the end of run.json while a run is going, so that its final status can be
+# written in place when the disk is full (files.overwrite_in_place): "error" and why, never "running".
+RUN_FILE_RESERVE = 4096
+RUN_FOLDER_FILES = (LOCK_FILE, ROWS_FILE, LOG_FILE, RUN_FILE, TABLE_FILE, PREDICTIONS_FILE, WORST_CASE_FILE,
+                    WORST_CASE_IMAGES_FILE)
 __all__ = ["run_suite", "RunResult", "ResumeError", "RunError", "Interrupted", "latest_run"]
 
 
@@ -115,8 +124,30 @@ class RunError(RuntimeError):
     problem. Rows that landed are kept; run.json says ``status: error`` and why."""
 
     def __init__(self, run_dir: Path, reason: str):
-        super().__init__(f"the run stopped: {reason}; the rows that finished are kept in {run_dir}")
+        super().__init__(f"the run stopped: {reason}; the rows that finished are kept in {run_dir} "
+                         "(--resume finishes it once the cause is fixed)")
         self.run_dir, self.reason = run_dir, reason
+
+
+def _check_targets(run_dir: Path | None, reports_dir: Path, run_id: str | None) -> None:
+    """Every file the run will write, checked before anything is written: a symbolic link (or a FIFO,
+    a folder …) where a file goes is a :class:`bench.files.LinkError`."""
+    targets = [run_dir / name for name in RUN_FOLDER_FILES] if run_dir is not None else []
+    targets.append(reports_dir / "latest.md")
+    if reports_dir.is_dir():
+        targets += [p for p in reports_dir.glob("latest-*.png")]
+        if run_id:
+            targets += [reports_dir / f"{run_id}.md", *reports_dir.glob(f"{run_id}-*.png")]
+    for path in targets:
+        files.check_target(path)
+
+
+def _reason(exc: BaseException) -> str:
+    """One line for run.json and the terminal: a write error says file and errno itself."""
+    if isinstance(exc, OSError) and isinstance(exc, files.WriteError):
+        return str(exc)
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
 
 
 def latest_run(results_root: str | Path, suite_name: str) -> Path | None:
@@ -130,14 +161,16 @@ def _resumed(run_dir: Path, suite: Suite, retry_failed: bool) -> tuple[dict[str,
     """run.json, the rows to keep, and (``retry_failed``) the failed rows to run again, of a run
     folder this process holds the lock of."""
     try:
-        meta = json.loads((run_dir / RUN_FILE).read_text())
-        meta["run_id"]  # noqa: B018  (a run.json without it cannot be resumed)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ResumeError(f"{run_dir}: its {RUN_FILE} cannot be read ({type(exc).__name__}: {exc})") from None
+        meta = read_json(run_dir / RUN_FILE)
+        rows = read_rows(run_dir)
+    except RunFolderError as exc:
+        raise ResumeError(f"cannot resume: {exc}") from None
+    if not isinstance(meta.get("run_id"), str):
+        raise ResumeError(f"cannot resume: {run_dir / RUN_FILE}: has no run_id")
     if meta.get("suite_digest") != suite.digest():
         raise ResumeError(f"{run_dir}: the suite changed since this run started (its resolved content differs); "
                           "resume needs the same suite: restore it, or start a new run")
-    by_id = {r["cell_id"]: r for r in read_rows(run_dir)}  # a cell logged twice keeps its last row
+    by_id = {r["cell_id"]: r for r in rows}  # a cell logged twice keeps its last row
     wanted = {c.cell_id for c in suite.cells()}
     rows = [r for cid, r in by_id.items() if cid in wanted]
     again = {r["cell_id"] for r in rows if retry_failed and r.get("status") == "failed"}
@@ -178,9 +211,12 @@ def run_suite(
             if not (run_dir / RUN_FILE).is_file():
                 raise ResumeError(f"{run_dir}: not a run folder (no {RUN_FILE})")
             try:
+                _check_targets(run_dir, Path(reports_root) / suite.name, run_dir.name)
                 cleanup.callback(RunLock(run_dir).acquire().release)
             except RunLocked as exc:
                 raise ResumeError(str(exc)) from None
+            except files.LinkError as exc:
+                raise ResumeError(f"cannot resume: {exc}") from None
             except OSError as exc:  # a read-only folder, a lock file of another user
                 raise ResumeError(f"{run_dir}: cannot lock it to write ({exc})") from None
             meta, done_rows, retry_rows = _resumed(run_dir, suite, retry_failed)
@@ -189,6 +225,7 @@ def run_suite(
         cleanup.callback(executor.close)  # also after a start() that failed half-way
         executor.start()  # ExecutorError (no Ray, no cluster) before a new run folder exists
         if resume is None:
+            _check_targets(None, Path(reports_root) / suite.name, None)  # LinkError: bad input, nothing written
             run_id = new_run_id()
             run_dir = Path(results_root) / suite.name / run_id
             try:
@@ -218,9 +255,9 @@ def run_suite(
             meta.setdefault("earlier_executors", []).append(meta["executor"])
         meta["executor"] = executor.describe()
         try:
-            write_json(meta, run_dir / RUN_FILE)
+            write_json(meta, run_dir / RUN_FILE, reserve=RUN_FILE_RESERVE)
         except OSError as exc:
-            raise RunError(run_dir, f"cannot write {RUN_FILE} ({exc})") from None
+            raise RunError(run_dir, _reason(exc)) from None
         return _execute(suite, cells, done_rows, retry_rows, datasets, run_dir, meta, executor, progress, stop, reports_root)
 
 
@@ -230,8 +267,6 @@ def _execute(suite: Suite, cells: list, done_rows: list[dict[str, Any]], retry_r
     """Run the cells without a row (and those of ``retry_rows``) through the executor, appending each
     row as it lands; write the table, run.json and the report however it ends. A failed row to retry
     stays in the table until its new row lands (an interrupted retry loses nothing)."""
-    from bench.report import write_report
-
     done = {r["cell_id"] for r in done_rows}
     todo = [c for c in cells if c.cell_id not in done]
     job = Job(suite, datasets, meta["run_id"], meta["environment"], todo, stop=stop, done=list(done_rows))
@@ -239,7 +274,10 @@ def _execute(suite: Suite, cells: list, done_rows: list[dict[str, Any]], retry_r
         progress.start(len(todo), sum(job.batches_of(g[0]) for g in executors.groups(todo)))
         job.started, job.batches = progress.cell, progress.batch
     rows: list[dict[str, Any]] = list(done_rows)
-    handler = logging.FileHandler(run_dir / LOG_FILE, encoding="utf-8")
+    try:
+        handler = files.LogFile(run_dir / LOG_FILE)
+    except OSError as exc:
+        raise RunError(run_dir, _reason(exc)) from None
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     for logger in (logging.getLogger("bench"), _trace):
         logger.addHandler(handler)
@@ -249,10 +287,8 @@ def _execute(suite: Suite, cells: list, done_rows: list[dict[str, Any]], retry_r
     try:
         rowlog = RowLog(run_dir / ROWS_FILE)
     except OSError as exc:
-        for logger in (logging.getLogger("bench"), _trace):
-            logger.removeHandler(handler)
-        handler.close()
-        raise RunError(run_dir, f"cannot open {ROWS_FILE} ({exc})") from exc
+        _detach(handler)
+        raise RunError(run_dir, _reason(exc)) from None
     try:
         for row in executor.run(job):
             rowlog.append(row)
@@ -265,42 +301,67 @@ def _execute(suite: Suite, cells: list, done_rows: list[dict[str, Any]], retry_r
         status = "complete"
     except KeyboardInterrupt:  # Ctrl-C (Interrupted included): the only stop that is "interrupted"
         raise
-    except Exception as exc:  # the run itself broke (a cell's own errors never get here): say so
-        status, error = "error", f"{type(exc).__name__}: {exc}"
+    except Exception as exc:  # the run itself broke (a full disk, say; a cell's own errors never get here): say so
+        status, error = "error", _reason(exc)
         _trace.error("the run stopped", exc_info=True)
         raise RunError(run_dir, error) from exc
     finally:
-        try:
-            rowlog.close()
-            if progress is not None:
-                progress.stop()
-            landed = {r["cell_id"] for r in rows}
-            rows += [r for r in retry_rows if r["cell_id"] not in landed]
-            order = {c.cell_id: i for i, c in enumerate(cells)}
-            rows.sort(key=lambda r: order.get(r["cell_id"], len(order)))
-            meta.update(status=status, finished_at=_now(), wall_seconds=meta.get("wall_seconds", 0.0) + time.perf_counter() - t0,
-                        executor=executor.describe())
-            if error:
-                meta["error"] = error
-            else:
-                meta.pop("error", None)
-            predictions = predictions_frame(rows)
-            randomized = [d.label for d in suite.defenses if defense_registry.randomized(d)]
-            black_box = sorted({r["attack_type"] for r in rows if r.get("attack_type") and attack_registry.black_box(r["attack_type"])})
-            apply_cross_cell(rows, to_frame(rows), predictions, black_box, randomized)
-            table = to_frame(rows)
-            write_table(table, run_dir / TABLE_FILE)
-            write_table(predictions, run_dir / PREDICTIONS_FILE)
-            worst_case.write(table, predictions, run_dir)
-            write_json(meta, run_dir / RUN_FILE)
-            report = write_report(run_dir, reports_root)
-        except Exception as exc:  # a results folder that cannot be written
-            if status == "error":  # already stopping with the first error: keep that one
-                _trace.error("writing the table and report failed too", exc_info=True)
-            else:
-                raise RunError(run_dir, f"cannot write the table and report ({type(exc).__name__}: {exc})") from exc
-        finally:
-            for logger in (logging.getLogger("bench"), _trace):
-                logger.removeHandler(handler)
-            handler.close()
+        rowlog.close()
+        if progress is not None:
+            progress.stop()
+        landed = {r["cell_id"] for r in rows}
+        rows += [r for r in retry_rows if r["cell_id"] not in landed]
+        order = {c.cell_id: i for i, c in enumerate(cells)}
+        rows.sort(key=lambda r: order.get(r["cell_id"], len(order)))
+        meta.update(status=status, finished_at=_now(), wall_seconds=meta.get("wall_seconds", 0.0) + time.perf_counter() - t0,
+                    executor=executor.describe())
+        if error:
+            meta["error"] = error
+        else:
+            meta.pop("error", None)
+        report, failure = _finish(suite, rows, run_dir, meta, reports_root)
+        _detach(handler)
+    if failure:  # the cells ran, but the table or the report could not be written
+        raise RunError(run_dir, failure)
     return RunResult(run_dir, report, rows, status == "complete")
+
+
+def _finish(suite: Suite, rows: list[dict[str, Any]], run_dir: Path, meta: dict[str, Any],
+            reports_root: str | Path) -> tuple[Path | None, str | None]:
+    """Write the tables and the report, then run.json with the run's status: never ``complete``
+    before the table and the report are both on disk. Never raises: returns (report, None), or
+    (None, why) after recording status ``error`` and why in run.json (in place on a full disk)."""
+    from bench.report import write_report
+
+    try:
+        predictions = predictions_frame(rows)
+        randomized = [d.label for d in suite.defenses if defense_registry.randomized(d)]
+        black_box = sorted({r["attack_type"] for r in rows if r.get("attack_type") and attack_registry.black_box(r["attack_type"])})
+        apply_cross_cell(rows, to_frame(rows), predictions, black_box, randomized)
+        table = to_frame(rows)
+        write_table(table, run_dir / TABLE_FILE)
+        write_table(predictions, run_dir / PREDICTIONS_FILE)
+        worst_case.write(table, predictions, run_dir)
+        report = write_report(run_dir, reports_root, meta=meta)
+        write_json(meta, run_dir / RUN_FILE)
+        return report, None
+    except Exception as exc:
+        reason = _reason(exc)
+        _trace.error("writing the table and report failed", exc_info=True)
+        meta["status"] = "error"
+        meta.setdefault("error", reason)  # a run that stopped with an error keeps that first reason
+        text = (json.dumps(meta, indent=2, default=str) + "\n").encode()
+        try:
+            files.write_atomic(run_dir / RUN_FILE, text)
+        except OSError:
+            try:  # a full disk: no new file can be made, but run.json's own blocks (and its reserve) can be rewritten
+                files.overwrite_in_place(run_dir / RUN_FILE, text)
+            except OSError:
+                _trace.error("run.json could not be updated either", exc_info=True)
+        return None, reason
+
+
+def _detach(handler: logging.Handler) -> None:
+    for logger in (logging.getLogger("bench"), _trace):
+        logger.removeHandler(handler)
+    handler.close()

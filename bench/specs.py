@@ -18,10 +18,28 @@ from typing import Any
 CROP_FRACTION = 0.875  # 224 / 256, the usual ImageNet evaluation crop
 
 
+# Bounds checked before any compute: a preprocessing value that validation accepts must not be
+# able to exhaust memory (crop_pct 0.001 would decode one image at 224,000 px on its shorter side).
+MIN_CROP_PCT = 0.25  # timm's and torchvision's evaluation crops lie in [0.75, 1]
+MAX_RESIZE = 8192  # the shorter side an image is resized to before its centre crop
+DEFAULT_MAX_PIXELS = 64_000_000  # per decoded image, width × height (PIL only warns at 89.5 M); data.max_pixels
+
+
 def resize_for_crop(input_size: int, crop_pct: float) -> int:
     """The shorter side to resize to so that a centre crop of ``crop_pct`` is ``input_size``:
     timm's ⌊size / crop_pct⌋, guarded against float error (224 / 0.875 is 256, not 255.99…)."""
     return math.floor(input_size / crop_pct + 1e-6)
+
+
+def crop_problem(crop_pct: Any, input_size: int) -> str | None:
+    """Why ``crop_pct`` cannot be used at ``input_size`` (None when it can)."""
+    if isinstance(crop_pct, bool) or not isinstance(crop_pct, (int, float)) or not MIN_CROP_PCT <= crop_pct <= 1:
+        return f"must be a number in [{MIN_CROP_PCT}, 1] (input size / resize size), got {crop_pct!r}"
+    resize = resize_for_crop(input_size, crop_pct)
+    if resize > MAX_RESIZE:
+        return (f"{crop_pct} at input size {input_size} resizes images to {resize} px; the resize size "
+                f"(input size / crop_pct) must be <= {MAX_RESIZE}")
+    return None
 
 
 @dataclass(frozen=True)
@@ -33,6 +51,11 @@ class DataSpec:
     split: str | None = None  # a source with a fixed split (digits): train or test (default test)
     name: str | None = None  # which dataset of a source that holds several (torchvision: CIFAR10, MNIST, …)
     options: tuple[tuple[str, Any], ...] = ()  # a source's own keys (hf: image_column, label_column)
+    max_pixels: int | None = None  # largest image decoded, width × height; None: DEFAULT_MAX_PIXELS
+
+    @property
+    def pixel_budget(self) -> int:
+        return self.max_pixels or DEFAULT_MAX_PIXELS
 
 
 @dataclass(frozen=True)

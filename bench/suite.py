@@ -54,7 +54,7 @@ TOP_KEYS = {
 }
 REQUIRED_TOP = ("name", "data", "models", "attacks")
 RULE_KEYS = ("model", "attack", "eps", "defense", "eval_mode", "device", "precision")
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")  # fullmatch: a trailing newline is not a name
 _FRACTION_RE = re.compile(r"^\s*([+-]?\d+(?:\.\d*)?|[+-]?\.\d+)\s*/\s*([+-]?\d+(?:\.\d*)?|[+-]?\.\d+)\s*$")
 _DEVICE_RE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 
@@ -288,7 +288,7 @@ class _Validator:
         return value
 
     def name(self, value: Any, key: str) -> str:
-        if not isinstance(value, str) or not _NAME_RE.match(value):
+        if not isinstance(value, str) or not _NAME_RE.fullmatch(value):
             raise self.fail(key, f"must be a name of letters, digits, '-', '_' or '.', got {value!r}")
         return value
 
@@ -323,7 +323,7 @@ class _Validator:
         p = p if p.is_absolute() else (self.base / p)
         p = p.resolve()
         if kind == "file" and not p.is_file():
-            raise self.fail(key, f"file not found: {p}")
+            raise self.fail(key, f"not a regular file (a FIFO, a device …): {p}" if p.exists() else f"file not found: {p}")
         if kind == "dir" and not p.is_dir():
             raise self.fail(key, f"folder not found: {p}")
         return p
@@ -391,7 +391,7 @@ class _Validator:
         for key in ("path", "raw", "executor_entry", "lines"):
             raw.pop(key)
         for data in [raw["data"], *(m["data"] for m in raw["models"] if m.get("data"))]:
-            for newer in ("name", "options"):  # keys newer than most suites: left out unset, so their digest stays
+            for newer in ("name", "options", "max_pixels"):  # keys newer than most suites: left out unset, so their digest stays
                 if data.get(newer) in (None, (), []):
                     data.pop(newer, None)
         for variants in raw["attacks"]:  # what the registry worked out from type and params (and where a file lies)
@@ -411,7 +411,8 @@ class _Validator:
         """A data source; sets ``self.num_labels`` to the number of classes its labels need."""
         sources = data_registry.SOURCES
         own = {k for info in sources.values() for k in (info.path_key, *info.keys)}
-        value = self.mapping(value, key, ("source", "path", *sorted(own - {"path"}), "limit", "image_size", "split"), ("source",))
+        value = self.mapping(value, key, ("source", "path", *sorted(own - {"path"}), "limit", "image_size", "split", "max_pixels"),
+                             ("source",))
         source = value["source"]
         if source not in sources:
             near = difflib.get_close_matches(str(source).lower(), list(sources), n=3, cutoff=0.6)
@@ -455,8 +456,11 @@ class _Validator:
                 if not isinstance(value[k], str) or not value[k]:
                     raise self.fail(f"{key}.{k}", f"must be a column name, got {value[k]!r}")
                 options.append((k, value[k]))
+        max_pixels = value.get("max_pixels")
+        if max_pixels is not None:  # PIL itself refuses images over twice its 89.5 M warning
+            max_pixels = self.integer(max_pixels, f"{key}.max_pixels", lo=64 * 64, hi=2 * 89_478_485)
         spec = DataSpec(source=source, path=path, limit=limit, image_size=image_size, split=split, name=name,
-                        options=tuple(sorted(options)))
+                        options=tuple(sorted(options)), max_pixels=max_pixels)
         try:
             count, self.num_labels = data_registry.describe(spec)
         except data_registry.DataError as exc:
@@ -622,7 +626,7 @@ class _Validator:
         items = self.listof([value] if isinstance(value, str) else value, key)
         text = ", ".join(allowed) if allowed else TOP_KEYS[key].removeprefix("list of ")
         for i, item in enumerate(items):
-            ok = isinstance(item, str) and (item in allowed if allowed else bool(pattern.match(item)))
+            ok = isinstance(item, str) and (item in allowed if allowed else bool(pattern.fullmatch(item)))
             if not ok:
                 raise self.fail(f"{key}[{i}]", f"{item!r} is not allowed; allowed: {text}")
         if len(set(items)) != len(items):

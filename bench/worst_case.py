@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench.results import WORST_CASE_FILE, WORST_CASE_IMAGES_FILE, load_predictions, write_table
+from bench.results import WORST_CASE_FILE, WORST_CASE_IMAGES_FILE, load_predictions, read_table, write_table
 from bench.specs import format_eps
 from bench.stats import wilson
 
@@ -224,11 +224,11 @@ def load(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame] | None:
 
     run_dir = Path(run_dir)
     if (run_dir / WORST_CASE_FILE).exists() and (run_dir / WORST_CASE_IMAGES_FILE).exists():
-        return pd.read_parquet(run_dir / WORST_CASE_FILE), pd.read_parquet(run_dir / WORST_CASE_IMAGES_FILE)
+        return read_table(run_dir / WORST_CASE_FILE), read_table(run_dir / WORST_CASE_IMAGES_FILE)
     predictions = load_predictions(run_dir)
     if predictions is None or not (run_dir / TABLE_FILE).exists():
         return None
-    return compute(pd.read_parquet(run_dir / TABLE_FILE), predictions)
+    return compute(read_table(run_dir / TABLE_FILE), predictions)
 
 
 def per_image(run_dir: Path, worst_images: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:

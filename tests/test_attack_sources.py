@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import textwrap
 from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 import yaml
 
 from bench import attacks

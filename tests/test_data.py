@@ -138,3 +138,44 @@ def test_digits_in_a_suite_default_to_32_px_and_check_the_split(write_suite):
     doc["data"] = {"source": "samples", "split": "test"}
     with pytest.raises(SuiteError, match=r"data\.split: source 'samples' takes no split"):
         load_suite(write_suite(doc))
+
+
+def test_a_fifo_named_like_an_image_is_skipped_with_its_reason_not_waited_on(image_folder):
+    """A FIFO blocks whoever opens it until a writer comes: the run would hang silently."""
+    import os
+
+    os.mkfifo(image_folder / "fake" / "pipe.png")
+    csv = image_folder / "list.csv"
+    csv.write_text("path,label\nfake/pipe.png,0\nreal/001.png,1\n")
+    for spec in (DataSpec("manifest", path=str(csv), image_size=32), DataSpec("imagefolder", path=str(image_folder), image_size=32)):
+        ds = load_dataset(spec)
+        assert [(p.rsplit("/", 2)[-2:], why) for p, why in ds.skipped] == [(["fake", "pipe.png"], "not a regular file (a FIFO, "
+                                                                            "a device or a folder): not read")]
+        assert not any(i.endswith("pipe.png") for i in ds.ids)
+
+
+def test_an_image_over_the_pixel_budget_is_skipped_before_it_is_decoded(image_folder, monkeypatch):
+    """A 12,000 × 12,000 PNG is 140 KB on disk and 432 MB decoded; the budget is checked on its header."""
+    import numpy as np
+    from PIL import Image
+
+    Image.fromarray(np.zeros((3000, 4000, 3), np.uint8)).save(image_folder / "fake" / "big.png")
+    decoded = []
+    real_convert = Image.Image.convert
+    monkeypatch.setattr(Image.Image, "convert", lambda im, *a, **k: decoded.append(im.size) or real_convert(im, *a, **k))
+    ds = load_dataset(DataSpec("imagefolder", path=str(image_folder), image_size=32, max_pixels=10_000_000))
+    assert not any(i.endswith("big.png") for i in ds.ids) and (4000, 3000) not in decoded
+    (path, why), = ds.skipped
+    assert path.endswith("big.png") and why == ("4000×3000 is 12.0 M pixels, over the budget of 10 M per image "
+                                                "(data.max_pixels): not decoded")
+    assert len(load_dataset(DataSpec("imagefolder", path=str(image_folder), image_size=32, max_pixels=20_000_000))) == 7
+
+
+def test_a_strip_whose_resized_copy_would_be_over_the_budget_is_skipped():
+    from bench.data import SkipImage, prepare
+    from bench.specs import Preprocess
+
+    strip = torch.zeros(3, 2, 20_000, dtype=torch.uint8)  # 40,000 pixels; resized to 256 px high: 256 × 2,560,000
+    with pytest.raises(SkipImage, match=r"20000×2: resized to 256 px on its shorter side it would be 655\.4 M pixels"):
+        prepare(strip, Preprocess(224, 256), max_pixels=64_000_000)
+    assert prepare(torch.zeros(3, 300, 400, dtype=torch.uint8), Preprocess(224, 256)).shape == (3, 224, 224)

@@ -69,12 +69,11 @@ def test_custom_cnn_matches_the_seed_architecture_at_224():
 
 
 def test_resnet18_without_weights_on_disk_says_which_file_to_put_where(monkeypatch, tmp_path):
-    from torchvision.models import ResNet18_Weights
-
-    def offline(self, *args, **kwargs):
+    def offline(*args, **kwargs):
         raise urllib.error.URLError("Name or service not known")
 
-    monkeypatch.setattr(ResNet18_Weights, "get_state_dict", offline)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # an empty hub cache
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     with pytest.raises(ModelUnavailable) as err:
         create_model(ModelSpec("r18", "resnet18", "imagenet", num_classes=1000, input_size=224))
     msg = str(err.value)

@@ -85,13 +85,14 @@ def test_attacks_that_seed_themselves_from_the_clock_still_rerun_to_the_bit(run,
     pd.testing.assert_frame_equal(a[cols], b[cols])
 
 
-def test_unavailable_weights_skip_their_cells_and_the_rest_still_runs(run, tiny_suite, monkeypatch):
-    from torchvision.models import ResNet18_Weights
+def test_unavailable_weights_skip_their_cells_and_the_rest_still_runs(run, tiny_suite, monkeypatch, tmp_path):
+    import torch
 
-    def offline(self, *a, **k):
+    def offline(*a, **k):
         raise urllib.error.URLError("offline")
 
-    monkeypatch.setattr(ResNet18_Weights, "get_state_dict", offline)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # an empty hub cache, whatever this machine holds
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     tiny_suite["models"].append({"name": "r18", "arch": "resnet18", "weights": "imagenet"})
     tiny_suite["data"]["image_size"] = 96
     _, result, df = run(tiny_suite)

@@ -68,16 +68,17 @@ def test_missing_timm_weights_skip_with_where_to_put_them(tmp_path, monkeypatch)
         create_model(spec)
 
 
-def test_missing_torchvision_weights_skip_with_the_file_to_put_where(monkeypatch):
-    from torchvision.models import MobileNet_V3_Small_Weights
+def test_missing_torchvision_weights_skip_with_the_file_to_put_where(monkeypatch, tmp_path):
+    import torch
 
     from bench.models import ModelUnavailable
     from bench.specs import ModelSpec
 
-    def offline(self, *a, **k):
+    def offline(*a, **k):
         raise urllib.error.URLError("offline")
 
-    monkeypatch.setattr(MobileNet_V3_Small_Weights, "get_state_dict", offline)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # an empty hub cache
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     spec = ModelSpec("m", "mobilenet_v3_small", "IMAGENET1K_V1", num_classes=1000, input_size=224, source="torchvision",
                      mean=(0.5,) * 3, std=(0.5,) * 3)
     with pytest.raises(ModelUnavailable, match=r"put https://download.pytorch.org/models/mobilenet_v3_small-047dcff4.pth at .*checkpoints"):

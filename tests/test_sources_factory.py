@@ -368,6 +368,7 @@ def test_a_bad_value_in_the_entry_blames_the_entry_key(folder):
     assert error(folder, factory="nets.py:tiny_cnn", std=[1, 0, 1]).startswith("models[0].std: must be > 0")
     assert error(folder, factory="nets.py:tiny_cnn", input_size=8).startswith("models[0].input_size: must be an integer")
     assert error(folder, factory="nets.py:tiny_cnn", crop_pct=1.5).startswith("models[0].crop_pct: must be a number")
+    assert error(folder, factory="nets.py:tiny_cnn", crop_pct=0.001).startswith("models[0].crop_pct: must be a number in [0.25, 1]")
     assert error(folder, factory="nets.py:tiny_cnn", interpolation="lanczos").startswith("models[0].interpolation:")
 
 

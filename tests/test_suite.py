@@ -84,6 +84,12 @@ BAD = [
     (lambda d: d.update(devices=["tpu"]), "devices[0]", "cuda"),
     (lambda d: d.update(precisions=["fp8"]), "precisions[0]", "bf16"),
     (lambda d: d.update(name="../escape"), "name", "letters"),
+    (lambda d: d.update(name="tiny\n"), "name", "letters"),  # a trailing newline would make a folder named so
+    (lambda d: d.update(devices=["cuda:0\n"]), "devices[0]", "allowed"),
+    (lambda d: d["models"][0].update(crop_pct=0.001), "models[0].crop_pct", "[0.25, 1]"),  # one image at 96,000 px
+    (lambda d: d["models"][0].update(crop_pct=1e-6), "models[0].crop_pct", "[0.25, 1]"),
+    (lambda d: d["models"][0].update(input_size=4096, crop_pct=0.3), "models[0].crop_pct", "must be <= 8192"),
+    (lambda d: d["data"].update(max_pixels=10), "data.max_pixels", "4096"),
     (lambda d: d["data"].update(path="/no/such/folder"), "data.path", "not found"),
     (lambda d: d["data"].update(source="kaggle"), "data.source", "imagefolder"),
     (lambda d: d["data"].update(source="digit"), "data.source", "did you mean digits?"),

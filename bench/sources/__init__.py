@@ -39,7 +39,7 @@ from typing import Any, Callable, NoReturn
 import torch
 
 from bench.models import Classifier, ProbeError, load_checkpoint, short_error
-from bench.specs import ModelSpec, resize_for_crop
+from bench.specs import MAX_RESIZE, ModelSpec, crop_problem, resize_for_crop
 from bench.sources import builtin, exported, factory, memory, timm_models, torchvision_models
 
 log = logging.getLogger(__name__)
@@ -127,9 +127,12 @@ def resolve(entry: dict[str, Any], ctx: Context, **fixed: Any) -> ModelSpec:
         size = new
     if value("crop_pct") is not None:
         pct = value("crop_pct")
-        if isinstance(pct, bool) or not isinstance(pct, (int, float)) or not 0 < pct <= 1:
-            ctx.error("crop_pct", f"must be a number in (0, 1] (input size / resize size), got {pct!r}")
+        problem = crop_problem(pct, size)
+        if problem:
+            ctx.error("crop_pct", problem)
         resize = resize_for_crop(size, pct)
+    if resize and resize > MAX_RESIZE:  # a source's own resize, scaled to a larger input_size
+        ctx.error("input_size", f"{size} resizes images to {resize} px before the crop; the resize size must be <= {MAX_RESIZE}")
     interpolation = value("interpolation") or fields.get("interpolation") or "bilinear"
     if interpolation not in INTERPOLATIONS:
         ctx.error("interpolation", f"{interpolation!r} is not allowed; allowed: {', '.join(INTERPOLATIONS)}")

@@ -32,6 +32,19 @@ its weights.
 The network bench attacks is ``program.module()`` in a small wrapper (:class:`ExportedModel`): the
 graph's train/eval mode was fixed at export, so ``train()``/``eval()`` set only the wrapper's flag,
 and every module inside reports ``training = False``.
+
+Opened as data. ``torch.export.load`` unpickles parts of the archive — sample inputs, weights and
+constants saved with pickle, custom and opaque objects — and evaluates its symbolic shape expressions
+and node names as Python, so a ``.pt2`` can run any code when it is loaded (torch's own documentation:
+never load one from an untrusted source). bench loads programs at suite validation, ``--dry-run``
+included, so it opens them as data (:func:`bench.untrusted.load_exported_program`): the archive is
+scanned first — every entry torch would unpickle must hold only tensors (``torch.load(weights_only=True)``
+loads it; a normal export's are such), custom/opaque objects and AOTInductor code are refused, program
+text must be plain names and shape expressions — and then loaded under a guard that keeps anything the
+scan did not foresee from running code (``torch.load`` held to ``weights_only=True``, pickle refused).
+What is refused is one line naming the file and the entry. ``trust: true`` in the model entry (a
+program whose author you trust, e.g. one with tensor subclasses) loads it with plain
+``torch.export.load``, as torch does.
 """
 
 from __future__ import annotations
@@ -45,15 +58,16 @@ from typing import TYPE_CHECKING, Any, Iterator
 import torch
 import torch.nn as nn
 
-from bench.models import short_error
+from bench.models import CheckpointError, short_error
 from bench.sources.factory import Layer, card_fields, preprocessing
+from bench.untrusted import UnsafeFile, load_exported_program
 
 if TYPE_CHECKING:
     from bench.sources import Context
     from bench.specs import ModelSpec
 
 NAME = "file"
-KEYS = ("file",)
+KEYS = ("file", "trust")
 
 _TRAINING_OPS = {  # op name → index of its ``training`` argument
     "aten.batch_norm.default": 5,
@@ -92,20 +106,31 @@ def read_card(path: Path) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def _quiet_export_log() -> Iterator[None]:
-    """torch.export.load logs a traceback before it raises; the message we raise says it in one line."""
-    logger = logging.getLogger("torch.export")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
+    """torch.export.load logs a traceback before it raises (its deserializer, too, when a payload
+    needs more than weights_only); the message we raise says it in one line."""
+    loggers = [logging.getLogger(name) for name in ("torch.export", "torch._export")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
     try:
         yield
     finally:
-        logger.setLevel(level)
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
-def load_program(path: str | Path):
-    """The ExportedProgram in a file, loaded on the CPU."""
+def load_program(path: str | Path, trust: bool = False):
+    """The ExportedProgram in a file, loaded on the CPU: opened as data (raises
+    :class:`~bench.untrusted.UnsafeFile` for a file whose loading would run code) unless ``trust``."""
     with _quiet_export_log(), torch.device("cpu"):
-        return torch.export.load(str(path))
+        if trust:
+            return torch.export.load(str(path))
+        return load_exported_program(path)
+
+
+def trusted(spec: "ModelSpec") -> bool:
+    """Whether the suite entry said ``trust: true`` (carried in the spec's kwargs)."""
+    return bool(dict(spec.kwargs).get("trust", False))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -118,6 +143,10 @@ def resolve(entry: dict[str, Any], ctx: "Context") -> dict[str, Any]:
         ctx.error("file", f"must be the path of a torch.export program (.pt2), got {value!r}")
     if "checkpoint" in entry:
         ctx.error("checkpoint", "an exported program carries its own weights; give file: alone (re-export to change them)")
+    trust = entry.get("trust", False)
+    if not isinstance(trust, bool):
+        ctx.error("trust", f"must be true or false (true: load the program with torch.export.load as it is, running "
+                           f"what it holds; only for a file whose author you trust), got {trust!r}")
     path = Path(value).expanduser()
     path = (path if path.is_absolute() else Path(ctx.base) / path).resolve()
     if not path.is_file():
@@ -127,7 +156,9 @@ def resolve(entry: dict[str, Any], ctx: "Context") -> dict[str, Any]:
     except ValueError as exc:
         ctx.error("file", str(exc))
     try:
-        program = load_program(path)
+        program = load_program(path, trust)
+    except UnsafeFile as exc:
+        ctx.error("file", str(exc))
     except Exception as exc:  # a zip that is not a program, an AOTInductor package, a newer format …
         ctx.error("file", f"{path} cannot be loaded as a torch.export program ({type(exc).__name__}: {short_error(exc)}); "
                           "save one with torch.export.save(torch.export.export(model.eval(), (x,), dynamic_shapes=...), path)")
@@ -174,7 +205,7 @@ def resolve(entry: dict[str, Any], ctx: "Context") -> dict[str, Any]:
                                                   f'"num_classes": ...}})', fits)
     _check_eval_mode(program, ctx)
     _check_gradients(program, fields["input_size"], ctx)
-    return {"arch": str(path), "weights": None, "kwargs": (), **fields}
+    return {"arch": str(path), "weights": None, "kwargs": (("trust", True),) if trust else (), **fields}
 
 
 def files(spec: "ModelSpec") -> list[str]:
@@ -186,7 +217,11 @@ def build(spec: "ModelSpec") -> nn.Module:
     """The program's module, wrapped (see :class:`ExportedModel`), on the CPU — or moved to the meta
     device when built under ``torch.device("meta")`` (the probe): loading itself needs real storage."""
     on_meta = torch.empty(()).device.type == "meta"
-    model = ExportedModel(load_program(spec.arch).module())
+    try:
+        program = load_program(spec.arch, trusted(spec))
+    except UnsafeFile as exc:  # the file changed since the suite was checked: the cell fails with this line
+        raise CheckpointError(str(exc)) from None
+    model = ExportedModel(program.module())
     return model.to("meta") if on_meta else model
 
 

@@ -63,7 +63,7 @@ import torch
 import torch.nn as nn
 
 from bench.models import short_error
-from bench.specs import resize_for_crop
+from bench.specs import crop_problem, resize_for_crop
 
 if TYPE_CHECKING:
     from bench.sources import Context
@@ -436,7 +436,8 @@ def preprocessing(layers: list[Layer], ctx: "Context", where: Callable[[str], st
         out["interpolation"] = v
     if "crop_pct" in chosen:
         layer, v = chosen["crop_pct"]
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1:
-            _bad(ctx, layer, "crop_pct", f"must be a number in (0, 1] (input size / resize size), got {v!r}")
+        problem = crop_problem(v, out["input_size"])
+        if problem:  # a card beside a checkpoint or a program is checked as the suite is
+            _bad(ctx, layer, "crop_pct", problem)
         out["resize_size"] = resize_for_crop(out["input_size"], v)
     return out

@@ -5,10 +5,17 @@
 ``timm.data.resolve_data_config`` on the model's ``pretrained_cfg``. Pretrained weights are read from
 the local Hugging Face cache only (never the network); absent, the cells are skipped with where to
 put them.
+
+Weights are opened as data, whatever timm's version: a cache file that links to a blob named by its
+SHA-256 (an LFS file) must have that hash; ``model.safetensors`` is handed to timm (safetensors holds no
+code); a ``pytorch_model.bin`` is loaded here with ``torch.load(weights_only=True)`` and timm is given the
+state dict, so the pickle never reaches a ``torch.load`` that would run what it asks for. A file that
+fails is a one-line error naming it (the cells fail; nothing in it ran).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Any
 
 import torch.nn as nn
@@ -94,7 +101,8 @@ def _cached_file(cfg: dict[str, Any]) -> str | None:
 
 def build(spec: "ModelSpec") -> nn.Module:
     timm = _timm()
-    from bench.models import ModelUnavailable
+    from bench.models import CheckpointError, ModelUnavailable
+    from bench.untrusted import UnsafeFile, check_hf_blob, load_tensors, no_code
 
     kwargs = {"num_classes": spec.num_classes} if spec.num_classes else {}
     if spec.weights is None:
@@ -106,7 +114,50 @@ def build(spec: "ModelSpec") -> nn.Module:
         raise ModelUnavailable(f"timm weights {spec.arch}.{spec.weights} are not in the local Hugging Face cache: on a "
                                f"machine with internet run `huggingface-cli download {repo}` and copy its folder "
                                f"models--{repo.replace('/', '--')} into ~/.cache/huggingface/hub/ (or $HF_HOME/hub) here")
-    return timm.create_model(f"{spec.arch}.{spec.weights}", pretrained=True, pretrained_cfg_overlay={"file": path}, **kwargs)
+    name = f"{spec.arch}.{spec.weights}"
+    try:
+        check_hf_blob(path)
+        if path.endswith(".safetensors"):  # a safetensors file holds tensors only: timm reads it itself
+            return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": path}, **kwargs)
+        state = load_tensors(path)  # a pickle: loaded here as data, whatever torch.load timm would call
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{path}: expected a state dict, got {type(state).__name__}")
+        if _takes_state_dict():
+            return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"state_dict": _unwrap(state)}, **kwargs)
+        with no_code() as guard:  # a timm without the state_dict overlay: its torch.load held to weights_only=True
+            try:
+                return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": path}, **kwargs)
+            except Exception:
+                if guard.blocked:
+                    raise CheckpointError(f"{path}: cannot be loaded as plain tensors; bench opens weights as data") from None
+                raise
+    except UnsafeFile as exc:
+        raise CheckpointError(str(exc)) from None
+
+
+def _takes_state_dict() -> bool:
+    """Whether this timm's pretrained config takes a state dict in place of a file."""
+    try:
+        from timm.models._pretrained import PretrainedCfg
+    except ImportError:
+        return False
+    return "state_dict" in {f.name for f in dataclasses.fields(PretrainedCfg)}
+
+
+def _unwrap(checkpoint: dict) -> dict:
+    """The weights in a checkpoint, as timm's own ``load_state_dict`` finds them (EMA first, then
+    ``state_dict``/``model``), without DDP and torch.compile prefixes."""
+    for key in ("state_dict_ema", "model_ema", "state_dict", "model"):
+        if isinstance(checkpoint.get(key), dict):
+            checkpoint = checkpoint[key]
+            break
+    prefixes = ("_orig_mod.", "module.")
+    out = {}
+    for k, v in checkpoint.items():
+        while isinstance(k, str) and k.startswith(prefixes):
+            k = k.split(".", 1)[1]
+        out[k] = v
+    return out
 
 
 def catalogue(text: str | None = None) -> list["Entry"]:
