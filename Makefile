@@ -39,11 +39,13 @@ install: $(STAMP)
 
 # torchattacks goes in with --no-deps: its wheel pins requests~=2.25.1, which it never imports,
 # and would downgrade requests for everything else in the environment. Its real needs (torch,
-# numpy, scipy) come from pyproject.toml.
+# numpy, scipy) come from pyproject.toml. robustbench goes in with --no-deps too, after torchattacks (which ships an
+# old copy of its package): its wheel pins timm==1.0.9 and gdown==5.1.0; what its model zoo imports is the extra.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --disable-pip-version-check -q -e '.[test,timm,ray,foolbox,art,hf]'
+	$(BIN)/python -m pip install --disable-pip-version-check -q -e '.[test,timm,ray,foolbox,art,hf,autoattack,robustbench]'
 	$(BIN)/python -m pip install --disable-pip-version-check -q --no-deps 'torchattacks>=3.5.1,<4'
+	$(BIN)/python -m pip install --disable-pip-version-check -q --no-deps 'robustbench>=1.1,<2'
 	touch $(STAMP)
 
 bench: $(STAMP)

@@ -93,6 +93,7 @@ class Adversarial:
     flags: list[str] = field(default_factory=list)  # indicators judged on the crafting (bench/indicators.py)
     evidence: dict[str, Any] = field(default_factory=dict)
     check_seconds: float = 0.0  # the indicators' checks of this crafting (untimed in the throughput)
+    broken_by: list[str | None] | None = None  # per image, the part of an ensemble whose output it is (AutoAttack)
 
 
 class StepCounter(Wrapper):
@@ -309,6 +310,7 @@ class Workspace:
         norm = attack_registry.norm(cell.attack)
         log = QueryLog(target, len(ds), norm, cell.attack.eps, cell.attack.targeted, device=cell.device)
         images, reached = ds.images.clone(), torch.zeros(len(ds), dtype=torch.bool)
+        broken_by: list[str | None] | None = None
         chosen = attacked_mask.nonzero().squeeze(1)
         watch = Stopwatch(cell.device)
         reset_peak_memory(cell.device)
@@ -324,6 +326,10 @@ class Workspace:
                 with watch.region():
                     adv = attack(x, y)
                 log.end()
+                if getattr(attack, "broken_by", None) is not None:  # an ensemble says which of its attacks made each image
+                    broken_by = broken_by or [None] * len(ds)
+                    for i, name in zip(index.tolist(), attack.broken_by):
+                        broken_by[i] = name
                 if cell.attack.eps is None:  # a point on the decision boundary: keep it adversarial in 8 bits
                     with watch.region():
                         adv, moved = round_outward(target, x, adv, goal, cell.attack.targeted)
@@ -350,7 +356,7 @@ class Workspace:
             stability_flags_ = [f for f in stability_flags_ if f != "shattered-gradients"]
         return Adversarial(images, attacked_mask, reached, max(0.0, seconds - logged), counter.images, peak_memory_mb(cell.device),
                            batch_size, log.forward_rows, log.backward_rows, flags + stability_flags_,
-                           {**evidence, **stability}, check_seconds)
+                           {**evidence, **stability}, check_seconds, broken_by)
 
     def _model_checks(self, cell: CellSpec, target: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[list[str], dict]:
         """Stability of the model the attack works on (once per attacked model: the bare model for
@@ -609,8 +615,11 @@ def _measure(cell: CellSpec, ws: Workspace, prep: Prepared) -> dict[str, Any]:
         "peak_mem_mb": adv.peak_mem_mb,
         # per-image predictions: not table columns, kept in predictions.parquet (worst case, paired tests)
         PREDICTIONS_KEY: {"labels": ds.labels.tolist(), "clean": clean_pred.tolist(), "robust": robust_pred.tolist(),
-                          "robust_all": survived.tolist(), "attacked": adv.attacked.tolist(),
-                          "distance": distance.tolist() if distance is not None else None},
+                          "robust_all": survived.tolist(), "attacked": adv.attacked.tolist(), "reached": adv.reached.tolist(),
+                          "distance": distance.tolist() if distance is not None else None,
+                          # which attack of an ensemble broke each image the cell counts as broken (after 8 bits, the defense)
+                          "broken_by": [b if ok else None for b, ok in zip(adv.broken_by, broke.tolist())]
+                          if adv.broken_by is not None else None},
     }
 
 

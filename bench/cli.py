@@ -152,8 +152,25 @@ def _parser() -> argparse.ArgumentParser:
                       help="throughput regression below this ratio on every device (default: per device, see bench/compare.py)")
     cmp_.add_argument("--out", type=Path, default=None, help="also write the markdown here")
     mod = sub.add_parser("models", help="list the models a suite may name, with the weights on this machine")
-    mod.add_argument("--source", choices=("builtin", "torchvision", "timm"), default=None, help="one source only")
+    mod.add_argument("--source", choices=("builtin", "torchvision", "timm", "robustbench"), default=None, help="one source only")
     mod.add_argument("--filter", default=None, metavar="TEXT", help="names containing TEXT (case-insensitive)")
+    rb = sub.add_parser("robustbench", help="RobustBench's protocol: clean accuracy and the authors' AutoAttack on the "
+                        "first n test images, a leaderboard row")
+    rb.add_argument("model", help="a RobustBench zoo entry (weights under --model-dir), or any model as bench perf --model "
+                    "takes it: file.py:function, model.pt2, timm/<name>, …")
+    rb.add_argument("--data", required=True, help="the folder torchvision's CIFAR10/CIFAR100 download=True fills (never downloaded)")
+    rb.add_argument("--dataset", default="cifar10", help="cifar10 (default) or cifar100")
+    rb.add_argument("--threat-model", default="Linf", help="Linf (ε 8/255, default) or L2 (ε 0.5)")
+    rb.add_argument("--n", type=_positive, default=None, help="the first N test images (default: all 10,000, the leaderboard's)")
+    rb.add_argument("--model-dir", default="models", help="RobustBench's model_dir: <dir>/<dataset>/<threat_model>/<entry>.pt")
+    rb.add_argument("--batch-size", type=_positive, default=500)
+    rb.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    rb.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
+    rb.add_argument("--seed", type=_non_negative, default=0, help="AutoAttack's seed (default 0, as RobustBench)")
+    rb.add_argument("--resume", action="store_true", help="finish this model's interrupted protocol run")
+    rb.add_argument("--results-dir", type=Path, default=Path("results"))
+    rb.add_argument("--reports-dir", type=Path, default=Path("reports"))
+    rb.add_argument("--no-progress", action="store_true")
     rep = sub.add_parser("report", help="rebuild the report of a run")
     rep.add_argument("run_dir", type=Path, help="results/<suite>/<run_id>")
     rep.add_argument("--reports-dir", type=Path, default=Path("reports"))
@@ -191,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
             return _models(args)
         if args.command == "history":
             return _history(args)
+        if args.command == "robustbench":
+            return _robustbench(args, console)
         return _report(args)
     except KeyboardInterrupt:
         log.warning("interrupted: finished cells are kept")
@@ -473,6 +492,48 @@ def _compare(args: argparse.Namespace) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_BAD_INPUT
     return EXIT_FAILED_CELLS if result.regressions else EXIT_OK
+
+
+def _robustbench(args: argparse.Namespace, console: Console) -> int:
+    """Write RobustBench's protocol as a suite (bench/robustbench_protocol.py; kept beside the row, so `bench run` can
+    run it again), run it as `bench run` runs one, and print and file the leaderboard row."""
+    import yaml
+
+    from bench import files
+    from bench import robustbench_protocol as rb
+
+    protocol = rb.Protocol(args.model, args.data, args.dataset, args.threat_model, args.n, args.model_dir, args.batch_size,
+                           args.device, args.precision, args.seed)
+    try:
+        doc = rb.suite(protocol)
+    except rb.ProtocolError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    path = rb.suite_path(protocol, args.reports_dir)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        files.write_atomic(path, ("# RobustBench's protocol, written by `bench robustbench`; `bench run` runs it again\n"
+                                  + yaml.safe_dump(doc, sort_keys=False)).encode())
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    run_args = ["run", str(path), "--results-dir", str(args.results_dir), "--reports-dir", str(args.reports_dir)]
+    code = _run(_parser().parse_args(run_args + (["--no-progress"] if args.no_progress else [])
+                                     + (["--resume"] if args.resume else [])), console)
+    from bench.runner import latest_run
+
+    run_dir = latest_run(args.results_dir, protocol.name)
+    if code not in (EXIT_OK, EXIT_FAILED_CELLS) or run_dir is None:
+        return code
+    try:
+        row = rb.leaderboard_row(protocol, run_dir)
+        out = rb.write(protocol, row, args.reports_dir)
+    except (rb.ProtocolError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(rb.markdown(row))
+    print(f"row: {out} (and {out.parent / 'leaderboard.csv'})")
+    return code
 
 
 def _models(args: argparse.Namespace) -> int:

@@ -46,6 +46,8 @@ def describe(family: tuple) -> str:
     kind, norm, eps, *rest = family
     text = f"{kind.upper()} {norm} ε={format_eps(eps)}"
     target, restarts = rest[-2], rest[-1]
+    if kind == "autoattack":
+        text = f"AutoAttack ({rest[0]}) {norm} ε={format_eps(eps)}"
     if kind == "pgd":
         steps, step, starts = rest[:3]
         text += f", {steps} steps of {step:.4g}" + (", no random start" if not starts else ", random start" if starts == 1

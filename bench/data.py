@@ -332,8 +332,8 @@ SOURCES: dict[str, SourceInfo] = {
     "imagefolder": SourceInfo(_load_folder, _describe_folder, "dir"),
     "digits": SourceInfo(_load_digits, _describe_digits, None, DIGITS_SPLITS, 32),
     "torchvision": SourceInfo(data_torchvision.load, data_torchvision.describe, "dir", data_torchvision.SPLITS, 32,
-                              path_key="root", keys=("name",), size_of=lambda entry: data_torchvision.native_size(entry.get("name"))),
-    "hf": SourceInfo(data_hf.load, data_hf.describe, "dir", None, keys=data_hf.KEYS, default_split=data_hf.DEFAULT_SPLIT),
+                              path_key="root", keys=("name", "order"), size_of=lambda entry: data_torchvision.native_size(entry.get("name"))),
+    "hf": SourceInfo(data_hf.load, data_hf.describe, "dir", None, keys=(*data_hf.KEYS, "order"), default_split=data_hf.DEFAULT_SPLIT),
 }
 
 
@@ -359,6 +359,16 @@ def balanced(labels: np.ndarray) -> np.ndarray:
         where = np.flatnonzero(labels == c)
         rank[where] = np.arange(len(where))
     return np.lexsort((labels, rank))
+
+
+ORDERS = ("balanced", "file")  # data.order of the sources that take it (torchvision, hf)
+
+
+def ordered(labels: np.ndarray, spec: "DataSpec") -> np.ndarray:
+    """The indices a source takes, ``limit`` of them: round-robin across classes (``order: balanced``, the default:
+    any prefix is class-balanced), or the dataset's own order (``order: file``: RobustBench's first n test images)."""
+    index = np.arange(len(labels)) if dict(spec.options).get("order", "balanced") == "file" else balanced(labels)
+    return index[: spec.limit] if spec.limit else index
 
 
 def _limited(n: int, spec: "DataSpec") -> int:

@@ -127,12 +127,11 @@ def _decode(value: Any, root: Path, max_pixels: int) -> torch.Tensor:
 
 
 def load(spec: "DataSpec", pre: "Preprocess") -> "Dataset":
-    from bench.data import Dataset, balanced, log, prepare
+    from bench.data import Dataset, log, ordered, prepare
 
     describe(spec)  # the same checks, one error
     table, features, root, labels, image_col, label_col = _read(spec)
-    order = balanced(labels)
-    order = order[: spec.limit] if spec.limit else order
+    order = ordered(labels, spec)
     column = table.column(image_col)
     images, kept, skipped = [], [], []
     for i in order.tolist():

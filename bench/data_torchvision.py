@@ -9,7 +9,8 @@ strings, numbers and numpy arrays, nothing else), and a file that asks for anyth
 it; the other datasets are read by torchvision's own classes (raw binary, or SVHN's .mat), never from its legacy
 ``processed/*.pt`` files. Grey images (MNIST, FashionMNIST) become 3 channels. An image fills its frame: it is
 resized whole to the input size (the native size by default: 32 px, 28 px for the MNISTs, 96 px for STL10), never
-cropped. ``limit`` takes the images round-robin across classes, so a limited set stays class-balanced.
+cropped. ``limit`` takes the images round-robin across classes, so a limited set stays class-balanced; ``order: file``
+keeps the dataset's own order instead (RobustBench evaluates the first n test images).
 """
 
 from __future__ import annotations
@@ -179,12 +180,12 @@ def describe(spec: "DataSpec") -> tuple[int, int]:
 
 
 def load(spec: "DataSpec", pre: "Preprocess") -> "Dataset":
-    from bench.data import Dataset, balanced
+    from bench.data import Dataset, ordered
 
     split = spec.split or SPLITS[0]
     describe(spec)  # the same checks, one error
     data, labels, classes = _raw(spec.name, spec.path, split)
-    order = balanced(labels)[: spec.limit] if spec.limit else balanced(labels)
+    order = ordered(labels, spec)
     images = torch.from_numpy(data[order])
     if images.shape[1] == 1:
         images = images.expand(-1, 3, -1, -1)

@@ -111,9 +111,12 @@ def to_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
 def predictions_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
     """Per-image predictions of every ok cell, long format: cell_id, image, label, clean_pred,
     robust_pred, robust_all (right under every draw of a randomized defense: robust_acc_all_draws)
-    attacked (the attack ran on the image: false for images a cascade skipped) and distance (the measured
+    attacked (the attack ran on the image: false for images a cascade skipped), distance (the measured
     perturbation in the cell's curve norm: minimum_norm, else the budget's norm; NaN for an unbounded attack
-    that minimises nothing)."""
+    that minimises nothing), broken_by (for an ensemble, AutoAttack, the attack of it that broke the image;
+    empty for other attacks and for images not broken) and reached (the attack's float output reached its goal
+    on the model it attacked, before 8-bit quantisation: AutoAttack's and RobustBench's own robust accuracy is
+    of these float images)."""
     parts = []
     for row in rows:
         pred = row.get(PREDICTIONS_KEY)
@@ -123,9 +126,11 @@ def predictions_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
             parts.append(pd.DataFrame({"cell_id": row["cell_id"], "image": range(len(labels)), "label": labels,
                                        "clean_pred": pred["clean"], "robust_pred": pred["robust"],
                                        "robust_all": robust_all, "attacked": pred.get("attacked") or [True] * len(labels),
-                                       "distance": pred.get("distance") or [float("nan")] * len(labels)}))
+                                       "distance": pred.get("distance") or [float("nan")] * len(labels),
+                                       "broken_by": pred.get("broken_by") or [None] * len(labels),
+                                       "reached": pred.get("reached") or [None] * len(labels)}))
     columns = {"cell_id": "string", "image": "int64", "label": "int64", "clean_pred": "int64", "robust_pred": "int64",
-               "robust_all": "bool", "attacked": "bool", "distance": "float64"}
+               "robust_all": "bool", "attacked": "bool", "distance": "float64", "broken_by": "string", "reached": "boolean"}
     if not parts:
         return pd.DataFrame({c: pd.Series(dtype=t) for c, t in columns.items()})
     return pd.concat(parts, ignore_index=True).astype(columns)

@@ -452,7 +452,13 @@ class _Validator:
                             if splits else f"source {source!r} takes no split (it is one set of images)")
         options = []
         for k in info.keys:
-            if k != "name" and k in value:
+            if k == "order" and k in value:
+                if value[k] not in data_registry.ORDERS:
+                    raise self.fail(f"{key}.order", f"{value[k]!r} is not allowed; allowed: {', '.join(data_registry.ORDERS)} "
+                                                    "(file: the dataset's own order, as RobustBench takes its first n)")
+                if value[k] != "balanced":  # the default stays out of the spec, so a suite without it keeps its digest
+                    options.append((k, value[k]))
+            elif k != "name" and k in value:
                 if not isinstance(value[k], str) or not value[k]:
                     raise self.fail(f"{key}.{k}", f"must be a column name, got {value[k]!r}")
                 options.append((k, value[k]))
@@ -579,9 +585,9 @@ class _Validator:
             return self.number(value, key)
         if isinstance(value, (int, float, str, bool)) or value is None:
             return value
-        if isinstance(value, list) and all(isinstance(v, (int, float)) for v in value):
-            return tuple(value)
-        raise self.fail(key, f"must be a number, string or boolean, got {_kind(value)}")
+        if isinstance(value, list) and all(isinstance(v, (int, float, str)) and not isinstance(v, bool) for v in value):
+            return tuple(value)  # a list of numbers or names (AutoAttack's attacks: [apgd-ce, apgd-t])
+        raise self.fail(key, f"must be a number, string, boolean or a list of numbers or names, got {_kind(value)}")
 
     def defenses(self, value: Any, models: tuple[ModelSpec, ...]) -> tuple[DefenseSpec, ...]:
         out: list[DefenseSpec] = []

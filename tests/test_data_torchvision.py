@@ -102,6 +102,20 @@ def test_each_dataset_reads_its_own_files_at_their_native_size_in_class_balanced
         assert np.array_equal(ds.images[k].numpy(), pixels[first[label]]), f"{name}: image {k} is not the file's"
 
 
+def test_order_file_takes_the_first_images_as_the_files_hold_them_as_robustbench_does(tmp_path):
+    pixels = write_cifar10(tmp_path / "root")
+    suite = load_suite(_suite(tmp_path, {"source": "torchvision", "name": "CIFAR10", "root": "root", "limit": 5, "order": "file"}))
+    ds = load_dataset(suite.data, Preprocess(suite.data.image_size))
+    assert ds.labels.tolist() == _labels()[:5].tolist() and np.array_equal(ds.images.numpy(), pixels[:5])
+    assert ds.ids == [f"CIFAR10:test:{i}" for i in range(5)]
+    default = load_suite(_suite(tmp_path, {"source": "torchvision", "name": "CIFAR10", "root": "root", "limit": 5,
+                                           "order": "balanced"}))
+    assert default.data.options == () and default.digest() == load_suite(_suite(
+        tmp_path, {"source": "torchvision", "name": "CIFAR10", "root": "root", "limit": 5})).digest()  # the default adds nothing
+    with pytest.raises(SuiteError, match=r"data.order: 'random' is not allowed; allowed: balanced, file"):
+        load_suite(_suite(tmp_path, {"source": "torchvision", "name": "CIFAR10", "root": "root", "order": "random"}))
+
+
 def test_an_image_is_resized_whole_to_the_input_size(tmp_path):
     write_cifar10(tmp_path / "root")
     ds = load_dataset(DataSpec("torchvision", str(tmp_path / "root"), 4, 64, "test", "CIFAR10"), Preprocess(64))

@@ -6,6 +6,8 @@ An ``attacks:`` entry's ``type`` names exactly one source:
   tutorial's ``sgd`` (:mod:`.torchattacks_attacks`); a bare type is torchattacks';
 - ``foolbox/<Attack>`` — foolbox 3, an optional extra (:mod:`.foolbox_attacks`);
 - ``art/<Attack>`` — the Adversarial Robustness Toolbox, an optional extra (:mod:`.art_attacks`);
+- ``autoattack/standard`` (``plus``, ``rand``, ``custom``) — AutoAttack from its authors' code, an optional extra
+  (:mod:`.autoattack_attacks`): the AutoAttack to cite (torchattacks' ``autoattack`` is weaker);
 - ``python`` with ``fn: "file.py:function"`` — the user's own attack (:mod:`.python_attacks`).
 
 Every attack is made into the same thing: a callable ``attack(images, labels) -> adversarial images`` on
@@ -31,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn as nn
 
-from bench.attacks import art_attacks, foolbox_attacks, python_attacks, torchattacks_attacks
+from bench.attacks import art_attacks, autoattack_attacks, foolbox_attacks, python_attacks, torchattacks_attacks
 from bench.attacks.base import AttackInfo, AttackUnavailable, Probe
 from bench.specs import AttackSpec
 
@@ -40,8 +42,9 @@ if TYPE_CHECKING:
 
 __all__ = ["AttackInfo", "AttackUnavailable", "SOURCES", "build", "check", "lookup", "names", "norm", "parse"]
 
-SOURCES: dict[str, ModuleType] = {m.NAME: m for m in (torchattacks_attacks, foolbox_attacks, art_attacks, python_attacks)}
-OTHER_SOURCES = "foolbox/<Attack>, art/<Attack>, python (with fn: FILE.py:FUNCTION)"
+SOURCES: dict[str, ModuleType] = {m.NAME: m for m in (torchattacks_attacks, foolbox_attacks, art_attacks, autoattack_attacks,
+                                                        python_attacks)}
+OTHER_SOURCES = "foolbox/<Attack>, art/<Attack>, autoattack/standard|plus|rand|custom, python (with fn: FILE.py:FUNCTION)"
 ALLOWED = f"a torchattacks class (pgd, apgd, square, …), sgd, {OTHER_SOURCES}"
 RESTARTS = "restarts"  # the harness's own attack key (not a constructor argument): see Restarts
 COMMON_KEYS = ("name", "type", "target", RESTARTS, "eps")
@@ -56,7 +59,7 @@ def source_of(type_name: Any) -> ModuleType | None:
     """The source a type names (None for an unknown ``prefix/``)."""
     if not isinstance(type_name, str):
         return None
-    for module in (python_attacks, foolbox_attacks, art_attacks, torchattacks_attacks):
+    for module in (python_attacks, foolbox_attacks, art_attacks, autoattack_attacks, torchattacks_attacks):
         if module.claims(type_name):
             return module
     return None
@@ -69,7 +72,7 @@ def source_name(type_name: str) -> str:
 
 def names() -> list[str]:
     """torchattacks' names, and every installed library's (``foolbox/…``, ``art/…``)."""
-    return [*torchattacks_attacks.names(), *foolbox_attacks.names(), *art_attacks.names()]
+    return [*torchattacks_attacks.names(), *foolbox_attacks.names(), *art_attacks.names(), *autoattack_attacks.names()]
 
 
 def lookup(type_name: Any) -> AttackInfo:

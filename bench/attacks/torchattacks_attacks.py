@@ -142,4 +142,6 @@ def family(type_name: str, args: dict[str, Any]) -> tuple | None:
         return ("pgd", "Linf" if name == "pgd" else "L2", eps, args.get("steps"), args.get("alpha"), int(bool(args.get("random_start"))))
     if name == "bim":
         return ("pgd", "Linf", eps, args.get("steps"), args.get("alpha"), 0)
+    if name == "autoattack":  # its re-implementation of the authors' ensemble (bench/attacks/autoattack_attacks.py)
+        return ("autoattack", args.get("norm", "Linf"), eps, args.get("version", "standard"))
     return None

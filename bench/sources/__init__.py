@@ -7,7 +7,9 @@ A ``models:`` entry names exactly one source:
 - ``arch: timm/<name>`` — any timm model, timm being an optional extra (:mod:`.timm_models`);
 - ``factory: "pkg.module:function"`` or ``"file.py:function"`` — the user's own code (:mod:`.factory`);
 - ``file: model.pt2`` — a ``torch.export`` ExportedProgram (:mod:`.exported`);
-- ``memory: <token>`` — a module handed to :func:`bench.run` in this process (:mod:`.memory`; ``bench.run`` writes the key).
+- ``memory: <token>`` — a module handed to :func:`bench.run` in this process (:mod:`.memory`; ``bench.run`` writes the key);
+- ``source: robustbench`` (``name:`` the zoo entry) or ``arch: robustbench/<entry>`` — RobustBench's model zoo, with
+  ``dataset``, ``threat_model`` and ``model_dir`` (:mod:`.robustbench_models`).
 
 Each source module has the same small surface:
 
@@ -22,7 +24,7 @@ Each source module has the same small surface:
   :class:`~bench.models.ModelUnavailable` with the file to put where when they are not on this machine);
 - ``catalogue(text) -> list[Entry]``: what ``bench models`` lists (names containing ``text``, lower case, if given).
 
-Adding a source is one module here and its test, plus its line in :data:`SOURCES`.
+Adding a source is one module here and its test, plus its line in :data:`SOURCES` and :data:`CLAIM_ORDER`.
 """
 
 from __future__ import annotations
@@ -38,9 +40,9 @@ from typing import Any, Callable, NoReturn
 
 import torch
 
-from bench.models import Classifier, ProbeError, load_checkpoint, short_error
+from bench.models import Classifier, ModelUnavailable, ProbeError, load_checkpoint, short_error
 from bench.specs import MAX_RESIZE, ModelSpec, crop_problem, resize_for_crop
-from bench.sources import builtin, exported, factory, memory, timm_models, torchvision_models
+from bench.sources import builtin, exported, factory, memory, robustbench_models, timm_models, torchvision_models
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +50,13 @@ log = logging.getLogger(__name__)
 COMMON_KEYS = ("name", "checkpoint", "compile", "data", "num_classes", "input_size", "mean", "std",
                "interpolation", "crop_pct", "class_names")
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
-ALLOWED = "resnet18, efficientnet_lite0, custom_cnn, small_cnn, torchvision/<name>, timm/<name>, factory: FILE.py:FN, file: MODEL.pt2"
-SOURCES: dict[str, ModuleType] = {m.NAME: m for m in (memory, builtin, torchvision_models, timm_models, factory, exported)}
+ALLOWED = ("resnet18, efficientnet_lite0, custom_cnn, small_cnn, torchvision/<name>, timm/<name>, factory: FILE.py:FN, "
+           "file: MODEL.pt2, source: robustbench (or arch: robustbench/<entry>)")
+SOURCES: dict[str, ModuleType] = {m.NAME: m for m in (memory, builtin, torchvision_models, timm_models, factory, exported,
+                                                      robustbench_models)}
+# The order sources are asked whether an entry is theirs: robustbench's {source: robustbench, name: ...} has no arch,
+# which builtin would otherwise take for its own.
+CLAIM_ORDER: tuple[ModuleType, ...] = (memory, robustbench_models, builtin, torchvision_models, timm_models, factory, exported)
 
 
 @dataclass(frozen=True)
@@ -78,7 +85,7 @@ class Context:
 
 def source_of(entry: dict[str, Any]) -> ModuleType | None:
     """The one source an entry names (None when it names none)."""
-    claimed = [m for m in SOURCES.values() if m.claims(entry)]
+    claimed = [m for m in CLAIM_ORDER if m.claims(entry)]
     return claimed[0] if claimed else None
 
 
@@ -247,6 +254,8 @@ def probe(spec: ModelSpec) -> None:
         except Exception as exc:  # whatever the user's or library's network raises for a bad shape
             if device == "meta":
                 continue  # ops without meta kernels or with data-dependent shapes: try for real
+            if isinstance(exc, ModelUnavailable):  # it cannot be built on this machine: its cells are skipped, saying why
+                return
             raise ProbeError(f"a 1×3×{size}×{size} probe batch fails: {type(exc).__name__}: {short_error(exc)}") from None
         if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
             out = out[0]
