@@ -149,7 +149,7 @@ def _parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--alpha", type=float, default=0.05,
                       help="significance level of a rate change (McNemar's exact test on the same images; default 0.05)")
     cmp_.add_argument("--min-throughput-ratio", type=float, default=None,
-                      help="throughput regression below this ratio on every device (default: per device, see bench/compare.py)")
+                      help="throughput regression below this ratio on every device (default: per device, see bench/reporting/compare.py)")
     cmp_.add_argument("--out", type=Path, default=None, help="also write the markdown here")
     mod = sub.add_parser("models", help="list the models a suite may name, with the weights on this machine")
     mod.add_argument("--source", choices=("builtin", "torchvision", "timm", "robustbench"), default=None, help="one source only")
@@ -466,7 +466,7 @@ def _train(args: argparse.Namespace, console: Console) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from bench.compare import compare
+    from bench.reporting.compare import compare
     from bench.files import write_atomic
     from bench.results import RunFolderError
 
@@ -558,7 +558,7 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _history(args: argparse.Namespace) -> int:
-    from bench.history import HistoryError, load_runs, write_history
+    from bench.reporting.history import HistoryError, load_runs, write_history
 
     name = args.suite
     if name.endswith((".yaml", ".yml")):  # a suite file: its runs are filed under its name
@@ -589,7 +589,7 @@ def _history(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace) -> int:
     from bench.files import LinkError
-    from bench.report import write_report
+    from bench.reporting.report import write_report
     from bench.results import RUN_FILE
 
     if not (args.run_dir / RUN_FILE).is_file():

@@ -19,6 +19,7 @@ import json
 import logging
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -27,6 +28,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from bench.data import IMAGE_SUFFIXES
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -238,3 +242,37 @@ def tree_digest(folder: Path) -> str:
             h.update(p.relative_to(folder).as_posix().encode() + b"\0" + p.read_bytes())
     return h.hexdigest()
 
+
+# ---------------------------------------------------------------------------------------------
+# The report's faces table (bench/reporting/report.py puts it in every report of a real-vs-fake data set)
+
+
+def fakes_accepted(ok: "pd.DataFrame", meta: dict[str, Any], predictions: "pd.DataFrame | None", index: list[str]) -> str | None:
+    """For a real-vs-fake data set: per detector, attack and defense, the share of fakes the
+    attacker gets accepted as real; the "no attack" rows are the detector's own miss rate."""
+    import pandas as pd
+
+    from bench.reporting.text import group_by_defense, pct
+    datasets = meta.get("datasets") or {meta.get("dataset", {}).get("name"): meta.get("dataset", {})}
+    faces = {d.get("name", name): d["class_names"] for name, d in datasets.items() if {"fake", "real"} <= set(d.get("class_names") or [])}
+    if predictions is None or not faces:
+        return None
+    ok = ok[ok["dataset"].isin(list(faces))]
+    names = next(iter(faces.values()))  # `bench data faces` always orders the classes fake, real
+    fake, real = names.index("fake"), names.index("real")
+    fakes = predictions[(predictions["label"] == fake) & predictions["cell_id"].isin(ok["cell_id"])]
+    if fakes.empty:
+        return None
+    rates = fakes.assign(r=fakes["robust_pred"] == real, c=fakes["clean_pred"] == real).groupby("cell_id")[["r", "c"]].mean()
+    merged = ok.merge(rates, left_on="cell_id", right_index=True)
+    clean = merged[merged["eval_mode"] == "oblivious"].drop_duplicates(["model", "defense", *index[3:]])
+    clean = clean.assign(attack="(no attack)", r=clean["c"], column=clean["defense"])
+    clean["ε"] = "-"
+    both = pd.concat([clean, merged])
+    order = group_by_defense(list(dict.fromkeys(merged["column"])))
+    table = both.pivot_table(index=index, columns="column", values="r", aggfunc="first", sort=False)
+    table = table[[d for d in order if d in table.columns]].map(pct).reset_index()
+    table.columns.name = None
+    models = {m: i for i, m in enumerate(dict.fromkeys(merged["model"]))}
+    table = table.sort_values("model", key=lambda col: col.map(models), kind="stable")
+    return table.to_markdown(index=False)

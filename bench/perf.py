@@ -246,7 +246,7 @@ def render(rows: list[PerfRow], dev_name: str, device: str, arch: str, weights_n
                        f"data-sheet dense bf16 peak of {peak / 1e12:.0f} TFLOP/s.")
     summary += ["", f"torch {env['torch']}, torchvision {env['torchvision']}, torchattacks {env['torchattacks']}, "
                 f"{env['cpu']} ({env['cpu_threads']} threads), git {env['git_sha'][:12]}.", ""]
-    from bench.report import wrap
+    from bench.reporting.text import wrap
 
     return wrap("\n".join(summary))
 

@@ -62,9 +62,9 @@ COLUMNS: dict[str, str] = {
     "attack_success_rate_ci_high": "float64",
     "targeted_success_rate_ci_low": "float64",
     "targeted_success_rate_ci_high": "float64",
-    "flags": "string",  # comma-separated flags and indicators of attack failure (bench/flags.py), empty when none
+    "flags": "string",  # comma-separated flags and indicators of attack failure (bench/audit/flags.py), empty when none
     "verdict": "string",  # reliable | unreliable (an indicator of attack failure fired); empty for cells that did not run
-    "indicators": "string",  # JSON: the indicators' evidence (image counts, measured values; bench/indicators.py)
+    "indicators": "string",  # JSON: the indicators' evidence (image counts, measured values; bench/audit/indicators.py)
     "unconstrained_success": "float64",  # share of up to 16 images the same attack broke with an unbounded budget
     "linf_max": "float64",
     "l2_mean": "float64",

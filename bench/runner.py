@@ -18,18 +18,20 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from bench import defenses as defense_registry
-from bench import executors, files, worst_case
 from bench import attacks as attack_registry
-from bench.cells import LOG_FILE, Interrupted, _now, _trace, data_key, load_datasets
+from bench import defenses as defense_registry
+from bench import executors, files
+from bench.audit import worst_case
+from bench.audit.flags import apply_cross_cell
+from bench.cells import _now, data_key, load_datasets
 from bench.data import Dataset
 from bench.executors import Executor, Job
-from bench.flags import apply_cross_cell
+from bench.failures import LOG_FILE, Interrupted, _trace
+
 if TYPE_CHECKING:
     import pandas as pd
 
 from bench.results import (
-    load_predictions,
     PREDICTIONS_FILE,
     ROWS_FILE,
     RUN_FILE,
@@ -39,6 +41,7 @@ from bench.results import (
     RowLog,
     RunFolderError,
     environment,
+    load_predictions,
     predictions_frame,
     read_json,
     read_rows,
@@ -93,7 +96,7 @@ class RunResult:
 
     @property
     def worst_case(self) -> "pd.DataFrame | None":
-        """Per model, defense, norm and ε: the share of images no attack broke (bench/worst_case.py)."""
+        """Per model, defense, norm and ε: the share of images no attack broke (bench/audit/worst_case.py)."""
         loaded = worst_case.load(self.run_dir)
         return loaded[0] if loaded is not None else None
 
@@ -331,7 +334,7 @@ def _finish(suite: Suite, rows: list[dict[str, Any]], run_dir: Path, meta: dict[
     """Write the tables and the report, then run.json with the run's status: never ``complete``
     before the table and the report are both on disk. Never raises: returns (report, None), or
     (None, why) after recording status ``error`` and why in run.json (in place on a full disk)."""
-    from bench.report import write_report
+    from bench.reporting.report import write_report
 
     try:
         predictions = predictions_frame(rows)

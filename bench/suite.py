@@ -129,8 +129,8 @@ class Suite:
     eval_modes: tuple[str, ...] = ("oblivious",)  # concrete: oblivious, adaptive-bpda, adaptive-diff
     eot_samples: int = defense_registry.EOT_SAMPLES
     eval_draws: int = 1
-    cascade: bool = False  # each attack only on the images still standing (bench/cascade.py)
-    unconstrained_check: bool = True  # the unconstrained-fails indicator's extra crafting (bench/indicators.py)
+    cascade: bool = False  # each attack only on the images still standing (bench/audit/cascade.py)
+    unconstrained_check: bool = True  # the unconstrained-fails indicator's extra crafting (bench/audit/indicators.py)
     include: tuple[dict[str, Any], ...] = ()
     exclude: tuple[dict[str, Any], ...] = ()
     # where cells run, as the suite wrote it: checked where the executor is chosen (bench.executors.from_suite),

@@ -208,7 +208,7 @@ class Conv(nn.Module):
 
 @pytest.mark.parametrize("name", names())
 def test_every_registered_attack_gives_the_same_images_twice_under_the_harness_seed(name):
-    from bench.cells import seeded
+    from bench.seeding import seeded
 
     model = Conv().eval()
     x = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(2))
@@ -236,7 +236,7 @@ def test_seeding_an_attack_leaves_the_global_generators_as_they_were():
 
     import numpy as np
 
-    from bench.cells import seeded
+    from bench.seeding import seeded
 
     torch.manual_seed(3), np.random.seed(3), random.seed(3)
     expected = torch.rand(2), np.random.rand(2), random.random()

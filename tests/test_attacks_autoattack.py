@@ -86,7 +86,7 @@ def test_the_report_leads_with_the_authors_figure_and_puts_torchattacks_beside_i
 
 
 def test_torchattacks_and_the_authors_autoattack_are_one_family_for_the_cross_check(both):
-    from bench.crosscheck import comparisons
+    from bench.audit.crosscheck import comparisons
 
     result, df, predictions = both
     table = comparisons(df.reset_index(), predictions)

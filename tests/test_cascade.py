@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from bench.cascade import Cascade
+from bench.audit.cascade import Cascade
 from bench.results import read_rows
 from bench.runner import run_suite
 from bench.specs import AttackSpec, CellSpec, DefenseSpec, ModelSpec
@@ -100,7 +100,7 @@ def test_a_resumed_cascade_continues_from_the_rows_that_landed(both):
         def cell_done(self):
             stopped["n"] += 1
 
-    from bench.cells import Interrupted
+    from bench.failures import Interrupted
 
     tmp = both[True].run_dir.parents[2]  # the same data folder as the uninterrupted run
     suite = _suite(tmp, True)

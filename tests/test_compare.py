@@ -5,11 +5,11 @@ from __future__ import annotations
 import copy
 
 from bench.cli import main
-from bench.compare import compare
+from bench.reporting.compare import compare
 import pandas as pd
 
 from bench.results import PREDICTIONS_FILE, RUN_FILE, TABLE_FILE, to_frame, write_json, write_table
-from bench.stats import wilson
+from bench.audit.stats import wilson
 from bench.suite import load_suite
 
 
@@ -118,7 +118,7 @@ def test_a_significant_change_within_the_points_threshold_is_noise(tmp_path):
 
 
 def test_flips_both_ways_are_weighed_against_each_other(tmp_path):
-    from bench.stats import mcnemar
+    from bench.audit.stats import mcnemar
 
     # the same 60 % → 50 % twice: 15 images broke and 5 recovered (p = 0.041), 20 broke and 10 recovered (p = 0.099)
     base = _paired_run(tmp_path, "base", set(range(60)))

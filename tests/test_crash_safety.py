@@ -163,7 +163,7 @@ def test_retry_failed_runs_failed_cells_again_and_their_new_rows_replace_the_old
 
 def test_an_interrupted_retry_keeps_the_failed_rows_it_did_not_reach(tmp_path, tiny_suite, write_suite, monkeypatch):
     import bench.attacks as attacks
-    from bench.cells import Interrupted
+    from bench.failures import Interrupted
     from bench.runner import run_suite
     from bench.suite import load_suite
 

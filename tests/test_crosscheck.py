@@ -6,8 +6,8 @@ import json
 
 import pandas as pd
 
-from bench.crosscheck import comparisons, disagreements
-from bench.flags import cross_cell_flags
+from bench.audit.crosscheck import comparisons, disagreements
+from bench.audit.flags import cross_cell_flags
 
 N = 100
 

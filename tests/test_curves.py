@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from bench import curves, worst_case
+from bench.audit import curves, worst_case
 
 
 def _row(cell_id: str, attack: str, minimum: str, eps: float = math.nan, norm: str = "none") -> dict:
@@ -60,7 +60,7 @@ def test_a_minimum_norm_attack_joins_the_worst_case_with_what_it_broke_within_ea
 
 
 def test_a_point_on_the_boundary_is_pushed_outward_until_its_8_bit_image_stays_adversarial():
-    from bench.cells import round_outward
+    from bench.crafting import round_outward
 
     class Threshold(nn.Module):  # class 1 once the mean pixel passes 0.503, between the 8-bit levels 128 and 129
         def forward(self, x):

@@ -17,7 +17,7 @@ import yaml
 from bench import executors
 from bench.cli import main
 from bench.results import COLUMNS, VOLATILE_COLUMNS, read_rows
-from bench.cells import Interrupted
+from bench.failures import Interrupted
 from bench.runner import run_suite
 from bench.specs import ExecutorSpec
 from bench.suite import load_suite
@@ -267,7 +267,7 @@ def test_rays_own_log_lines_go_to_the_run_log_not_the_terminal(suite_file, tmp_p
 
 
 def test_what_ray_logs_while_the_executor_lives_goes_to_the_run_log(capsys):
-    from bench.cells import _trace
+    from bench.failures import _trace
     from bench.executors.ray_actors import _RayLog
 
     quiet = _RayLog()

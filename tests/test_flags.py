@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from bench.flags import FLAGS, cell_flags, cross_cell_flags, verdict
+from bench.audit.flags import FLAGS, cell_flags, cross_cell_flags, verdict
 
 
 def test_a_perturbation_far_below_eps_is_flagged():

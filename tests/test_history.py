@@ -11,7 +11,7 @@ import re
 import pytest
 
 from bench.cli import main
-from bench.history import change_points, load_runs, rate_series, segments, write_history
+from bench.reporting.history import change_points, load_runs, rate_series, segments, write_history
 from bench.results import COLUMNS, ROWS_FILE, RUN_FILE, TABLE_FILE, RowLog, to_frame, write_json, write_table
 
 N = 16

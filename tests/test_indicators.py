@@ -11,8 +11,8 @@ import pytest
 import torch
 import yaml
 
-from bench.indicators import at_chance, chance_accuracy, is_softmax, still_improving
-from bench.queries import QueryLog
+from bench.audit.indicators import at_chance, chance_accuracy, is_softmax, still_improving
+from bench.audit.queries import QueryLog
 from bench.runner import run_suite
 from bench.suite import load_suite
 from tests import masked_models as mm

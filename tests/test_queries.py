@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from bench.queries import QueryLog, margins
+from bench.audit.queries import QueryLog, margins
 
 
 class Mean(nn.Module):

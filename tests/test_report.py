@@ -6,8 +6,8 @@ import math
 
 import pandas as pd
 
-from bench import worst_case
-from bench.report import render
+from bench.audit import worst_case
+from bench.reporting.report import render
 from bench.results import to_frame
 
 
@@ -124,7 +124,7 @@ def test_the_report_opens_with_whether_its_numbers_can_be_trusted():
 
 
 def test_a_defense_that_lowers_the_worst_case_significantly_is_said_to_cost_robustness():
-    from bench.report import _verdict
+    from bench.reporting.defenses import _verdict
 
     # per ε: (oblivious gain, every attack's gain, its p, the oblivious gain's p)
     assert _verdict("jpeg-q50", True, [(-0.01, -0.21, 0.0001, 0.5), (0.0, -0.33, 0.0001, 1.0)]) == \
@@ -135,7 +135,7 @@ def test_a_defense_that_lowers_the_worst_case_significantly_is_said_to_cost_robu
 
 
 def test_no_line_of_a_report_with_many_defenses_and_modes_is_wider_than_200_characters():
-    from bench import worst_case
+    from bench.audit import worst_case
 
     df, preds = _defense_run()
     worst, _ = worst_case.compute(df, preds)

@@ -10,12 +10,11 @@ import pandas as pd
 import pytest
 import torch
 
+from bench.measure import rates
 from bench.models import CustomCNN
 from bench.results import COLUMNS, VOLATILE_COLUMNS
-from bench.cells import rates
 from bench.runner import run_suite
 from bench.suite import load_suite
-
 
 
 def test_rates_follow_their_definitions():
@@ -222,16 +221,16 @@ def test_unreadable_and_truncated_images_are_counted_in_the_row_and_named_in_the
 
 
 def test_each_adversarial_batch_is_crafted_once(run, tiny_suite, monkeypatch):
-    from bench.cells import Workspace
+    import bench.cells as cells
 
     crafted = []
-    real = Workspace._craft
+    real = cells.craft
 
-    def counting(self, cell, model, batch_size):
+    def counting(ws, cell, model, batch_size):
         crafted.append((cell.attack.name, cell.attack.eps, cell.eval_mode, cell.defense.label if cell.eval_mode != "oblivious" else None))
-        return real(self, cell, model, batch_size)
+        return real(ws, cell, model, batch_size)
 
-    monkeypatch.setattr(Workspace, "_craft", counting)
+    monkeypatch.setattr(cells, "craft", counting)
     tiny_suite["eval_mode"] = ["oblivious", "adaptive"]
     tiny_suite["defenses"] = ["none", {"type": "jpeg", "quality": [50, 75]}]
     _, _, df = run(tiny_suite)
@@ -243,10 +242,10 @@ def test_each_adversarial_batch_is_crafted_once(run, tiny_suite, monkeypatch):
 def test_attacks_leave_the_model_in_eval_mode_and_predictions_match_a_plain_forward(tmp_path, write_suite):
     """torchattacks calls model.train() after an attack on a model it found training; every wrapper
     must start in eval mode, or dropout (Lite0 has some) would leak into clean and robust accuracy."""
+    from bench.cells import Workspace, load_datasets
     from bench.data import load_dataset
     from bench.defenses import JPEG
     from bench.sources import create_model
-    from bench.cells import Workspace, load_datasets
     from bench.suite import ModelSpec
 
     doc = {"name": "evalmode", "seed": 0, "data": {"source": "samples", "limit": 8, "image_size": 64},
@@ -415,7 +414,8 @@ def test_l2_attacks_take_l2_budgets_and_are_checked_in_l2(run, tiny_suite):
 
 
 def test_budget_checks_follow_the_norm_and_allow_exactly_the_quantisation_slack():
-    from bench.cells import CellFailure, check_budget, perturbation_norms
+    from bench.failures import CellFailure
+    from bench.measure import check_budget, perturbation_norms
 
     clean = torch.full((1, 3, 4, 4), 100, dtype=torch.uint8)
     adv = clean.clone()
@@ -436,8 +436,10 @@ def test_budget_checks_follow_the_norm_and_allow_exactly_the_quantisation_slack(
 def test_warm_up_covers_every_shape_the_timers_see(run, tiny_suite, monkeypatch):
     """With compile on, nothing may compile inside a timed region: not the first no-grad pass,
     not the last, shorter batch (6 images in batches of 4)."""
-    import bench.fastpath as fastpath
     import bench.cells as cells
+    import bench.crafting as crafting
+    import bench.fastpath as fastpath
+    import bench.measure as measure
     from bench.timing import Stopwatch
 
     graphs = []
@@ -458,7 +460,8 @@ def test_warm_up_covers_every_shape_the_timers_see(run, tiny_suite, monkeypatch)
                 yield
             timed_compiles.append(len(graphs) - before)
 
-    monkeypatch.setattr(cells, "Stopwatch", Watch)
+    for module in (cells, crafting, measure):  # every timed region: the clean pass, the crafting, the measurement
+        monkeypatch.setattr(module, "Stopwatch", Watch)
     torch._dynamo.reset()
     tiny_suite["compile"] = True
     _, _, df = run(tiny_suite)

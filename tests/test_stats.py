@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from bench.stats import mcnemar, paired, wilson
+from bench.audit.stats import mcnemar, paired, wilson
 
 
 @pytest.mark.parametrize(

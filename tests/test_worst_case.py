@@ -9,7 +9,7 @@ import math
 import pandas as pd
 import pytest
 
-from bench import worst_case
+from bench.audit import worst_case
 from bench.results import to_frame
 
 N = 6

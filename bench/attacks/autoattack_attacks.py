@@ -120,7 +120,7 @@ def build(info: AttackInfo, spec: "AttackSpec", model: nn.Module, seed: int, num
 
 def family(type_name: str, args: dict[str, Any]) -> tuple | None:
     """The authors' AutoAttack and torchattacks' re-implementation of one version, norm and ε are one family
-    (bench/crosscheck.py compares them image by image). Pure: no import."""
+    (bench/audit/crosscheck.py compares them image by image). Pure: no import."""
     version = type_name.lower().removeprefix(PREFIX)
     if args.get("eps") is None or version not in ORDER:
         return None

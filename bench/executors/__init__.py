@@ -76,7 +76,7 @@ def group_key(cell: CellSpec, cascade: bool = False) -> tuple:
     """The cells that share one crafting of adversarial images: model, attack, ε, device and
     precision (and, for adaptive cells, the defense and method). The unit of work of an executor.
     With a cascade every attack of a (model, device, precision) waits for the ones before it, so
-    the unit is that whole chain (bench/cascade.py)."""
+    the unit is that whole chain (bench/audit/cascade.py)."""
     return (cell.model, cell.device, cell.precision) if cascade else cell.crafting_key
 
 

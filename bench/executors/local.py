@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
-from bench.cells import Interrupted, Workspace, run_cell, worker_name
+from bench.cells import Workspace, run_cell, worker_name
 from bench.executors import Job, group_key
+from bench.failures import Interrupted
 
 
 class Local:

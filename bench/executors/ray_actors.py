@@ -35,8 +35,9 @@ import ray
 import ray.exceptions
 
 from bench import sources
-from bench.cells import Interrupted, Workspace, one_line, run_cell, unrun_row
+from bench.cells import Workspace, run_cell, unrun_row
 from bench.executors import ExecutorError, Job, group_key, groups
+from bench.failures import Interrupted, one_line
 from bench.specs import CellSpec, ExecutorSpec
 
 log = logging.getLogger(__name__)
@@ -361,7 +362,7 @@ class _RayLog(logging.Handler):
 
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
-        from bench.cells import _trace
+        from bench.failures import _trace
 
         self.trace, self.pending, self.ready = _trace, [], False  # ready: the run log is attached (run() began)
         self.logger = logging.getLogger("ray")

@@ -7,7 +7,7 @@ attack at the same or a smaller ε of the same norm (an image broken at ε is br
 ε). Clean-misclassified images are never attacked. An oblivious crafting serves every defense of its
 (model, attack, ε), so it attacks the images standing for at least one of them. Images not attacked
 keep their clean pixels, so a single cascaded row's robust accuracy is not that attack's alone: the
-worst case over the attacks (:mod:`bench.worst_case`) is the number, and it is the same as without
+worst case over the attacks (:mod:`bench.audit.worst_case`) is the number, and it is the same as without
 cascade for attacks whose result for an image does not depend on the other images of its batch.
 Attacks without a budget (``norm: none``) are not cascaded: they run on every image.
 

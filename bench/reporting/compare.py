@@ -1,7 +1,7 @@
 """``bench compare BASELINE CANDIDATE``: what changed between two runs, cell by cell.
 
 Cells are matched by their spec (the cell id names model, attack, ε, defense, mode, device and
-precision), and so is each worst case over all attacks (``bench.worst_case``: its id reads
+precision), and so is each worst case over all attacks (``bench.audit.worst_case``: its id reads
 ``model/worst-case/Linf/eps=8/255/defense/device/precision``). Both runs score the same images, so
 a rate change is judged as paired data: McNemar's exact test on the per-image outcomes (right in
 one run, wrong in the other) gives its p-value. A rate regresses when it moves the bad way, its
@@ -50,9 +50,9 @@ from typing import Any
 
 import pandas as pd
 
-from bench import worst_case
+from bench.audit import worst_case
+from bench.audit.stats import format_p, paired
 from bench.results import RUN_FILE, TABLE_FILE, TABLE_KEYS, load_run, read_json, read_table
-from bench.stats import format_p, paired
 
 # rate → +1 when higher is better for the defender, -1 when higher is worse
 RATES = {"clean_acc": +1, "robust_acc": +1, "attack_success_rate": -1, "targeted_success_rate": -1}
@@ -106,7 +106,7 @@ def _folder(path: str | Path) -> Path:
 
 
 def _outcomes(path: str | Path, df: pd.DataFrame) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
-    """Per-image outcomes of a run (:func:`bench.worst_case.per_image`, its cells' and worst cases'),
+    """Per-image outcomes of a run (:func:`bench.audit.worst_case.per_image`, its cells' and worst cases'),
     and its worst cases shaped as cells; nothing for a bare .parquet (only a run folder's own table,
     or a copy named as one, has its predictions beside it)."""
     if not (Path(path).is_dir() or Path(path).name == TABLE_FILE):

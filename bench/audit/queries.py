@@ -14,7 +14,7 @@ passes goes through :class:`QueryLog`, which writes down, per image of the batch
 
 Query rows are matched to the batch's images by position when the attack queries the whole batch,
 else (an attack that queries the images still standing, or one at a time) by distance: the image
-whose budget ball holds the query. The indicators of attack failure (:mod:`bench.indicators`) are
+whose budget ball holds the query. The indicators of attack failure (:mod:`bench.audit.indicators`) are
 judged from these records.
 """
 

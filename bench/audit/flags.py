@@ -4,7 +4,7 @@ Each flag names what it suspects and what to try. Most are indicators of attack 
 al. 2022; AutoAttack's ``checks.py``): they say the attack did not find what it should have, so the
 robust accuracy is too high, and they make the row's ``verdict`` ``unreliable``. A few are notes
 about the setting (a defense that breaks the classifier itself) that do not. How each indicator is
-judged, with its thresholds, is in :mod:`bench.indicators`.
+judged, with its thresholds, is in :mod:`bench.audit.indicators`.
 
 Per-cell flags are raised while a cell runs; cross-cell flags (``eps-rise``, ``adaptive-weaker``,
 ``black-box-stronger``, ``implementations-disagree``) once every row is in.
@@ -155,7 +155,7 @@ def cross_cell_flags(df: pd.DataFrame, predictions: pd.DataFrame | None = None, 
             out.setdefault(cell_id, []).append("black-box-stronger")
             evidence.setdefault(cell_id, {})["black_box_only_images"] = images
     if predictions is not None and not predictions.empty:
-        from bench.crosscheck import comparisons, disagreements
+        from bench.audit.crosscheck import comparisons, disagreements
 
         table = comparisons(df, predictions)  # through a randomized defense each cell's draws differ: no verdict there
         for cell_id, pairs in disagreements(table[~table["defense"].isin(list(randomized))]).items():

@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from bench.stats import mcnemar
+from bench.audit.stats import mcnemar
 
 DISAGREE_P = 0.01  # McNemar's exact p below this: the two implementations break different images, clearly
 GROUP = ["model", "defense", "eval_mode", "device", "precision"]

@@ -10,7 +10,7 @@ edges). A change makes its neighbours candidates too; of each stretch of candida
 largest effect on the windows' means is kept.
 
 - **Rates** (robust accuracy per cell: model, attack, ε, defense, mode, device, precision; and each
-  worst case over all attacks, ``bench.worst_case``): every run scores the same images, so a step is
+  worst case over all attacks, ``bench.audit.worst_case``): every run scores the same images, so a step is
   judged on paired data. Each window's per-image outcome is the majority over its runs; a step at k
   when McNemar's exact test between the two windows' outcomes gives p < :data:`ALPHA`. Where a run
   of the windows has no per-image predictions (older runs), the rule falls back to the medians of
@@ -19,7 +19,7 @@ largest effect on the windows' means is kept.
   ``bench compare`` groups cells (and per device name, so a new GPU is a new series): a drop at k
   when, per cell, the median of the window from k over the median of the window before is below the
   ratio of ``bench compare``'s noise rule for at least its share of the cells
-  (:data:`bench.compare.THROUGHPUT_RULES`; cells timed under ``min_seconds`` left out). Drops only:
+  (:data:`bench.reporting.compare.THROUGHPUT_RULES`; cells timed under ``min_seconds`` left out). Drops only:
   a recovery is not a regression.
 - A change of the suite's digest splits every series: numbers across a suite change are not
   comparable, so no change is looked for across it, and the plots break there. A cell missing from
@@ -42,12 +42,12 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
-from bench import worst_case
-from bench.compare import THROUGHPUT_RULES
 from bench import files
+from bench.audit import worst_case
+from bench.audit.stats import format_p, paired, wilson
+from bench.reporting.compare import THROUGHPUT_RULES
 from bench.results import RUN_FILE, RunFolderError, load_run, read_json
 from bench.specs import format_eps
-from bench.stats import format_p, paired, wilson
 
 ALPHA = 0.05  # significance of a rate step (McNemar's exact test on the windows' per-image outcomes)
 MIN_SIDE = 3  # runs (with data) on each side of a change point: their median outvotes one odd run, first, last or anywhere

@@ -33,7 +33,7 @@ import pandas as pd
 
 from bench.results import WORST_CASE_FILE, WORST_CASE_IMAGES_FILE, load_predictions, read_table, write_table
 from bench.specs import format_eps
-from bench.stats import wilson
+from bench.audit.stats import wilson
 
 GROUP = ["model", "defense", "device", "precision", "norm"]
 MODE_ORDER = {"oblivious": 0, "adaptive-bpda": 1, "adaptive-diff": 2}

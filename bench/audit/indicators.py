@@ -2,9 +2,9 @@
 
 After Pintor et al. 2022 ("Indicators of Attack Failure") and AutoAttack's ``checks.py``. Each
 function here judges one indicator from what the harness saw (the attack's queries, recorded by
-:class:`bench.queries.QueryLog`; the model's outputs; the per-image predictions) and returns the
+:class:`bench.audit.queries.QueryLog`; the model's outputs; the per-image predictions) and returns the
 evidence, so a row can say how many images an indicator concerns. What each indicator suspects and
-what to try is in :mod:`bench.flags`; the thresholds are here, named:
+what to try is in :mod:`bench.audit.flags`; the thresholds are here, named:
 
 - an indicator that counts images fires when it concerns at least :data:`MIN_SHARE` of the cell's
   images and at least one;
@@ -34,8 +34,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bench.queries import QueryLog, margins
-from bench.stats import wilson
+from bench.audit.queries import QueryLog, margins
+from bench.audit.stats import wilson
 
 MIN_SHARE = 0.01
 LAST_STEPS = 0.10
