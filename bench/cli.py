@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import logging
 import signal
 import sys
@@ -199,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "perf":
             return _perf(args)
         if args.command == "compare":
-            return _compare(args)
+            return _reading(args, _compare)
         if args.command == "data":
             return _data(args)
         if args.command == "train":
@@ -207,16 +208,32 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "models":
             return _models(args)
         if args.command == "history":
-            return _history(args)
+            return _reading(args, _history)
         if args.command == "robustbench":
             return _robustbench(args, console)
-        return _report(args)
+        return _reading(args, _report)
     except KeyboardInterrupt:
         log.warning("interrupted: finished cells are kept")
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # output piped into `head` and the like
         sys.stderr.close()
         return EXIT_OK
+
+
+def _reading(args: argparse.Namespace, command) -> int:
+    """``bench report``, ``compare`` and ``history`` read run folders that may be damaged in ways no check foresaw (a
+    run.json with a doctored value deep inside): one line and exit 2 (bad input) rather than a traceback, which
+    ``-v`` shows. ``compare``'s exit 1 stays what it says: a regression."""
+    try:
+        return command(args)
+    except Exception as exc:
+        if args.verbose:
+            raise
+        text = str(exc).strip().splitlines()
+        print(f"error: bench {args.command}: cannot read the run folder(s) it was given ({type(exc).__name__}: "
+              f"{text[0][:200] if text else ''}); a damaged run.json or table? `bench -v {args.command} …` shows where",
+              file=sys.stderr)
+        return EXIT_BAD_INPUT
 
 
 def _run(args: argparse.Namespace, console: Console) -> int:
@@ -343,8 +360,17 @@ def _perf(args: argparse.Namespace) -> int:
     if problems:
         print("error: " + "; ".join(problems), file=sys.stderr)
         return EXIT_BAD_INPUT
-    path, text = run_perf(args.device, args.model, batch, args.steps, eps, args.precision, args.compile, repeats,
-                          args.image_size, args.reports_dir)
+    from bench.files import LinkError
+
+    try:
+        path, text = run_perf(args.device, args.model, batch, args.steps, eps, args.precision, args.compile, repeats,
+                              args.image_size, args.reports_dir)
+    except LinkError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as exc:  # a full disk writing the report: one line naming the file
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED_CELLS
     print(text)
     print(f"report: {path}")
     return EXIT_OK
@@ -578,11 +604,16 @@ def _history(args: argparse.Namespace) -> int:
     except HistoryError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    from bench.files import LinkError
+
     try:
         path = write_history(runs, args.out or Path("reports") / name)
-    except OSError as exc:  # an output folder that cannot be written, a link where a file goes
+    except LinkError as exc:  # a link where a file goes: nothing written
         print(f"error: cannot write the history: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except OSError as exc:  # a full disk, a folder that cannot be written
+        print(f"error: cannot write the history: {exc}", file=sys.stderr)
+        return EXIT_FAILED_CELLS
     print(f"history of {len(runs)} run(s): {path}")
     return EXIT_OK
 
@@ -592,7 +623,7 @@ def _report(args: argparse.Namespace) -> int:
     from bench.reporting.report import write_report
     from bench.results import RUN_FILE
 
-    if not (args.run_dir / RUN_FILE).is_file():
+    if not os.path.lexists(args.run_dir / RUN_FILE):  # there but not a regular file: read_json says what it is
         print(f"error: {args.run_dir}: not a run folder (no {RUN_FILE})", file=sys.stderr)
         return EXIT_BAD_INPUT
     try:

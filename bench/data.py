@@ -20,7 +20,7 @@ from typing import Callable
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torchvision.transforms.v2 import functional as TF
 
 from bench import data_hf, data_torchvision
@@ -30,6 +30,7 @@ from bench.specs import DEFAULT_MAX_PIXELS, DataSpec, Preprocess
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+IMAGE_FORMATS = ("PNG", "JPEG", "MPO", "BMP", "GIF", "WEBP", "TIFF")  # PIL's names; MPO: a phone's multi-picture JPEG
 
 
 class DataError(ValueError):
@@ -64,7 +65,7 @@ class SkipImage(ValueError):
     """One image that is not decoded (the reason says why); the data set goes on without it."""
 
 
-def open_image(source, max_pixels: int = DEFAULT_MAX_PIXELS, name: str | Path | None = None) -> torch.Tensor:
+def open_image(source, max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
     """One image file (a path or a file object) decoded as uint8 (3, H, W). Refused before any pixel
     is decoded: a path that is not a regular file (a FIFO would block the run for ever, a device
     never ends) and an image over ``max_pixels`` (a 12,000 × 12,000 PNG of 420 KB decodes into
@@ -78,7 +79,11 @@ def open_image(source, max_pixels: int = DEFAULT_MAX_PIXELS, name: str | Path | 
             raise SkipImage("not a regular file (a FIFO, a device or a folder): not read")
     with warnings.catch_warnings():  # PIL's DecompressionBombWarning: the budget below decides, in one line
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        im = Image.open(source)
+        Image.init()  # PIL registers its plugins (MPO, WEBP, TIFF …) lazily; open() with formats needs them
+        try:  # only formats whose header gives the size before any pixel is decoded (ICO, ICNS decode on open)
+            im = Image.open(source, formats=[f for f in IMAGE_FORMATS if f in Image.OPEN])
+        except UnidentifiedImageError:
+            raise SkipImage(f"not an image in a format bench reads ({', '.join(IMAGE_FORMATS)}): not decoded") from None
     with im:
         w, h = im.size
         if w * h > max_pixels:
@@ -97,7 +102,7 @@ def prepare(image: torch.Tensor, pre: "Preprocess | int", max_pixels: int = DEFA
     resized = pre.resize * math.ceil(pre.resize * max(h, w) / max(min(h, w), 1))
     if resized > max_pixels:
         raise SkipImage(f"{w}×{h}: resized to {pre.resize} px on its shorter side it would be {resized / 1e6:.1f} M pixels, "
-                        f"over the budget of {max_pixels / 1e6:g} M (data.max_pixels): not decoded")
+                        f"over the budget of {max_pixels / 1e6:g} M (data.max_pixels): not resized")
     mode = TF.InterpolationMode(pre.interpolation)
     image = TF.resize(image, pre.resize, interpolation=mode, antialias=True)
     return TF.center_crop(image, [pre.input_size, pre.input_size]).contiguous()

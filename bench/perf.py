@@ -120,6 +120,10 @@ def run_perf(device: str = "cpu", arch: str = "resnet18", batch: int = 16, steps
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError("--device cuda: CUDA is not available on this machine")
     precision = precision or ("bf16" if device.startswith("cuda") else "fp32")
+    dev_name = device_name(device)
+    # reports/perf/<device>.md for the default model; other models get their own file beside it
+    out = Path(reports_dir) / "perf" / (f"{_slug(dev_name)}.md" if arch == "resnet18" else f"{_slug(dev_name)}-{re.sub(r'[^A-Za-z0-9_.-]+', '-', arch).strip('-')}.md")
+    files.check_target(out)  # a link there is refused before minutes of measuring, not after
     spec = from_name(arch, input_size=image_size)  # any source; its own input size unless --image-size
     image_size = spec.input_size
     weights_note = f"{spec.weights} weights" if spec.weights else "random init: no pretrained weights asked for or known"
@@ -148,10 +152,7 @@ def run_perf(device: str = "cpu", arch: str = "resnet18", batch: int = 16, steps
             rows.append(_measure(name, levers, prec, base, reference, x, y, eps, steps, repeats, device))
         _free(device)  # the next configuration's peak memory starts from what this one leaves
 
-    dev_name = device_name(device)
     text = render(rows, dev_name, device, arch, weights_note, trained, batch, steps, eps, image_size, repeats, flops)
-    # reports/perf/<device>.md for the default model; other models get their own file beside it
-    out = Path(reports_dir) / "perf" / (f"{_slug(dev_name)}.md" if arch == "resnet18" else f"{_slug(dev_name)}-{re.sub(r'[^A-Za-z0-9_.-]+', '-', arch).strip('-')}.md")
     out.parent.mkdir(parents=True, exist_ok=True)
     files.write_atomic(out, text.encode())
     return out, text

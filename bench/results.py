@@ -7,6 +7,7 @@ import functools
 import json
 import os
 import platform
+import stat
 import subprocess
 from pathlib import Path
 from typing import Any, Iterable
@@ -129,8 +130,7 @@ def predictions_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
                                        "distance": pred.get("distance") or [float("nan")] * len(labels),
                                        "broken_by": pred.get("broken_by") or [None] * len(labels),
                                        "reached": pred.get("reached") or [None] * len(labels)}))
-    columns = {"cell_id": "string", "image": "int64", "label": "int64", "clean_pred": "int64", "robust_pred": "int64",
-               "robust_all": "bool", "attacked": "bool", "distance": "float64", "broken_by": "string", "reached": "boolean"}
+    columns = PREDICTION_COLUMNS
     if not parts:
         return pd.DataFrame({c: pd.Series(dtype=t) for c, t in columns.items()})
     return pd.concat(parts, ignore_index=True).astype(columns)
@@ -164,8 +164,9 @@ def read_rows(run_dir: Path) -> list[dict[str, Any]]:
     """The rows of a run's row log; lines that are not a row (cut off by a crash mid-write, or
     damaged) are left out: that cell simply has no row, and a resume runs it again."""
     path = Path(run_dir) / ROWS_FILE
-    if not path.exists():
+    if not os.path.lexists(path):
         return []
+    _regular(path)
     try:
         text = path.read_text(encoding="utf-8", errors="replace")
     except OSError as exc:
@@ -203,9 +204,33 @@ class RunFolderError(ValueError):
         self.path = Path(path)
 
 
+# run.json's keys that readers use, and the JSON types each must have (a key may be missing: older runs)
+RUN_SCHEMA: dict[str, tuple[type, ...]] = {
+    "suite": (str,), "run_id": (str,), "suite_digest": (str,), "status": (str,), "suite_file": (str, type(None)),
+    "resolved_suite": (dict,), "dataset": (dict,), "datasets": (dict,), "environment": (dict,), "cells": (int,),
+    "wall_seconds": (int, float), "started_at": (str,), "finished_at": (str,), "error": (str,), "resumed_at": (list,),
+    "executor": (dict, str), "earlier_executors": (list,)}
+MAX_JSON_BYTES = 256 * 2**20  # a run.json is kilobytes to a few megabytes (image ids); more is not a run.json
+
+
+def _regular(path: Path) -> int:
+    """The file's size; :class:`RunFolderError` for anything but a regular file (a FIFO would block the reader
+    for ever, /dev/zero never ends)."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise RunFolderError(path, f"cannot be read ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise RunFolderError(path, "is not a regular file (a FIFO, a device or a folder): not read")
+    return st.st_size
+
+
 def read_json(path: str | Path) -> dict[str, Any]:
-    """A run.json (a JSON object), or :class:`RunFolderError` naming the file."""
+    """A run.json: a JSON object whose known keys (:data:`RUN_SCHEMA`) have their types, or
+    :class:`RunFolderError` naming the file (and the key)."""
     path = Path(path)
+    if _regular(path) > MAX_JSON_BYTES:
+        raise RunFolderError(path, f"is over {MAX_JSON_BYTES // 2**20} MB: not a run.json")
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
@@ -214,12 +239,22 @@ def read_json(path: str | Path) -> dict[str, Any]:
         raise RunFolderError(path, f"is not valid JSON ({_first_line(exc)})") from None
     if not isinstance(meta, dict):
         raise RunFolderError(path, f"must hold a JSON object, got {type(meta).__name__}")
+    for key, types in RUN_SCHEMA.items():
+        if key not in ("suite", "run_id"):
+            types = (*types, type(None))  # a sparse run.json (null where a run wrote nothing) reads as missing
+        if key in meta and (not isinstance(meta[key], types) or isinstance(meta[key], bool)):
+            allowed = " or ".join({str: "a string", dict: "an object", list: "a list", int: "an integer", float: "a number",
+                                   type(None): "null"}[t] for t in types)
+            raise RunFolderError(path, f"{key} must be {allowed}, got {type(meta[key]).__name__} {str(meta[key])[:40]!r}")
     return meta
 
 
-def read_table(path: str | Path, needs: tuple[str, ...] = ()) -> pd.DataFrame:
-    """A Parquet table of a run folder, or :class:`RunFolderError` naming the file."""
+def read_table(path: str | Path, schema: dict[str, str] | None = None, needs: tuple[str, ...] = ()) -> pd.DataFrame:
+    """A Parquet table of a run folder, conformed to ``schema`` (column → pandas dtype): ``needs`` must be there,
+    a column of the schema that is there must hold its kind of values (text, numbers, true/false), and one that
+    is missing (a run older than it) is added empty. :class:`RunFolderError` naming the file otherwise."""
     path = Path(path)
+    _regular(path)
     try:
         df = pd.read_parquet(path)
     except Exception as exc:  # pyarrow's ArrowInvalid, OSError and friends: a truncated or foreign file
@@ -227,6 +262,21 @@ def read_table(path: str | Path, needs: tuple[str, ...] = ()) -> pd.DataFrame:
     missing = [c for c in needs if c not in df.columns]
     if missing:
         raise RunFolderError(path, f"is not a bench table: it lacks the column(s) {', '.join(missing)}")
+    for column, dtype in (schema or {}).items():
+        if column not in df.columns:
+            df[column] = pd.Series([None] * len(df), index=df.index, dtype="object").astype(dtype)
+            continue
+        values = df[column]
+        if values.isna().all():
+            continue
+        if dtype == "string":
+            ok = pd.api.types.is_string_dtype(values) and values.dropna().map(lambda v: isinstance(v, str)).all()
+        elif dtype in ("bool", "boolean"):
+            ok = pd.api.types.is_bool_dtype(values)
+        else:
+            ok = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
+        if not ok:
+            raise RunFolderError(path, f"its column {column} holds {values.dtype} values, not {dtype}")
     return df
 
 
@@ -237,7 +287,8 @@ def _first_line(exc: BaseException, path: Path | None = None) -> str:
     return line.split(". ")[0].rstrip(".")[:200]  # its first sentence: "… magic bytes not found in footer"
 
 
-TABLE_KEYS = ("cell_id", "status")  # without these a table is not a results table
+# Without these a table is not a results table (every run since the first has had them)
+TABLE_KEYS = ("cell_id", "status", "model", "attack", "defense", "eval_mode", "device", "precision")
 
 
 def load_run(run_dir: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
@@ -246,16 +297,18 @@ def load_run(run_dir: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     run_dir = Path(run_dir)
     meta = read_json(run_dir / RUN_FILE)
     table = run_dir / TABLE_FILE
-    df = read_table(table, TABLE_KEYS) if table.exists() else to_frame(read_rows(run_dir))
+    df = read_table(table, COLUMNS, TABLE_KEYS) if table.exists() else to_frame(read_rows(run_dir))
     return df, meta
 
 
 PREDICTION_KEYS = ("cell_id", "image", "label", "clean_pred", "robust_pred")
+PREDICTION_COLUMNS = {"cell_id": "string", "image": "int64", "label": "int64", "clean_pred": "int64", "robust_pred": "int64",
+                      "robust_all": "bool", "attacked": "bool", "distance": "float64", "broken_by": "string", "reached": "boolean"}
 
 
 def load_predictions(run_dir: Path) -> pd.DataFrame | None:
     path = Path(run_dir) / PREDICTIONS_FILE
-    return read_table(path, PREDICTION_KEYS) if path.exists() else None
+    return read_table(path, PREDICTION_COLUMNS, PREDICTION_KEYS) if path.exists() else None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -47,8 +47,11 @@ class RunLock:
                     raise RunLocked(f"{self.path.parent}: another process is writing this run ({_read_holder(fd)}); "
                                     "wait for it to finish or stop it, then --resume") from None
             info = json.dumps(_holder()).encode()
-            os.pwrite(fd, info, 0)
-            os.ftruncate(fd, len(info))  # written first, then cut: a reader never sees an empty file
+            try:
+                os.pwrite(fd, info, 0)
+                os.ftruncate(fd, len(info))  # written first, then cut: a reader never sees an empty file
+            except OSError as exc:  # a full disk: one line naming the file and the errno
+                raise files.WriteError(self.path, exc) from None
         except BaseException:
             os.close(fd)
             raise

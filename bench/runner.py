@@ -126,15 +126,19 @@ class RunError(RuntimeError):
     """The run itself stopped (its results folder could not be written, say): not a cell's
     problem. Rows that landed are kept; run.json says ``status: error`` and why."""
 
-    def __init__(self, run_dir: Path, reason: str):
-        super().__init__(f"the run stopped: {reason}; the rows that finished are kept in {run_dir} "
-                         "(--resume finishes it once the cause is fixed)")
+    def __init__(self, run_dir: Path, reason: str, resumable: bool = True):
+        super().__init__(f"the run stopped: {reason}; " + (
+            f"the rows that finished are kept in {run_dir} (--resume finishes it once the cause is fixed)" if resumable
+            else "nothing was run or kept: run it again once the cause is fixed"))
         self.run_dir, self.reason = run_dir, reason
 
 
 def _check_targets(run_dir: Path | None, reports_dir: Path, run_id: str | None) -> None:
     """Every file the run will write, checked before anything is written: a symbolic link (or a FIFO,
     a folder …) where a file goes is a :class:`bench.files.LinkError`."""
+    for folder in (reports_dir, run_dir.parent if run_dir is not None else None):
+        if folder is not None and folder.is_symlink():  # a dangling one would fail only after every cell ran
+            raise files.LinkError(folder, "is a symbolic link; bench never writes through a link (remove it and run again)")
     targets = [run_dir / name for name in RUN_FOLDER_FILES] if run_dir is not None else []
     targets.append(reports_dir / "latest.md")
     if reports_dir.is_dir():
@@ -147,10 +151,20 @@ def _check_targets(run_dir: Path | None, reports_dir: Path, run_id: str | None) 
 
 def _reason(exc: BaseException) -> str:
     """One line for run.json and the terminal: a write error says file and errno itself."""
-    if isinstance(exc, OSError) and isinstance(exc, files.WriteError):
+    if isinstance(exc, files.WriteError):
         return str(exc)
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+
+
+def _remove_stub(run_dir: Path) -> None:
+    """A new run folder that never got its run.json (a full disk at its first write): its lock file and the
+    folder go, so no empty run is left for --resume or history to trip on."""
+    for path in (run_dir / LOCK_FILE, run_dir):
+        try:
+            path.rmdir() if path.is_dir() else path.unlink()
+        except OSError:
+            pass
 
 
 def latest_run(results_root: str | Path, suite_name: str) -> Path | None:
@@ -215,11 +229,17 @@ def run_suite(
                 raise ResumeError(f"{run_dir}: not a run folder (no {RUN_FILE})")
             try:
                 _check_targets(run_dir, Path(reports_root) / suite.name, run_dir.name)
+            except files.LinkError as exc:
+                raise ResumeError(f"cannot resume: {exc}") from None
+            _resumed(run_dir, suite, retry_failed)  # a damaged or changed run.json refused before the lock is written
+            try:
                 cleanup.callback(RunLock(run_dir).acquire().release)
             except RunLocked as exc:
                 raise ResumeError(str(exc)) from None
             except files.LinkError as exc:
                 raise ResumeError(f"cannot resume: {exc}") from None
+            except files.WriteError as exc:  # a full disk: as any write of the run, one line and exit 1
+                raise RunError(run_dir, _reason(exc)) from None
             except OSError as exc:  # a read-only folder, a lock file of another user
                 raise ResumeError(f"{run_dir}: cannot lock it to write ({exc})") from None
             meta, done_rows, retry_rows = _resumed(run_dir, suite, retry_failed)
@@ -228,17 +248,19 @@ def run_suite(
         cleanup.callback(executor.close)  # also after a start() that failed half-way
         executor.start()  # ExecutorError (no Ray, no cluster) before a new run folder exists
         if resume is None:
-            _check_targets(None, Path(reports_root) / suite.name, None)  # LinkError: bad input, nothing written
             run_id = new_run_id()
             run_dir = Path(results_root) / suite.name / run_id
+            _check_targets(run_dir, Path(reports_root) / suite.name, None)  # LinkError: bad input, nothing written
             try:
                 run_dir.mkdir(parents=True, exist_ok=False)
             except OSError as exc:
-                raise RunError(run_dir, f"cannot create the run folder ({exc})") from None
+                raise RunError(run_dir, f"cannot create the run folder ({exc})", resumable=False) from None
             try:
                 cleanup.callback(RunLock(run_dir).acquire().release)
-            except OSError as exc:  # flock unsupported on this file system (some network mounts)
-                raise RunError(run_dir, f"cannot lock the run folder ({exc})") from None
+            except OSError as exc:  # a full disk; flock unsupported on this file system (some network mounts)
+                _remove_stub(run_dir)
+                raise RunError(run_dir, _reason(exc) if isinstance(exc, files.WriteError) else
+                               f"cannot lock the run folder ({exc})", resumable=False) from None
             meta = {
                 "suite": suite.name,
                 "run_id": run_id,
@@ -260,7 +282,10 @@ def run_suite(
         try:
             write_json(meta, run_dir / RUN_FILE, reserve=RUN_FILE_RESERVE)
         except OSError as exc:
-            raise RunError(run_dir, _reason(exc)) from None
+            if resume is None:  # no run.json yet: nothing a resume could pick up
+                cleanup.close()
+                _remove_stub(run_dir)
+            raise RunError(run_dir, _reason(exc), resumable=resume is not None) from None
         return _execute(suite, cells, done_rows, retry_rows, datasets, run_dir, meta, executor, progress, stop, reports_root)
 
 

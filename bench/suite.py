@@ -518,6 +518,12 @@ class _Validator:
             raise self.fail(f"{key}.checkpoint", "give either weights or checkpoint, not both")
         if spec.num_classes < self.num_labels:
             raise self.fail(f"{key}.num_classes", f"model {name!r} has {spec.num_classes} classes but the data has labels up to {self.num_labels - 1}")
+        resized = spec.preprocess.resize ** 2  # the smallest copy an image is resized to before its crop
+        if resized > model_data.pixel_budget:  # every image would be skipped: say so now, naming both sides
+            which = "data.max_pixels" if model_data.max_pixels else f"{key}.crop_pct" if "crop_pct" in item else f"{key}.input_size"
+            raise self.fail(which, f"model {name!r} resizes images to at least {spec.preprocess.resize}×{spec.preprocess.resize} "
+                                   f"= {resized / 1e6:.1f} M pixels before its crop, over the data's pixel budget of "
+                                   f"{model_data.pixel_budget / 1e6:g} M (data.max_pixels); raise max_pixels or crop_pct")
         try:  # shape problems surface here, before anything runs (and in --dry-run)
             sources.probe(spec)
         except model_registry.ProbeError as exc:

@@ -304,7 +304,11 @@ def no_code(names: dict[str, str] | None = None) -> Iterator[Guard]:
     ``torch._C._pickle_load_obj`` raise; ``sympy.sympify`` takes only plain symbolic shape
     expressions; FX graph nodes take only plain names (they are written into Python code); no
     AOTInductor library is loaded. What it stops is recorded in the :class:`Guard` it yields (and
-    raised as an exception torch does not catch). Everything is put back when the last guard closes."""
+    raised as an exception torch does not catch). Everything is put back when the last guard closes.
+
+    The patches are module attributes, so they are process-wide while a guard is open; each replacement
+    acts only in a thread that holds a guard and defers to the original everywhere else, so another
+    thread loading at the same time sees torch and pickle as they are."""
     guard = Guard(names)
     me = threading.get_ident()
     with _LOCK:
@@ -338,10 +342,14 @@ _SYM_TOKEN = re.compile(r"""(?P<space>\s+)|(?P<str>'[^'\\]*'|"[^"\\]*")
 _SYM_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?(?:inf|nan)")
 _SYM_SYMBOL = re.compile(r"[a-z]+\d+")  # s0, s77, u3, zuf0 …: torch's shape symbols
 _SYM_STRING_ARG = {"Symbol": "symbol", "Dummy": "symbol", "Float": "number", "Integer": "number", "Rational": "number"}
-_SYM_CORE = ("Symbol Dummy Integer Float Rational Add Mul Pow Mod Max Min Abs floor ceiling sqrt exp log Eq Ne Lt Le Gt "
+_SYM_CORE = ("Symbol Dummy Integer Float Rational Add Mul Mod Max Min Abs floor ceiling sqrt exp log Eq Ne Lt Le Gt "
              "Ge Equality Unequality StrictLessThan StrictGreaterThan LessThan GreaterThan And Or Not Xor ITE Piecewise "
              "ExprCondPair Tuple true false True False None oo zoo nan pi E I IntInfinity NegativeIntInfinity")
 _SYM_NAMES: set[str] | None = None
+# Functions whose value grows without bound in their argument (PowByNatural(2, 10**12), LShift(1, …)): evaluating
+# one hangs the load, so a shape expression may raise to small literal powers only (MAX_EXPONENT, no towers).
+_UNBOUNDED = re.compile(r"pow|shift|factorial|binomial", re.I)
+MAX_EXPONENT, MAX_DIGITS = 64, 19  # 19: int64's largest value, which torch writes as a bound
 
 
 def _sympy_names() -> set[str]:
@@ -352,7 +360,8 @@ def _sympy_names() -> set[str]:
             import sympy
             import torch.utils._sympy.functions as functions
 
-            names |= {n for n, v in vars(functions).items() if isinstance(v, type) and issubclass(v, sympy.Basic)}
+            names |= {n for n, v in vars(functions).items() if isinstance(v, type) and issubclass(v, sympy.Basic)
+                      and not _UNBOUNDED.search(n)}
         except ImportError:
             pass
         _SYM_NAMES = names
@@ -391,9 +400,15 @@ def sympy_problem(text: str) -> str | None:
                   if _SYM_STRING_ARG[callee] == "symbol" else _SYM_NUMBER.fullmatch(inner))
             if not ok:
                 return f"the string {_show(inner)} is not a symbol name or a number"
+        elif kind == "num" and len(value.split(".")[0].split("e")[0].split("E")[0]) > MAX_DIGITS:
+            return f"it holds a number of more than {MAX_DIGITS} digits"
         elif kind == "op":
             if value == "(" and before[0] in ("str", "num") or value == "(" and before == ("op", ")"):
                 return "it calls something other than a named math function"
+            if value == "**":
+                after2 = tokens[i + 2] if i + 2 < len(tokens) else ("", "")
+                if after[0] != "num" or not after[1].isdigit() or int(after[1]) > MAX_EXPONENT or after2 == ("op", "**"):
+                    return f"it raises to a power other than a literal up to {MAX_EXPONENT}"
             if value == "=" and not (before[0] == "name" and after[0] in ("name", "num", "str", "op")):
                 return "it assigns"
     return None
@@ -414,6 +429,8 @@ _NAME_KEYS = {"name", "as_name"}  # node, input, output and argument names: plac
 _PATH_KEYS = {"parameter_name", "buffer_name", "tensor_constant_name", "custom_obj_name", "fqn", "forward_arg_names",
               "target", "class_fqn"}  # get_attr targets (dotted), operator names
 _LINE_BREAKS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")  # \r ends a comment in generated code
+# (\n itself passes: FX writes node names into code only after cleaning them to identifiers, and the name
+# checks below refuse anything else that reaches generated code.)
 
 
 def _program_refusal(path, kind: str, entry: str, detail: str = "") -> UnsafeFile:
@@ -530,12 +547,40 @@ def scan_exported_program(path: str | Path, data: bytes) -> dict[str, str]:
     return names
 
 
-def _check_program(path, program) -> None:
-    """After loading: every operator the graphs call is a torch operator (what they run when bench
-    runs the program), and every name bench's own ``.module()`` writes into code is plain."""
+# Operators a program may call: tensor arithmetic. Other namespaces hold operators with effects outside the
+# tensors (torchvision's image::write_file writes any file; profiler::, c10d:: …), and a few aten operators
+# read, write or print files (aten::from_file maps a file shared, so a later fill_ writes into it).
+OPERATOR_NAMESPACES = ("aten", "prims")
+REFUSED_ATEN = {"from_file", "save", "_print", "warn"}
+HIGHER_ORDER_OPS = {"cond", "while_loop", "map_impl", "scan", "wrap_with_set_grad_enabled", "wrap_with_autocast",
+                    "auto_functionalized", "auto_functionalized_v2", "invoke_subgraph", "associative_scan"}
+
+
+def _operator_problem(target: Any) -> str | None:
+    """Why a graph node's operator must not run on data from a file (None when it is plain tensor arithmetic)."""
     import torch
 
-    allowed = (torch._ops.OpOverload, torch._ops.OpOverloadPacket, torch._ops.HigherOrderOperator)
+    if isinstance(target, (torch._ops.OpOverload, torch._ops.OpOverloadPacket)):
+        namespace = getattr(target, "namespace", None) or str(target).split(".", 1)[0]
+        name = target._schema.name.split("::", 1)[-1] if hasattr(target, "_schema") else str(target).split(".")[1]
+        if namespace not in OPERATOR_NAMESPACES:
+            return f"it calls {target}, outside torch's tensor operators ({', '.join(OPERATOR_NAMESPACES)})"
+        schema = getattr(target, "_schema", None)
+        if name in REFUSED_ATEN or (schema is not None and any(a.name in ("filename", "file", "path") for a in schema.arguments)):
+            return f"it calls {target}, which reads, writes or prints outside its tensors"
+        return None
+    if isinstance(target, torch._ops.HigherOrderOperator):
+        if target.name() not in HIGHER_ORDER_OPS:
+            return f"it calls the higher-order operator {target.name()}, which is not control flow over its own graphs"
+        return None
+    return f"it calls {_show(str(target))}, which is not a torch operator"
+
+
+def _check_program(path, program) -> None:
+    """After loading, before any of it runs: every operator the graphs call is plain tensor arithmetic
+    (:func:`_operator_problem`), and every name bench's own ``.module()`` writes into code is plain."""
+    import torch
+
     try:
         from torch._export.serde.serialize import _SYM_OPS
     except ImportError:
@@ -545,8 +590,11 @@ def _check_program(path, program) -> None:
         if not isinstance(module, torch.fx.GraphModule):
             continue
         for node in module.graph.nodes:
-            if node.op == "call_function" and not (isinstance(node.target, allowed) or node.target in builtins):
-                raise _program_refusal(path, "text", "its graph", f"it calls {_show(str(node.target))}, which is not a torch operator")
+            if node.op != "call_function" or node.target in builtins:
+                continue
+            problem = _operator_problem(node.target)
+            if problem:
+                raise _program_refusal(path, "text", "its graph", problem)
     signature = program.graph_signature
     for spec in list(signature.input_specs) + list(signature.output_specs):
         target = getattr(spec, "target", None)

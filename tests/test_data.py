@@ -179,3 +179,13 @@ def test_a_strip_whose_resized_copy_would_be_over_the_budget_is_skipped():
     with pytest.raises(SkipImage, match=r"20000×2: resized to 256 px on its shorter side it would be 655\.4 M pixels"):
         prepare(strip, Preprocess(224, 256), max_pixels=64_000_000)
     assert prepare(torch.zeros(3, 300, 400, dtype=torch.uint8), Preprocess(224, 256)).shape == (3, 224, 224)
+
+
+def test_formats_that_decode_when_opened_are_not_read_whatever_their_name(image_folder):
+    """An ICO (or ICNS) file decodes its embedded image when PIL opens it, before any size check could run."""
+    from PIL import Image
+
+    Image.new("RGB", (64, 64)).save(image_folder / "fake" / "icon.png", format="ICO")  # an ICO named like a PNG
+    ds = load_dataset(DataSpec("imagefolder", path=str(image_folder), image_size=32))
+    (path, why), = ds.skipped
+    assert path.endswith("icon.png") and why.startswith("not an image in a format bench reads (PNG, JPEG")

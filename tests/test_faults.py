@@ -282,3 +282,99 @@ def test_compare_still_exits_1_for_a_real_regression(cli, finished, tmp_path):
     df.to_parquet(worse / "results.parquet")
     code, _, err = cli("compare", str(finished), str(worse))
     assert code == 1, err
+
+
+# ---------------------------------------------------------------------------------------------
+# Damage of the wrong type: valid JSON and Parquet whose values are not what a run writes
+
+
+def _json_edit(key, value):
+    def doctor(run_dir: Path) -> str:
+        meta = json.loads((run_dir / "run.json").read_text())
+        meta[key] = value
+        (run_dir / "run.json").write_text(json.dumps(meta))
+        return "run.json"
+    return doctor
+
+
+def _table_edit(name, edit):
+    def doctor(run_dir: Path) -> str:
+        df = pd.read_parquet(run_dir / name)
+        edit(df).to_parquet(run_dir / name)
+        return name
+    return doctor
+
+
+TYPED = {
+    "digest-number": _json_edit("suite_digest", 5),
+    "environment-text": _json_edit("environment", "x"),
+    "resolved-suite-text": _json_edit("resolved_suite", "x"),
+    "wall-seconds-text": _json_edit("wall_seconds", "x"),
+    "suite-number": _json_edit("suite", 5),
+    "results-two-columns": _table_edit("results.parquet", lambda df: df[["cell_id", "status"]]),
+    "results-eps-text": _table_edit("results.parquet", lambda df: df.assign(eps="8/255")),
+    "results-model-number": _table_edit("results.parquet", lambda df: df.assign(model=3)),
+    "worst-case-one-column": _table_edit("worst_case.parquet", lambda df: df.iloc[:, :1]),
+    "worst-images-one-column": _table_edit("worst_case_images.parquet", lambda df: df.iloc[:, :1]),
+}
+
+
+@pytest.mark.parametrize("variant", list(TYPED))
+def test_values_of_the_wrong_type_are_one_line_exit_2_for_report_compare_history_and_resume(cli, suite, finished, tmp_path,
+                                                                                             variant):
+    baseline = tmp_path / "baseline"
+    shutil.copytree(finished, baseline)
+    name = TYPED[variant](baseline)
+    for args in (("compare", str(baseline), str(finished)), ("compare", str(finished), str(baseline)), ("report", str(baseline))):
+        code, _, err = cli(*args)
+        assert code == 2 and len(_errors(err)) == 1, (args, err)
+    damaged = finished.parent / "20000101T000000Z-0000"
+    shutil.copytree(baseline, damaged)
+    code, out, err = cli("history", "tiny")
+    _errors(err)  # no traceback
+    assert code == 0 and "history of 1 run(s)" in out
+    if name == "run.json":  # a resume reads run.json: refused, and the run left as it was
+        before = _snapshot(damaged)
+        code, _, err = cli("run", str(suite), "--no-progress", "--resume", str(damaged))
+        assert code == 2 and len(_errors(err)) == 1 and str(damaged / "run.json") in err[-1]
+        assert _snapshot(damaged) == before
+
+
+def test_a_fifo_or_a_device_in_a_run_folder_is_refused_not_read(cli, finished, tmp_path):
+    baseline = tmp_path / "baseline"
+    shutil.copytree(finished, baseline)
+    (baseline / "run.json").unlink()
+    os.mkfifo(baseline / "run.json")  # reading it would wait for a writer for ever
+    code, _, err = cli("compare", str(baseline), str(finished))
+    assert code == 2 and _errors(err) == [f"error: {baseline / 'run.json'}: is not a regular file (a FIFO, a device or a "
+                                          "folder): not read"]
+    (baseline / "run.json").unlink()
+    (baseline / "run.json").symlink_to("/dev/zero")  # reading it would never end
+    code, _, err = cli("report", str(baseline))
+    assert code == 2 and "is not a regular file" in _errors(err)[0]
+
+
+def test_a_hard_link_planted_in_a_run_folder_stops_resume_and_its_other_name_is_untouched(cli, suite, finished, tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"do not touch\n")
+    (finished / ".lock").unlink()
+    os.link(victim, finished / ".lock")
+    code, _, err = cli("run", str(suite), "--no-progress", "--resume", str(finished))
+    assert code == 2 and "has 2 hard links" in _errors(err)[0] and victim.read_bytes() == b"do not touch\n"
+
+
+def test_a_dangling_link_where_the_reports_go_stops_a_new_run_before_any_cell(cli, suite, tmp_path):
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "tiny").symlink_to(tmp_path / "nowhere")
+    code, _, err = cli("run", str(suite), "--no-progress")
+    assert code == 2 and "reports/tiny: is a symbolic link" in _errors(err)[0] and not (tmp_path / "results").exists()
+
+
+@needs_proc
+def test_a_disk_full_before_the_first_run_json_leaves_no_run_and_does_not_advise_a_resume(cli, suite, tmp_path, monkeypatch):
+    FullDisk(monkeypatch, after=0, where="run.json")
+    code, _, err = cli("run", str(suite), "--no-progress")
+    (line,) = _errors(err)
+    assert code == 1 and "run.json: cannot write: No space left on device (ENOSPC)" in line
+    assert "nothing was run or kept" in line and "--resume" not in line
+    assert list((tmp_path / "results" / "tiny").iterdir()) == []  # no stub a resume or history would trip on

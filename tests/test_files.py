@@ -120,3 +120,18 @@ def test_in_place_overwrite_fits_the_reserve_and_refuses_what_does_not(tmp_path)
     assert path.read_bytes() == b'{"status": "error"}'
     with pytest.raises(files.WriteError, match="does not fit in place"):
         files.overwrite_in_place(path, b"x" * 1000)
+
+
+@pytest.mark.parametrize("write", [
+    lambda p: files.write_atomic(p, b"overwritten"),
+    lambda p: files.AppendFile(p).append(b"appended"),
+    lambda p: files.open_fd(p, os.O_RDWR | os.O_CREAT),
+    lambda p: files.overwrite_in_place(p, b"x"),
+], ids=["atomic", "append", "open", "in-place"])
+def test_a_hard_link_where_bench_writes_is_refused_and_its_other_name_left_byte_identical(tmp_path, planted, write):
+    (tmp_path / "out").mkdir()
+    link = tmp_path / "out" / "rows.jsonl"
+    os.link(planted, link)
+    with pytest.raises(files.LinkError, match=r"rows.jsonl: has 2 hard links"):
+        write(link)
+    assert planted.read_bytes() == b"precious\n"

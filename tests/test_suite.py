@@ -90,6 +90,9 @@ BAD = [
     (lambda d: d["models"][0].update(crop_pct=1e-6), "models[0].crop_pct", "[0.25, 1]"),
     (lambda d: d["models"][0].update(input_size=4096, crop_pct=0.3), "models[0].crop_pct", "must be <= 8192"),
     (lambda d: d["data"].update(max_pixels=10), "data.max_pixels", "4096"),
+    # allowed one by one, but every image would be skipped: 8192² is over the default 64 M pixels
+    (lambda d: d["models"][0].update(input_size=4096, crop_pct=0.5), "models[0].crop_pct", "over the data's pixel budget"),
+    (lambda d: d["data"].update(max_pixels=5000), "data.max_pixels", "over the data's pixel budget"),
     (lambda d: d["data"].update(path="/no/such/folder"), "data.path", "not found"),
     (lambda d: d["data"].update(source="kaggle"), "data.source", "imagefolder"),
     (lambda d: d["data"].update(source="digit"), "data.source", "did you mean digits?"),

@@ -237,6 +237,17 @@ def test_shape_expressions_that_could_run_code_are_refused(text):
     assert untrusted.sympy_problem(text)
 
 
+@pytest.mark.parametrize("text", ["2**2**2**2**40", "Pow(10, 10**12)", "s0**(10**12)", "PowByNatural(2, 10**9)",
+                                  "LShift(1, 10**9)", "s0**s1", "1" * 25])
+def test_shape_expressions_that_would_never_finish_evaluating_are_refused(text):
+    """A tower of powers is a few characters and more digits than the machine has memory: the load would hang."""
+    assert untrusted.sympy_problem(text)
+
+
+def test_small_powers_and_int64_bounds_still_pass():
+    assert untrusted.sympy_problem("s0**2 + 9223372036854775807") is None
+
+
 def test_the_pre_2_8_layout_is_scanned_too(program, tmp_path, marker):
     path = tmp_path / "legacy.pt2"
     with zipfile.ZipFile(path, "w") as z:
@@ -533,3 +544,77 @@ def test_a_checkpoint_that_runs_code_never_runs_at_suite_load_or_in_a_run(tmp_pa
     assert not marker.exists()
     assert code == 0 and code_run == 1 and "Traceback" not in err and "\x1b" not in err
     assert f"{tmp_path / 'evil.pt'}: cannot be loaded safely as a state dict (Weights only load failed" in " ".join(err.split())
+
+
+# ---------------------------------------------------------------------------------------------
+# Operators with effects outside the tensors: no pickle, no text torch evaluates, yet the graph itself writes a
+# file when validation runs it forward (torchvision's image::write_file; aten::from_file maps a file shared)
+
+
+class WithBuffer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, CLASSES)
+        self.register_buffer("payload", torch.tensor(list(b"payload"), dtype=torch.uint8))
+
+    def forward(self, x):
+        return self.fc(x.mean((2, 3))) + torch.zeros(4, dtype=torch.uint8).float().sum() * 0 + self.payload.float().sum() * 0
+
+
+def _rewrite_node(program: Path, out: Path, edit) -> Path:
+    """The program with one node of its serialized graph rewritten by ``edit(node, graph)`` (which returns True once done)."""
+    zin, zout = zipfile.ZipFile(program), zipfile.ZipFile(out, "w")
+    for info in zin.infolist():
+        body = zin.read(info)
+        if info.filename.endswith("models/model.json"):
+            doc = json.loads(body)
+            graph = doc["graph_module"]["graph"]
+            assert any(edit(node, graph) for node in graph["nodes"]), "no node to rewrite"
+            body = json.dumps(doc).encode()
+        zout.writestr(info, body)
+    zout.close()
+    return out
+
+
+@pytest.fixture(scope="module")
+def with_buffer(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("ops") / "buffer.pt2"
+    ep = torch.export.export(WithBuffer().eval(), (torch.rand(2, 3, SIZE, SIZE),), dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
+    torch.export.save(ep, str(path))
+    return path
+
+
+def _write_file(marker: Path):
+    def edit(node, graph):
+        if "zeros" not in node["target"]:
+            return False
+        payload = next(i["as_tensor"]["name"] for i in graph["inputs"] if "as_tensor" in i and "payload" in i["as_tensor"]["name"])
+        node["target"] = "torch.ops.image.write_file.default"
+        node["inputs"] = [{"name": "filename", "arg": {"as_string": str(marker)}, "kind": 1},
+                          {"name": "data", "arg": {"as_tensor": {"name": payload}}, "kind": 1}]
+        return True
+    return edit
+
+
+def _from_file(marker: Path):
+    def edit(node, graph):
+        if node["target"] != "torch.ops.aten.zeros.default":
+            return False
+        node["target"] = "torch.ops.aten.from_file.default"
+        node["inputs"] = [{"name": "filename", "arg": {"as_string": str(marker)}, "kind": 1},
+                          {"name": "shared", "arg": {"as_bool": True}, "kind": 1},
+                          {"name": "size", "arg": {"as_int": 4}, "kind": 1},
+                          {"name": "dtype", "arg": {"as_scalar_type": 1}, "kind": 2}]
+        return True
+    return edit
+
+
+@pytest.mark.parametrize("edit, op", [(_write_file, "image.write_file"), (_from_file, "aten.from_file")])
+def test_a_program_whose_graph_writes_files_is_refused_before_it_runs(edit, op, with_buffer, data, tmp_path, marker):
+    pytest.importorskip("torchvision")
+    evil = _rewrite_node(with_buffer, tmp_path / "evil.pt2", edit(marker))
+    message = one_line(suite_error(suite_file(tmp_path, data, evil)), "models[0].file", evil.resolve())
+    assert op in message and not marker.exists()
+    with pytest.raises(CheckpointError):  # and a file changed after the suite was checked never builds either
+        exported_source.build(ModelSpec("m", str(evil), source="file", input_size=SIZE, num_classes=CLASSES))
+    assert not marker.exists()

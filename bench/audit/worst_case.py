@@ -224,11 +224,14 @@ def load(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame] | None:
 
     run_dir = Path(run_dir)
     if (run_dir / WORST_CASE_FILE).exists() and (run_dir / WORST_CASE_IMAGES_FILE).exists():
-        return read_table(run_dir / WORST_CASE_FILE), read_table(run_dir / WORST_CASE_IMAGES_FILE)
+        return (read_table(run_dir / WORST_CASE_FILE, COLUMNS, ("worst_case_id", "model", "eps", "worst_case_acc")),
+                read_table(run_dir / WORST_CASE_IMAGES_FILE, IMAGE_COLUMNS, ("worst_case_id", "image", "label", "survived")))
     predictions = load_predictions(run_dir)
     if predictions is None or not (run_dir / TABLE_FILE).exists():
         return None
-    return compute(read_table(run_dir / TABLE_FILE), predictions)
+    from bench.results import COLUMNS as RESULT_COLUMNS, TABLE_KEYS
+
+    return compute(read_table(run_dir / TABLE_FILE, RESULT_COLUMNS, TABLE_KEYS), predictions)
 
 
 def per_image(run_dir: Path, worst_images: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:

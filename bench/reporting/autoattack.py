@@ -59,7 +59,7 @@ def autoattack_section(df: pd.DataFrame, predictions: pd.DataFrame | None) -> st
             logs.append(f"- `{r['cell_id']}`: initial accuracy {pct(standing.sum() / n)}; robust accuracy " + ", ".join(steps))
     text = ("The authors' AutoAttack (Croce & Hein; `autoattack/<version>`, their code from `pyautoattack`) is the one "
             "RobustBench's leaderboard and the papers that cite it run: read this figure. torchattacks' `autoattack` re-implements "
-            "it with 10 iterations where the authors' APGD-CE, APGD-T and FAB-T take 100 (and another Square schedule), and "
+            "it with 10 iterations where the authors' APGD-CE, APGD-T and FAB-T take 100, and "
             "leaves standing images the authors' code breaks; where the run has both on the same cell, it stands beside it, "
             "with the images only one of them broke and McNemar's exact p.\n\n" + pd.DataFrame(rows).to_markdown(index=False))
     if logs:

@@ -52,7 +52,7 @@ import pandas as pd
 
 from bench.audit import worst_case
 from bench.audit.stats import format_p, paired
-from bench.results import RUN_FILE, TABLE_FILE, TABLE_KEYS, load_run, read_json, read_table
+from bench.results import COLUMNS, RUN_FILE, TABLE_FILE, TABLE_KEYS, load_run, read_json, read_table
 
 # rate → +1 when higher is better for the defender, -1 when higher is worse
 RATES = {"clean_acc": +1, "robust_acc": +1, "attack_success_rate": -1, "targeted_success_rate": -1}
@@ -96,7 +96,7 @@ def _load(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any] | None]:
     if path.suffix == ".parquet" and path.exists():
         meta_path = path.parent / RUN_FILE
         meta = read_json(meta_path) if meta_path.is_file() else None
-        return read_table(path, TABLE_KEYS), meta
+        return read_table(path, COLUMNS, TABLE_KEYS), meta
     raise FileNotFoundError(f"{path}: not a run folder (with {TABLE_FILE}) or a results .parquet file")
 
 

@@ -361,6 +361,8 @@ def _commits(runs: list[Run], k: int, points: list | None = None) -> str:
 def write_history(runs: list[Run], out_dir: str | Path) -> Path:
     """Write ``history.md``, ``history-robust.png`` and ``history-throughput.png`` under ``out_dir``."""
     out_dir = Path(out_dir)
+    for target in (out_dir / HISTORY_FILE, out_dir / "history-robust.png", out_dir / "history-throughput.png"):
+        files.check_target(target)  # a link among them: nothing written
     out_dir.mkdir(parents=True, exist_ok=True)
     points = change_points(runs)
     plots = [p for p in (_plot_rates(runs, points, out_dir / "history-robust.png"),

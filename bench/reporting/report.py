@@ -40,6 +40,14 @@ def write_report(run_dir: str | Path, reports_root: str | Path = "reports", meta
         if not isinstance(meta.get(key), str) or not _SAFE_NAME.fullmatch(meta[key]):
             raise ValueError(f"{Path(run_dir) / 'run.json'}: {key} {meta.get(key)!r} is not a plain name")
     out_dir = Path(reports_root) / meta["suite"]
+    run_id = meta["run_id"]
+    # every file this may write, checked before any is written: a link among them writes none
+    kinds = [t for t in PLOT_TITLES]
+    for target in [out_dir / f"{run_id}.md", out_dir / "latest.md", *(out_dir / f"{run_id}-{k}.png" for k in kinds),
+                   *(out_dir / f"latest-{k}.png" for k in kinds)]:
+        files.check_target(target)
+    if out_dir.is_symlink():
+        raise files.LinkError(out_dir, "is a symbolic link; bench never writes through a link (remove it and run again)")
     out_dir.mkdir(parents=True, exist_ok=True)
     loaded = worst_case.load(Path(run_dir))
     worst = loaded[0] if loaded is not None else None
