@@ -15,7 +15,6 @@ keeps the dataset's own order instead (RobustBench evaluates the first n test im
 
 from __future__ import annotations
 
-import difflib
 import functools
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 import torchvision.transforms.functional as TF
 
+from bench.names import closest
 from bench.untrusted import UnsafeFile, load_data_pickle
 
 if TYPE_CHECKING:
@@ -67,8 +67,7 @@ class TorchvisionDataError(ValueError):
 def check(name: Any, split: str, root: Path) -> Layout:
     """The layout of ``name``, its split checked and every file of it present (TorchvisionDataError with the key)."""
     if name not in LAYOUTS:
-        near = difflib.get_close_matches(str(name), NAMES, n=3, cutoff=0.5)
-        raise TorchvisionDataError(f"unknown torchvision dataset {name!r}{'; did you mean ' + ', '.join(near) + '?' if near else ''}"
+        raise TorchvisionDataError(f"unknown torchvision dataset {name!r}{closest(name, NAMES)}"
                                    f"; allowed: {', '.join(NAMES)}", "name")
     layout = LAYOUTS[name]
     if split not in layout.splits:

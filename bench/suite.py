@@ -9,7 +9,6 @@ every problem becomes a :class:`SuiteError` that names the file, the key path
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import json
 import math
@@ -26,6 +25,7 @@ from bench import data as data_registry
 from bench import defenses as defense_registry
 from bench import models as model_registry
 from bench import sources
+from bench.names import closest
 from bench.specs import AttackSpec, CellSpec, DataSpec, DefenseSpec, ExecutorSpec, ModelSpec, format_eps  # noqa: F401 (re-exported)
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -415,9 +415,7 @@ class _Validator:
                              ("source",))
         source = value["source"]
         if source not in sources:
-            near = difflib.get_close_matches(str(source).lower(), list(sources), n=3, cutoff=0.6)
-            hint = f"; did you mean {', '.join(near)}?" if near else ""
-            raise self.fail(f"{key}.source", f"unknown source {source!r}{hint}; allowed: {', '.join(sources)}")
+            raise self.fail(f"{key}.source", f"unknown source {source!r}{closest(source, sources)}; allowed: {', '.join(sources)}")
         info = sources[source]
         for k in value:  # another source's keys
             if k in own and k not in ("path", info.path_key) and k not in info.keys:

@@ -74,7 +74,7 @@ def test_an_unknown_attack_names_the_line_the_key_and_the_closest_match(tmp_path
     ({"type": "foolbox/L2DeepFoolAttack", "target": 1}, "attacks[0].target", "no targeted mode"),
     ({"type": "python", "eps": 0.1}, "attacks[0].fn", "is required"),
     ({"type": "python", "fn": "nowhere.py:f", "eps": 0.1}, "attacks[0].fn", "file not found"),
-    ({"type": "python", "fn": f"{README_ATTACK}:margin_pdg", "eps": 0.1}, "attacks[0].fn", "closest: margin_pgd"),
+    ({"type": "python", "fn": f"{README_ATTACK}:margin_pdg", "eps": 0.1}, "attacks[0].fn", "did you mean margin_pgd"),
     ({"type": "python", "fn": f"{README_ATTACK}:margin_pgd", "eps": 0.1, "stride": 2}, "attacks[0].stride", "unknown key"),
     ({"type": "python", "fn": f"{README_ATTACK}:margin_pgd", "eps": 0.1, "steps": 1.5}, "attacks[0].steps", "must be an integer"),
     ({"type": "python", "fn": f"{README_ATTACK}:margin_pgd", "eps": 0.1, "norm": "L7"}, "attacks[0].norm", "allowed: Linf, L2, L1"),

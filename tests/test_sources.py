@@ -34,10 +34,10 @@ def test_an_input_size_override_keeps_the_sources_crop_fraction(write_suite, tin
 
 
 @pytest.mark.parametrize("entry, key, words", [
-    ({"arch": "torchvision/mobilenet_v3_smal"}, "models[0].arch", "closest: mobilenet_v3_small"),
+    ({"arch": "torchvision/mobilenet_v3_smal"}, "models[0].arch", "did you mean mobilenet_v3_small"),
     ({"arch": "torchvision/resnet50", "weights": "IMAGENET1K_V9"}, "models[0].weights", "allowed: null, imagenet, IMAGENET1K_V1, IMAGENET1K_V2"),
-    ({"arch": "timm/test_vitt"}, "models[0].arch", "closest: test_vit"),
-    ({"arch": "resnet19"}, "models[0].arch", "closest: resnet18"),
+    ({"arch": "timm/test_vitt"}, "models[0].arch", "did you mean test_vit"),
+    ({"arch": "resnet19"}, "models[0].arch", "did you mean resnet18"),
     ({"arch": "torchvision/resnet50", "mean": [0.5, 0.5]}, "models[0].mean", "must be a list of 3 numbers"),
     ({"arch": "torchvision/resnet50", "std": [0.5, 0, 0.5]}, "models[0].std", "must be > 0"),
     ({"arch": "torchvision/resnet50", "interpolation": "lanczos"}, "models[0].interpolation", "allowed: bilinear, bicubic, nearest"),

@@ -328,7 +328,7 @@ def test_a_file_that_fails_to_import_names_the_file_its_line_and_the_exception(f
 def test_an_unknown_function_lists_the_closest_callables(folder):
     message = error(folder, factory="nets.py:tiny_cnm")
     assert message.startswith("models[0].factory: ")
-    assert "has no function 'tiny_cnm'; closest: tiny_cnn" in message
+    assert "has no function 'tiny_cnm'; did you mean tiny_cnn" in message
     assert "with_dict" in message  # the module's callables
 
 

@@ -189,9 +189,9 @@ def test_a_pickle_that_runs_code_runs_nothing(zoo, tmp_path):
 
 @pytest.mark.parametrize("over, key, expected", [
     ({"dataset": "mnist"}, "dataset", "'mnist' is not a RobustBench dataset; allowed: cifar10, cifar100, imagenet"),
-    ({"threat_model": "Linf9"}, "threat_model", "'Linf9' is not a RobustBench threat model; closest: Linf; allowed: Linf, L2, corruptions"),
+    ({"threat_model": "Linf9"}, "threat_model", "'Linf9' is not a RobustBench threat model; did you mean Linf?; allowed: Linf, L2, corruptions"),
     ({"dataset": "cifar100", "threat_model": "L2"}, "threat_model", "RobustBench has no cifar100 models for L2; allowed for cifar100: Linf, corruptions"),
-    ({"name": "Carmon2019Unlabelled"}, "name", "'Carmon2019Unlabelled' is not in RobustBench's cifar10 Linf zoo; closest: Carmon2019Unlabeled"),
+    ({"name": "Carmon2019Unlabelled"}, "name", "'Carmon2019Unlabelled' is not in RobustBench's cifar10 Linf zoo; did you mean Carmon2019Unlabeled"),
     ({"name": "Salman2020Do_R18"}, "name", "(it is in dataset: imagenet, threat_model: Linf)"),
     ({"source": "robustbnch"}, "source", "unknown model source 'robustbnch'; allowed: robustbench"),
     ({"model_dir": 3}, "model_dir", "must be a folder"),

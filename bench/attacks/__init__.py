@@ -24,7 +24,6 @@ PGD with the same budget, steps and step size can be compared image by image.
 
 from __future__ import annotations
 
-import difflib
 import math
 from dataclasses import replace
 from types import ModuleType
@@ -35,6 +34,7 @@ import torch.nn as nn
 
 from bench.attacks import art_attacks, autoattack_attacks, foolbox_attacks, python_attacks, torchattacks_attacks
 from bench.attacks.base import AttackInfo, AttackUnavailable, Probe
+from bench.names import closest
 from bench.specs import AttackSpec
 
 if TYPE_CHECKING:
@@ -89,14 +89,6 @@ def info(spec: AttackSpec) -> AttackInfo:
     if spec.type == python_attacks.NAME:
         return python_attacks.info_for(spec)
     return lookup(spec.type)
-
-
-def closest(name: str, n: int = 4) -> str:
-    """``"; did you mean a, b"`` for an unknown type, or an empty string."""
-    pool = names()
-    lowered = {p.lower(): p for p in pool}
-    near = difflib.get_close_matches(name.lower(), list(lowered), n=n, cutoff=0.6)
-    return f"; did you mean {', '.join(lowered[x] for x in near)}?" if near else ""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -265,7 +257,7 @@ def parse(item: Any, key: str, check_, models: tuple["ModelSpec", ...]) -> tuple
         info_ = python_attacks.resolve(item, key, check_) if module is python_attacks else module.lookup(type_name)
     except KeyError:
         pool = module.names()
-        raise fail(f"{key}.type", f"unknown attack {type_name!r}{closest(type_name)}; allowed: "
+        raise fail(f"{key}.type", f"unknown attack {type_name!r}{closest(type_name, names())}; allowed: "
                    + (", ".join(pool) + f", {OTHER_SOURCES}" if module is torchattacks_attacks
                       else f"a class of {module.NAME}: {', '.join(pool)}")) from None
     except AttackUnavailable as exc:

@@ -14,8 +14,6 @@ Adding a defense: a module with a :class:`Defense` subclass and a ``DEFENSE`` en
 
 from __future__ import annotations
 
-import difflib
-
 import itertools
 from typing import Any, Callable, Protocol
 
@@ -37,6 +35,7 @@ from bench.defenses.base import (  # noqa: F401 (re-exported)
     to_uint8,
 )
 from bench.defenses.jpeg import JPEG, SUBSAMPLINGS, DiffJPEG  # noqa: F401 (re-exported)
+from bench.names import closest
 from bench.specs import DefenseSpec
 
 NONE = DefenseType("none", (), lambda: Identity(), lambda p: "none")
@@ -149,9 +148,7 @@ def parse(item: Any, key: str, v: Checker, depth: int = 1) -> list[DefenseSpec]:
         raise v.fail(key, f"must be a defense name or a mapping with 'type'; allowed types: {', '.join(DEFENSES)}")
     dtype = item["type"]
     if not isinstance(dtype, str) or dtype not in DEFENSES:
-        near = difflib.get_close_matches(str(dtype).lower(), list(DEFENSES), n=3, cutoff=0.6)
-        hint = f"; did you mean {', '.join(near)}?" if near else ""
-        raise v.fail(f"{key}.type", f"unknown defense {dtype!r}{hint}; allowed: {', '.join(DEFENSES)}")
+        raise v.fail(f"{key}.type", f"unknown defense {dtype!r}{closest(dtype, DEFENSES)}; allowed: {', '.join(DEFENSES)}")
     info = DEFENSES[dtype]
     v.mapping(item, key, ("type", *info.defaults), [p.name for p in info.params if p.default is None])
     choices: list[list[tuple[str, Any]]] = []

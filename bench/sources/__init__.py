@@ -29,7 +29,6 @@ Adding a source is one module here and its test, plus its line in :data:`SOURCES
 
 from __future__ import annotations
 
-import difflib
 import logging
 import re
 import warnings
@@ -41,8 +40,8 @@ from typing import Any, Callable, NoReturn
 import torch
 
 from bench.models import Classifier, ModelUnavailable, ProbeError, load_checkpoint, short_error
-from bench.specs import MAX_RESIZE, ModelSpec, crop_problem, resize_for_crop
 from bench.sources import builtin, exported, factory, memory, robustbench_models, timm_models, torchvision_models
+from bench.specs import MAX_RESIZE, ModelSpec, crop_problem, resize_for_crop
 
 log = logging.getLogger(__name__)
 
@@ -87,12 +86,6 @@ def source_of(entry: dict[str, Any]) -> ModuleType | None:
     """The one source an entry names (None when it names none)."""
     claimed = [m for m in CLAIM_ORDER if m.claims(entry)]
     return claimed[0] if claimed else None
-
-
-def closest(name: str, names: list[str], n: int = 5) -> str:
-    """``"; closest: a, b"`` for an unknown name, or an empty string."""
-    near = difflib.get_close_matches(name, names, n=n, cutoff=0.5)
-    return f"; closest: {', '.join(near)}" if near else ""
 
 
 def resolve(entry: dict[str, Any], ctx: Context, **fixed: Any) -> ModelSpec:

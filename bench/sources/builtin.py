@@ -35,7 +35,7 @@ def resolve(entry: dict[str, Any], ctx: "Context") -> dict[str, Any]:
         ctx.error("arch", "is required (or a checkpoint with its card beside it); allowed: " + ", ".join(ARCHS)
                   + ", torchvision/<name>, timm/<name>; or factory: / file: (see the README)")
     if arch not in ARCHS:
-        from bench.sources import closest
+        from bench.names import closest
 
         ctx.error("arch", f"unknown model {arch!r}{closest(str(arch), list(ARCHS))}; allowed: {', '.join(ARCHS)}, "
                           "torchvision/<name>, timm/<name> (bench models lists them)")

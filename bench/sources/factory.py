@@ -263,7 +263,7 @@ def _callables(module: ModuleType) -> list[str]:
 
 def load_target(target: str) -> Callable[..., Any]:
     """The callable a normalised target names (raises :class:`FactoryError`)."""
-    from bench.sources import closest
+    from bench.names import closest
 
     left, _, fn = target.rpartition(":")
     if _is_file(left):

@@ -308,7 +308,7 @@ def claims(entry: dict[str, Any]) -> bool:
 
 
 def _choice(ctx: "Context", key: str, value: Any, allowed: list[str] | tuple[str, ...], what: str) -> str:
-    from bench.sources import closest
+    from bench.names import closest
 
     if not isinstance(value, str) or value not in allowed:
         ctx.error(key, f"{value!r} is not a {what}{closest(str(value), list(allowed))}; allowed: {', '.join(allowed)}")
@@ -316,7 +316,7 @@ def _choice(ctx: "Context", key: str, value: Any, allowed: list[str] | tuple[str
 
 
 def resolve(entry: dict[str, Any], ctx: "Context") -> dict[str, Any]:
-    from bench.sources import closest
+    from bench.names import closest
 
     if "source" in entry and entry["source"] != NAME:
         ctx.error("source", f"unknown model source {entry['source']!r}; allowed: {NAME} (the others are named by "

@@ -64,7 +64,7 @@ def resolve(entry: dict[str, Any], ctx: "Context") -> dict[str, Any]:
         ctx.error("arch", str(exc))
     from timm.data import resolve_data_config
 
-    from bench.sources import closest
+    from bench.names import closest
 
     name = entry["arch"][len(PREFIX):]
     known = timm.list_models()

@@ -51,7 +51,7 @@ def weights_enum(name: str, tag: str | None):
 def resolve(entry: dict[str, Any], ctx: "Context") -> dict[str, Any]:
     from torchvision.models import get_model_weights
 
-    from bench.sources import closest
+    from bench.names import closest
 
     name = entry["arch"][len(PREFIX):]
     known = names()
