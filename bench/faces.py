@@ -115,7 +115,7 @@ def split_protocol(source: Path, out: Path, seed: int = 0, train_per_class: int 
 def _photos() -> list[np.ndarray]:
     import skimage.data
 
-    from bench.data import _grace_hopper
+    from bench.data.samples import grace_hopper as _grace_hopper
 
     photos = [skimage.data.astronaut(), skimage.data.chelsea(), skimage.data.coffee(), skimage.data.rocket(), _grace_hopper()]
     folder = Path(skimage.data.__file__).parent

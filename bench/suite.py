@@ -25,7 +25,6 @@ from bench import data as data_registry
 from bench import defenses as defense_registry
 from bench import models as model_registry
 from bench import sources
-from bench.names import closest
 from bench.specs import AttackSpec, CellSpec, DataSpec, DefenseSpec, ExecutorSpec, ModelSpec, format_eps  # noqa: F401 (re-exported)
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -408,69 +407,8 @@ class _Validator:
         return suite
 
     def data(self, value: Any, key: str = "data") -> DataSpec:
-        """A data source; sets ``self.num_labels`` to the number of classes its labels need."""
-        sources = data_registry.SOURCES
-        own = {k for info in sources.values() for k in (info.path_key, *info.keys)}
-        value = self.mapping(value, key, ("source", "path", *sorted(own - {"path"}), "limit", "image_size", "split", "max_pixels"),
-                             ("source",))
-        source = value["source"]
-        if source not in sources:
-            raise self.fail(f"{key}.source", f"unknown source {source!r}{closest(source, sources)}; allowed: {', '.join(sources)}")
-        info = sources[source]
-        for k in value:  # another source's keys
-            if k in own and k not in ("path", info.path_key) and k not in info.keys:
-                raise self.fail(f"{key}.{k}", f"source {source!r} takes no {k}")
-        needs_path, path_key = info.needs_path, info.path_key
-        path = None
-        if needs_path and path_key != "path" and "path" in value:
-            raise self.fail(f"{key}.path", f"source {source!r} takes its folder as {path_key}: (not path:)")
-        if needs_path:
-            if path_key not in value:
-                raise self.fail(f"{key}.{path_key}", f"is required for source {source!r}")
-            path = str(self.existing_path(value[path_key], f"{key}.{path_key}", needs_path))
-        elif "path" in value:
-            raise self.fail(f"{key}.path", f"source {source!r} takes no path")
-        name = None
-        if "name" in info.keys:
-            if "name" not in value:
-                raise self.fail(f"{key}.name", f"is required for source {source!r}")
-            name = value["name"]
-        limit = value.get("limit")
-        if limit is not None:
-            limit = self.integer(limit, f"{key}.limit", lo=1)
-        default_size = info.size_of(value) if info.size_of else info.image_size
-        image_size = self.integer(value.get("image_size", default_size), f"{key}.image_size", lo=16, hi=4096)
-        splits = info.splits
-        split = value.get("split", splits[0] if splits else info.default_split)  # the default spelled out: one spec, one decode
-        if splits is None:  # any split the data has: the source checks it
-            if not isinstance(split, str) or not split:
-                raise self.fail(f"{key}.split", f"must be a split name, got {split!r}")
-        elif split is not None and split not in splits:
-            raise self.fail(f"{key}.split", f"source {source!r} has no split {split!r}; allowed: {', '.join(splits)}"
-                            if splits else f"source {source!r} takes no split (it is one set of images)")
-        options = []
-        for k in info.keys:
-            if k == "order" and k in value:
-                if value[k] not in data_registry.ORDERS:
-                    raise self.fail(f"{key}.order", f"{value[k]!r} is not allowed; allowed: {', '.join(data_registry.ORDERS)} "
-                                                    "(file: the dataset's own order, as RobustBench takes its first n)")
-                if value[k] != "balanced":  # the default stays out of the spec, so a suite without it keeps its digest
-                    options.append((k, value[k]))
-            elif k != "name" and k in value:
-                if not isinstance(value[k], str) or not value[k]:
-                    raise self.fail(f"{key}.{k}", f"must be a column name, got {value[k]!r}")
-                options.append((k, value[k]))
-        max_pixels = value.get("max_pixels")
-        if max_pixels is not None:  # PIL itself refuses images over twice its 89.5 M warning
-            max_pixels = self.integer(max_pixels, f"{key}.max_pixels", lo=64 * 64, hi=2 * 89_478_485)
-        spec = DataSpec(source=source, path=path, limit=limit, image_size=image_size, split=split, name=name,
-                        options=tuple(sorted(options)), max_pixels=max_pixels)
-        try:
-            count, self.num_labels = data_registry.describe(spec)
-        except data_registry.DataError as exc:
-            raise self.fail(f"{key}.{exc.key or path_key}", str(exc)) from None
-        if count == 0:
-            raise self.fail(key, f"the dataset is empty: source {source!r}" + (f" at {path}" if path else "") + " has no images")
+        """A data source (its registry checks its keys); sets ``self.num_labels`` to the number of classes its labels need."""
+        spec, self.num_labels = data_registry.parse(value, key, self)
         return spec
 
     def models(self, value: Any, data: DataSpec) -> tuple[ModelSpec, ...]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.data import SAMPLE_PHOTOS, DataError, describe, load_dataset
+from bench.data import DataError, describe, load_dataset
+from bench.data.samples import SAMPLE_PHOTOS
 from bench.suite import DataSpec
 
 

@@ -24,11 +24,12 @@ import numpy as np
 import torch
 import torchvision.transforms.functional as TF
 
+from bench.data.base import SourceInfo, order_problem
 from bench.names import closest
 from bench.untrusted import UnsafeFile, load_data_pickle
 
 if TYPE_CHECKING:
-    from bench.data import Dataset
+    from bench.data.base import Dataset
     from bench.specs import DataSpec, Preprocess
 
 SPLITS = ("test", "train", "extra")  # the first is the default; extra is SVHN's alone
@@ -164,7 +165,7 @@ def _raw(name: str, root: str, split: str) -> tuple[np.ndarray, np.ndarray, tupl
 
 
 def describe(spec: "DataSpec") -> tuple[int, int]:
-    from bench.data import DataError, _limited
+    from bench.data.base import DataError, limited
 
     try:
         check(spec.name, spec.split or SPLITS[0], Path(spec.path))
@@ -175,11 +176,11 @@ def describe(spec: "DataSpec") -> tuple[int, int]:
         raise DataError(str(exc), key="root") from None
     except Exception as exc:  # a file torchvision cannot parse (truncated, another format)
         raise DataError(f"{spec.name} in {spec.path}: torchvision cannot read it ({type(exc).__name__}: {exc})", key="root") from None
-    return _limited(len(labels), spec), max(len(classes), int(labels.max()) + 1 if len(labels) else 0)
+    return limited(len(labels), spec), max(len(classes), int(labels.max()) + 1 if len(labels) else 0)
 
 
 def load(spec: "DataSpec", pre: "Preprocess") -> "Dataset":
-    from bench.data import Dataset, ordered
+    from bench.data.base import Dataset, ordered
 
     split = spec.split or SPLITS[0]
     describe(spec)  # the same checks, one error
@@ -199,3 +200,12 @@ def load(spec: "DataSpec", pre: "Preprocess") -> "Dataset":
 
 def native_size(name: Any) -> int:
     return LAYOUTS[name].size if name in LAYOUTS else 32
+
+
+def _name_problem(value) -> str | None:
+    return None  # checked with the files, by describe(): one message naming what is expected and where
+
+
+SOURCE = SourceInfo("torchvision", load, describe, "dir", SPLITS, 32, path_key="root", required=("name",),
+                    options={"order": order_problem}, size_of=lambda entry: native_size(entry.get("name")),
+                    defaults={"order": "balanced"})

@@ -21,8 +21,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from bench.data.base import SourceInfo, order_problem
+
 if TYPE_CHECKING:
-    from bench.data import Dataset
+    from bench.data.base import Dataset
     from bench.specs import DataSpec, Preprocess
 
 DEFAULT_SPLIT = "test"
@@ -102,7 +104,7 @@ def _read(spec: "DataSpec"):
 
 
 def describe(spec: "DataSpec") -> tuple[int, int]:
-    from bench.data import DataError, _limited
+    from bench.data.base import DataError, limited
 
     try:
         _, features, _, labels, _, label_col = _read(spec)
@@ -111,11 +113,11 @@ def describe(spec: "DataSpec") -> tuple[int, int]:
     except (OSError, ValueError) as exc:
         raise DataError(f"{spec.path}: cannot read it ({type(exc).__name__}: {exc})", key="path") from None
     names = _class_names(features, label_col)
-    return _limited(len(labels), spec), max(len(names or []), int(labels.max()) + 1 if len(labels) else 0)
+    return limited(len(labels), spec), max(len(names or []), int(labels.max()) + 1 if len(labels) else 0)
 
 
 def _decode(value: Any, root: Path, max_pixels: int) -> torch.Tensor:
-    from bench.data import open_image
+    from bench.data.base import open_image
 
     if isinstance(value, dict):
         if value.get("bytes"):
@@ -127,7 +129,7 @@ def _decode(value: Any, root: Path, max_pixels: int) -> torch.Tensor:
 
 
 def load(spec: "DataSpec", pre: "Preprocess") -> "Dataset":
-    from bench.data import Dataset, log, ordered, prepare
+    from bench.data.base import Dataset, log, ordered, prepare
 
     describe(spec)  # the same checks, one error
     table, features, root, labels, image_col, label_col = _read(spec)
@@ -149,3 +151,12 @@ def load(spec: "DataSpec", pre: "Preprocess") -> "Dataset":
     ds.skipped = skipped
     ds.note = f"a Hugging Face dataset on disk ({spec.path}, {split} split, {len(labels)} rows)"
     return ds
+
+
+def _column_problem(value) -> str | None:
+    return None if isinstance(value, str) and value else f"must be a column name, got {value!r}"
+
+
+SOURCE = SourceInfo("hf", load, describe, "dir", None, options={"image_column": _column_problem, "label_column": _column_problem,
+                                                                  "order": order_problem},
+                    default_split=DEFAULT_SPLIT, defaults={"order": "balanced"})
