@@ -71,10 +71,10 @@ robust: $(STAMP) $(ROBUST_MODELS)
 attack-sources: $(STAMP) $(DIGITS_MODELS)/digits_cnn-pgd.pt
 	$(BIN)/bench run suites/attack-sources.yaml
 
-# The GPU check's kit: every wheel the GPU machine lacks (bench/gpu_check.py: KIT), for its Python 3.12, into .whl/
+# The GPU check's kit: every wheel the GPU machine lacks (gpu_check/__init__.py: KIT), for its Python 3.12, into .whl/
 # (ignored). There, `scripts/gpu-check "$$OUT"` installs them into a temporary site folder and runs the check.
 gpu-kit: $(STAMP)
-	$(BIN)/python -m bench.gpu_check kit .whl
+	$(BIN)/python -m gpu_check kit .whl
 
 $(DIGITS_MODELS)/digits_cnn.pt: | $(STAMP)
 	$(BIN)/bench train digits_cnn --robust-eps $(ROBUST_EPS) --out $(DIGITS_MODELS)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from bench import gpu_check
-from bench.gpu_check import KIT, STEPS, TOTAL_SECONDS, missing_on_gpu, normalise
+import gpu_check
+from gpu_check import KIT, STEPS, TOTAL_SECONDS, missing_on_gpu, normalise
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -100,5 +100,56 @@ def test_a_child_past_its_budget_is_killed_with_what_it_started(tmp_path):
 def test_make_gpu_kit_downloads_into_the_ignored_wheel_folder():
     env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("MAKE")}
     out = subprocess.run(["make", "-n", "gpu-kit", "STAMP=Makefile"], cwd=ROOT, capture_output=True, text=True, env=env)
-    assert out.stdout.strip() == ".venv/bin/python -m bench.gpu_check kit .whl"
+    assert out.stdout.strip() == ".venv/bin/python -m gpu_check kit .whl"
     assert "/.whl/" in (ROOT / ".gitignore").read_text().splitlines()
+
+
+def _kit(folder: Path, tag: str, python: str = "3.12") -> Path:
+    """A kit as `make gpu-kit` leaves it, with one small wheel tagged ``tag`` (a real wheel: pip installs it)."""
+    import zipfile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    name, dist = "kitprobe", "kitprobe-1.0.dist-info"
+    files = {f"{name}/__init__.py": "", f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n",
+             f"{dist}/WHEEL": f"Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: false\nTag: {tag}\n"}
+    with zipfile.ZipFile(folder / f"{name}-1.0-{tag}.whl", "w") as z:
+        for path, text in files.items():
+            z.writestr(path, text)
+        z.writestr(f"{dist}/RECORD", "".join(f"{p},,\n" for p in [*files, f"{dist}/RECORD"]))
+    (folder / "KIT.json").write_text(json.dumps({"python": python, "implementation": "cp", "platforms": ["manylinux2014_x86_64"]}))
+    return folder
+
+
+def _gpu_check(tmp_path: Path, kit: Path) -> subprocess.CompletedProcess:
+    import os
+
+    env = {**os.environ, "GPU_KIT": str(kit)}
+    return subprocess.run([str(ROOT / "scripts" / "gpu-check"), str(tmp_path / "out"), "--device", "cpu", "--smoke", "--only",
+                           "agreement"], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+
+
+def test_with_a_kit_for_another_python_the_smoke_run_checks_the_kit_installs_there_and_runs_here(tmp_path):
+    """The kit holds the GPU machine's cp312 wheels; on a 3.11 machine (this one, CI) they cannot be installed, but
+    they can be checked to install for 3.12, and the smoke steps run in the project's own environment."""
+    proc = _gpu_check(tmp_path, _kit(tmp_path / "kit", "cp312-cp312-manylinux2014_x86_64"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    if sys.version_info[:2] != (3, 12):
+        assert "is for CPython 3.12 (checked: it installs there)" in proc.stderr
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["steps"]["agreement"]["status"] != "failed"
+
+
+def test_a_kit_that_would_not_install_on_its_target_is_one_line_and_nothing_runs(tmp_path):
+    proc = _gpu_check(tmp_path, _kit(tmp_path / "kit", "cp311-cp311-manylinux2014_x86_64"))
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("gpu-check:")]
+    assert proc.returncode == 3 and len(errors) == 1 and "kit" in errors[0], proc.stderr[-2000:]
+    assert not (tmp_path / "out").exists()
+
+
+def test_make_gpu_kit_says_which_python_and_platform_the_kit_is_for(tmp_path):
+    import gpu_check
+
+    wheel = _kit(tmp_path / "kit", "cp312-cp312-manylinux2014_x86_64") / "kitprobe-1.0-cp312-cp312-manylinux2014_x86_64.whl"
+    text = gpu_check.kit_summary([wheel], tmp_path / "kit")
+    assert f"1 wheels, 0.0 MiB in {tmp_path / 'kit'}, for CPython 3.12 on manylinux x86-64 (the GPU machine's; this is " \
+           f"Python {'.'.join(map(str, sys.version_info[:3]))})" in text
+    assert gpu_check.target_args()[:2] == ["--python-version", "3.12"]

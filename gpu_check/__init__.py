@@ -36,6 +36,7 @@ import argparse
 import importlib.metadata
 import json
 import os
+import platform
 import re
 import runpy
 import shutil
@@ -123,7 +124,7 @@ class Context:
     def python(self, *args: str, timeout: float, tag: str) -> subprocess.CompletedProcess:
         """``python -m …`` in a child that records its imports beside this step's, with the check's PYTHONPATH."""
         record = self.imports.with_name(f"{self.imports.stem}-{tag}.txt")
-        cmd = [sys.executable, "-m", "bench.gpu_check", "exec", str(record), "--", *args]
+        cmd = [sys.executable, "-m", "gpu_check", "exec", str(record), "--", *args]
         return _run(cmd, timeout, cwd=ROOT)
 
 
@@ -486,7 +487,7 @@ def check(out: Path, device: str, smoke: bool, only: list[str] | None = None,
             results["steps"][step.name] = {"status": "skipped", "reason": "no time left", "seconds": 0.0, "budget": budget,
                                            "what": step.what}
             continue
-        cmd = [sys.executable, "-m", "bench.gpu_check", "step", step.name, str(work), "--device", device,
+        cmd = [sys.executable, "-m", "gpu_check", "step", step.name, str(work), "--device", device,
                "--budget", str(budget - STARTUP)] + (["--smoke"] if smoke else [])
         try:
             proc = _run(cmd, budget, cwd=ROOT)  # the step works within budget − STARTUP, so it writes its result in time
@@ -526,7 +527,6 @@ def render(results: dict[str, Any]) -> str:
 
 
 def _environment(device: str) -> dict[str, Any]:
-    import platform
 
     import torch
 
@@ -559,14 +559,22 @@ def missing_on_gpu(imports: list[str]) -> set[str]:
     return {normalise(d) for d in imports} - {normalise(d) for d in GPU_MACHINE | OPTIONAL} - {"bench"}
 
 
+TARGET_PYTHON = "3.12"  # the GPU machine's CPython (the device tool's KINDS.md)
+TARGET_FILE = "KIT.json"  # in the kit's folder: the Python and platforms its wheels are for (scripts/gpu-check reads it)
+
+
+def target_args(python: str = TARGET_PYTHON, platforms: tuple[str, ...] = PLATFORMS) -> list[str]:
+    """pip's arguments that pick wheels for the GPU machine, not for the Python running pip."""
+    return ["--python-version", python, "--implementation", "cp", *[a for p in platforms for a in ("--platform", p)]]
+
+
 def download_kit(dest: Path) -> list[Path]:
     """Every KIT wheel, at the version installed here (the one the tests ran with), for the GPU machine's Python 3.12
-    on x86-64; raises if the kit is over what the device tool carries."""
+    on x86-64, and ``KIT.json`` saying so; raises if the kit is over what the device tool carries."""
     dest.mkdir(parents=True, exist_ok=True)
     wanted = [f"{name}=={importlib.metadata.version(name)}" for name in KIT]
     cmd = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--no-deps", "--only-binary=:all:",
-           "--python-version", "3.12", "--implementation", "cp", *[a for p in PLATFORMS for a in ("--platform", p)],
-           "-d", str(dest), *wanted]
+           *target_args(), "-d", str(dest), *wanted]
     subprocess.run(cmd, check=True)
     keep = {normalise(w.split("==")[0]): w.split("==")[1] for w in wanted}
     wheels = []
@@ -579,12 +587,21 @@ def download_kit(dest: Path) -> list[Path]:
     size = sum(w.stat().st_size for w in wheels) / 2**20
     if size > KIT_LIMIT_MB:
         raise SystemExit(f"the kit is {size:.1f} MiB, over the {KIT_LIMIT_MB} MiB the device tool carries")
+    (dest / TARGET_FILE).write_text(json.dumps({"python": TARGET_PYTHON, "implementation": "cp",
+                                                "platforms": list(PLATFORMS)}, indent=2) + "\n")
     return wheels
+
+
+def kit_summary(wheels: list[Path], dest: Path) -> str:
+    """What `make gpu-kit` prints: the wheels, their size, and the Python and platform they are for."""
+    size = sum(w.stat().st_size for w in wheels) / 2**20
+    return (f"{len(wheels)} wheels, {size:.1f} MiB in {dest}, for CPython {TARGET_PYTHON} on manylinux x86-64 (the GPU "
+            f"machine's; this is Python {platform.python_version()}): " + ", ".join(w.name for w in wheels))
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["exec"]:  # python -m bench.gpu_check exec RECORD -- module args…: run a module, record its imports
+    if argv[:1] == ["exec"]:  # python -m gpu_check exec RECORD -- module args…: run a module, record its imports
         record, rest = Path(argv[1]), argv[argv.index("--") + 1:]
         sys.argv = rest
         code = 0
@@ -595,7 +612,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             record_imports(record)
         return code
-    p = argparse.ArgumentParser(prog="scripts/gpu-check", description="the GPU check (bench/gpu_check.py)")
+    p = argparse.ArgumentParser(prog="scripts/gpu-check", description="the GPU check (gpu_check/__init__.py)")
     sub = p.add_subparsers(dest="command")
     run = sub.add_parser("run", help="every step; the bundle into OUT")
     run.add_argument("out", type=Path)
@@ -616,14 +633,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "kit":
         wheels = download_kit(args.dest)
-        size = sum(w.stat().st_size for w in wheels) / 2**20
-        print(f"{len(wheels)} wheels, {size:.1f} MiB in {args.dest}: " + ", ".join(w.name for w in wheels))
+        print(kit_summary(wheels, args.dest))
         return 0
     results = check(args.out, args.device, args.smoke, args.only)
     print((args.out / "summary.md").read_text())
     failed = [n for n, r in results["steps"].items() if r["status"] == "failed"]
     return 1 if failed else 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())
