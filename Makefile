@@ -33,7 +33,7 @@ NIGHTLY_SUITE ?= suites/nightly-gpu.yaml
 BASELINE_FILES = results.parquet run.json predictions.parquet worst_case.parquet worst_case_images.parquet
 NIGHTLY_BASELINE = benchmarks/nightly/$(shell $(BIN)/python -c "from bench.results import machine_slug; print(machine_slug())" 2>/dev/null)/results.parquet
 
-.PHONY: bench test install clean-results faces robust attack-sources gpu-kit perf-baseline perf-gate nightly nightly-baseline
+.PHONY: bench test test-slow install clean-results faces robust attack-sources gpu-kit perf-baseline perf-gate nightly nightly-baseline
 
 install: $(STAMP)
 
@@ -53,6 +53,10 @@ bench: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# The slow tests (the GPU check's smoke run, the perf gate's two sessions, Ray's own logs): CI runs them after make test.
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow $(PYTEST_ARGS)
 
 # The faces workflow on the offline proxy: data (once), four detectors (once each), the suite.
 faces: $(STAMP) $(foreach r,$(RECIPES),$(FACES_MODELS)/$(r).pt) $(FACES_ADV)

@@ -253,6 +253,7 @@ def test_a_cascade_on_ray_gives_the_local_cascade_even_when_a_worker_dies(ray_se
     assert pd.read_parquet(remote.run_dir / "results.parquet")["n_attacked"].min() < 12  # the cascade did skip images
 
 
+@pytest.mark.slow  # a Ray instance of its own started in a subprocess (make test-slow, CI)
 def test_rays_own_log_lines_go_to_the_run_log_not_the_terminal(suite_file, tmp_path):
     import subprocess
 

@@ -28,6 +28,7 @@ def smoke(tmp_path_factory) -> tuple[dict, Path, float]:
     return json.loads((out / "results.json").read_text()), out, time.monotonic() - t0
 
 
+@pytest.mark.slow  # the smoke run of every step: about two minutes (make test-slow, CI)
 def test_the_smoke_run_brings_back_one_summary_one_json_and_one_tarball(smoke):
     results, out, _ = smoke
     assert sorted(p.name for p in out.iterdir()) == ["gpu-check.tar.gz", "results.json", "summary.md"]
@@ -40,6 +41,7 @@ def test_the_smoke_run_brings_back_one_summary_one_json_and_one_tarball(smoke):
     assert all(f"| {step.name} |" in summary for step in STEPS)
 
 
+@pytest.mark.slow  # the smoke run of every step: about two minutes (make test-slow, CI)
 def test_every_step_runs_on_the_cpu_and_a_cuda_only_step_says_it_skipped_for_want_of_cuda(smoke):
     results, _, _ = smoke
     assert list(results["steps"]) == [s.name for s in STEPS]
@@ -52,11 +54,13 @@ def test_every_step_runs_on_the_cpu_and_a_cuda_only_step_says_it_skipped_for_wan
         assert r["seconds"] <= r["budget"] == step.smoke_seconds
 
 
+@pytest.mark.slow  # the smoke run of every step: about two minutes (make test-slow, CI)
 def test_the_nightly_step_finds_the_doctored_baseline_and_two_clean_runs(smoke):
     numbers = smoke[0]["steps"]["nightly"]["numbers"]
     assert numbers["compare_clean_exit"] == 0 and numbers["compare_doctored_exit"] == 1 and numbers["history_exit"] == 0
 
 
+@pytest.mark.slow  # the smoke run of every step: about two minutes (make test-slow, CI)
 def test_the_kit_is_exactly_what_the_check_imports_beyond_the_gpu_machines_packages(smoke):
     imported = smoke[0]["imports"]
     assert "torch" in imported and "foolbox" in imported  # the record is real: the libraries the steps use

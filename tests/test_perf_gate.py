@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 TIME_STATS = ("min", "max", "mean", "median", "q1", "q3", "iqr", "stddev", "ld15iqr", "hd15iqr", "total")
 
@@ -19,6 +21,7 @@ def _bench(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow  # two timed benchmark sessions (make test-slow, CI)
 def test_the_gate_fails_on_a_regression_and_passes_within_its_threshold(tmp_path):
     saved = _bench(tmp_path, "--benchmark-save=baseline")
     assert saved.returncode == 0, saved.stdout + saved.stderr
