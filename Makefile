@@ -33,7 +33,7 @@ NIGHTLY_SUITE ?= suites/nightly-gpu.yaml
 BASELINE_FILES = results.parquet run.json predictions.parquet worst_case.parquet worst_case_images.parquet
 NIGHTLY_BASELINE = benchmarks/nightly/$(shell $(BIN)/python -c "from bench.results import machine_slug; print(machine_slug())" 2>/dev/null)/results.parquet
 
-.PHONY: bench test test-slow install clean-results faces robust attack-sources gpu-kit perf-baseline perf-gate nightly nightly-baseline
+.PHONY: bench test test-slow docs install clean-results faces robust attack-sources gpu-kit perf-baseline perf-gate nightly nightly-baseline
 
 install: $(STAMP)
 
@@ -57,6 +57,11 @@ test: $(STAMP)
 # The slow tests (the GPU check's smoke run, the perf gate's two sessions, Ray's own logs): CI runs them after make test.
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow $(PYTEST_ARGS)
+
+# The suite reference (docs/suite-reference.md), generated from the registries in bench/; tests/test_reference.py
+# fails when the committed file is not what this writes.
+docs: $(STAMP)
+	$(BIN)/python -m bench.reference > docs/suite-reference.md.tmp && mv docs/suite-reference.md.tmp docs/suite-reference.md
 
 # The faces workflow on the offline proxy: data (once), four detectors (once each), the suite.
 faces: $(STAMP) $(foreach r,$(RECIPES),$(FACES_MODELS)/$(r).pt) $(FACES_ADV)

@@ -91,7 +91,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--retry-failed", action="store_true",
                      help="resume (the latest run, or --resume RUN_DIR) and run its failed cells again too; "
                           "each new row replaces the failed one")
-    ex = run.add_argument_group("executor (default: the suite's `executor:`, else local; README: Scaling out)")
+    ex = run.add_argument_group("executor (default: the suite's `executor:`, else local; docs/scaling-out.md)")
     ex.add_argument("--executor", choices=("local", "ray"), default=None, help="where cells run")
     ex.add_argument("--address", default=None, metavar="ADDR",
                     help="ray: 'auto' or 'ray://HOST:10001' to join a cluster (default: start a local Ray instance)")
@@ -117,7 +117,7 @@ def _parser() -> argparse.ArgumentParser:
     faces = data_sub.add_parser("faces", help="the faces protocol: 500 real + 500 fake for training, the rest for testing")
     src = faces.add_mutually_exclusive_group(required=True)
     src.add_argument("--source", type=Path, help="a folder with real/ and fake/ images")
-    src.add_argument("--proxy", action="store_true", help="generate the offline proxy data set (see README)")
+    src.add_argument("--proxy", action="store_true", help="generate the offline proxy data set (see docs/workflows.md)")
     faces.add_argument("--out", type=Path, required=True, help="output folder (new or empty)")
     faces.add_argument("--seed", type=int, default=0)
     faces.add_argument("--train-per-class", type=int, default=500)
@@ -579,7 +579,7 @@ def _models(args: argparse.Namespace) -> int:
     for e in entries:
         print(f"| {e.name} | {e.weights} | {e.available} |")
     print(f"\n{len(entries)} model(s). Weights not on this machine: a suite may still name them; their cells are "
-          "skipped with the file to put where. Your own models: `factory:` or `file:` (see the README).")
+          "skipped with the file to put where. Your own models: `factory:` or `file:` (docs/own-models.md).")
     return EXIT_OK
 
 

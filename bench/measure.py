@@ -157,7 +157,7 @@ def per_s(count: float, seconds: float) -> float:
 
 
 def rates(labels: torch.Tensor, clean_pred: torch.Tensor, robust_pred: torch.Tensor, target: int | None) -> dict[str, float]:
-    """The accuracy metrics of one cell with their 95 % Wilson intervals (definitions in the README)."""
+    """The accuracy metrics of one cell with their 95 % Wilson intervals (definitions in docs/results.md)."""
     clean_ok, robust_ok = clean_pred == labels, robust_pred == labels
     n, n_clean_ok = len(labels), int(clean_ok.sum())
     counts = {

@@ -84,7 +84,7 @@ COLUMNS: dict[str, str] = {
     "git_sha": "string",
     "torch_version": "string",
     "device_name": "string",
-    "worker": "string",  # the process that ran the cell: host:pid, and on Ray "node <id>" (README: Scaling out)
+    "worker": "string",  # the process that ran the cell: host:pid, and on Ray "node <id>" (docs/scaling-out.md)
     "started_at": "string",
 }
 

@@ -20,7 +20,7 @@ from bench import files
 
 try:
     import fcntl
-except ImportError:  # Windows: no flock; the run folder is then unguarded (documented in the README)
+except ImportError:  # Windows: no flock; the run folder is then unguarded (docs/running.md says so)
     fcntl = None  # type: ignore[assignment]
 
 LOCK_FILE = ".lock"

@@ -84,7 +84,7 @@ class RunResult:
 
     @property
     def table(self) -> "pd.DataFrame":
-        """One row per cell, the results table's typed columns (README: What is measured)."""
+        """One row per cell, the results table's typed columns (docs/results.md)."""
         import pandas as pd
 
         return pd.read_parquet(self.run_dir / TABLE_FILE)

@@ -69,7 +69,7 @@ def test_the_kit_is_exactly_what_the_check_imports_beyond_the_gpu_machines_packa
 
 def test_the_steps_fit_in_eight_minutes_and_one_device_call():
     assert sum(s.seconds for s in STEPS) == TOTAL_SECONDS == 480  # each step is killed at its budget
-    assert TOTAL_SECONDS + 60 <= 540 <= 600  # the README's device call: 60 s for the kit's install and the bundle
+    assert TOTAL_SECONDS + 60 <= 540 <= 600  # docs/gpu.md's device call: 60 s for the kit's install and the bundle
 
 
 def test_a_step_over_its_budget_fails_and_the_whole_check_stays_within_the_sum_of_budgets(tmp_path):

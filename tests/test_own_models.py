@@ -1,4 +1,4 @@
-"""suites/own-models.yaml: the worked example of the README's "Your own model".
+"""suites/own-models.yaml: the worked example of docs/own-models.md.
 
 The factory (own-models/tiny_net.py:build) and the exported program (own-models/tiny_net.pt2) are the
 same network, so their cells must agree image by image; and the committed .pt2 must be what

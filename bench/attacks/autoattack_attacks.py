@@ -4,7 +4,7 @@ repository (github.com/fra31/auto-attack), an optional extra: ``pip install -e '
 
 This is the AutoAttack RobustBench's leaderboard and the papers that cite it run. bench's bare ``autoattack``
 is torchattacks' re-implementation, which is weaker: its APGD-CE, APGD-T and FAB-T take torchattacks' default of
-10 iterations where the authors' take 100; at 100 they give the authors' outcome image for image (README:
+10 iterations where the authors' take 100; at 100 they give the authors' outcome image for image (docs/attacks.md:
 "AutoAttack, the number to cite", measured by benchmarks/autoattack_reference.py). Cite this one.
 
 The harness calls it as it calls every attack, once per batch of the suite's ``batch_size`` (a batch as large as

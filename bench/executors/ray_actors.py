@@ -78,11 +78,11 @@ class CellWorker:
     def run(self, cell: CellSpec) -> dict[str, Any]:
         if cell.device.startswith("cuda:") and cell.device != "cuda:0":
             return unrun_row(cell, self.ws, "skipped", f"{cell.device}: a Ray worker has one GPU, its cuda:0; "
-                                                       "write `devices: [cuda]` and Ray picks the GPU (README: Scaling out)")
+                                                       "write `devices: [cuda]` and Ray picks the GPU (docs/scaling-out.md)")
         missing = sources.missing_files(cell.model)
         if missing:
             return unrun_row(cell, self.ws, "skipped", f"{missing[0]} is not on worker {self.name}: every Ray node "
-                                                       "needs the suite's model files at the same path (README: Scaling out)")
+                                                       "needs the suite's model files at the same path (docs/scaling-out.md)")
         handler = _Records()
         loggers = [logging.getLogger("bench"), logging.getLogger("bench.trace")]
         for logger in loggers:

@@ -33,7 +33,7 @@ def resolve(entry: dict[str, Any], ctx: "Context") -> dict[str, Any]:
     arch = entry.get("arch", card.get("arch"))
     if arch is None:
         ctx.error("arch", "is required (or a checkpoint with its card beside it); allowed: " + ", ".join(ARCHS)
-                  + ", torchvision/<name>, timm/<name>; or factory: / file: (see the README)")
+                  + ", torchvision/<name>, timm/<name>; or factory: / file: (docs/own-models.md)")
     if arch not in ARCHS:
         from bench.names import closest
 

@@ -25,7 +25,7 @@ What the function returns
 
 Preprocessing: for each of ``mean``, ``std`` (3 numbers each), ``input_size`` (an int, or timm's
 ``(3, H, W)`` with H == W), ``num_classes``, ``class_names`` (one string per class),
-``interpolation`` (bilinear, bicubic, nearest) and ``crop_pct`` (in (0, 1]; resize size =
+``interpolation`` (bilinear, bicubic, nearest) and ``crop_pct`` (in [0.25, 1]; resize size =
 floor(input_size / crop_pct), else bench's usual input_size / 0.875), the first of these that has it
 wins:
 
