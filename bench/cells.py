@@ -30,9 +30,9 @@ from bench.audit.cascade import Cascade
 from bench.audit.indicators import is_softmax
 from bench.crafting import Adversarial, craft, shrink_on_oom
 from bench.data import Dataset, load_dataset
-from bench.failures import CellFailure, CellSkipped, failure
+from bench.failures import CellFailure, CellSkipped, Interrupted, RunFolderUnwritable, failure
 from bench.fastpath import Levers, PrecisionError, backend_flags, prepare
-from bench.measure import measure, predict
+from bench.measure import assemble, measure_shard, predict
 from bench.models import CheckpointError, ModelUnavailable
 from bench.results import COLUMNS
 from bench.seeding import seed_of
@@ -75,7 +75,10 @@ class Workspace:
     run_id: str
     env: dict[str, Any]
     on_batch: Callable[[int], None] = lambda n: None  # progress hook: n batches done
-    should_stop: Callable[[], bool] = lambda: False  # polled between batches (Ctrl-C)
+    should_stop: Callable[[], bool] = lambda: False  # polled between shards (Ctrl-C)
+    # shards that landed before (a resume): (cell id, shard) → its outcomes (bench/measure.py measure_shard)
+    shard_parts: dict = field(default_factory=dict)
+    on_shard: Callable[[str, int, dict], None] = lambda cell_id, shard, part: None  # a shard landed: the runner writes it
     worker: str = field(default_factory=lambda: worker_name())  # the rows' worker column
     _base: dict = field(default_factory=dict)
     _prepared: dict = field(default_factory=dict)
@@ -131,15 +134,16 @@ class Workspace:
             raise prepared.with_traceback(None)
         return prepared
 
-    def warm_up(self, cell: CellSpec, prep: Prepared, batch_size: int, n: int | None = None) -> None:
+    def warm_up(self, cell: CellSpec, prep: Prepared, batch_size: int, n: int | None = None,
+                sizes: set[int] | None = None) -> None:
         """Untimed passes at every shape the timed regions will see: the full batch and the last,
-        shorter one (of ``n`` images: all of them, or those a cascade attacks), each without and with
-        gradients. First-call overheads, compilation (and recompilation for a new shape or grad mode)
-        and cuDNN autotuning stay out of throughput."""
+        shorter one (of ``n`` images, all of them by default), or the given ``sizes`` (a cascade's batches), each
+        without and with gradients. First-call overheads, compilation (and recompilation for a new shape or grad
+        mode) and cuDNN autotuning stay out of throughput."""
         n = len(self.data(cell)) if n is None else n
         if n == 0:
             return
-        sizes = {min(batch_size, n), n % batch_size or min(batch_size, n)} - prep.warm
+        sizes = (sizes if sizes is not None else {min(batch_size, n), n % batch_size or min(batch_size, n)}) - prep.warm
         if not sizes:
             return
         t0 = time.perf_counter()
@@ -176,14 +180,18 @@ class Workspace:
     def softmax(self, cell: CellSpec) -> bool:
         return self._softmax.get((cell.model, cell.device, cell.precision), False)
 
-    def adversarial(self, cell: CellSpec, prep: Prepared) -> Adversarial:
-        """The cell's adversarial images. Oblivious ones are crafted on the undefended model and
-        reused across defenses; adaptive ones are crafted against this cell's defense."""
-        key = cell.crafting_key
+    def shards(self, cell: CellSpec) -> list[tuple[int, int]]:
+        """The cell's shards: image ranges [lo, hi) of whole attack batches (the suite's ``shard_size``)."""
+        return shard_plan(len(self.data(cell)), cell.batch_size, self.suite.shard_size)
+
+    def adversarial(self, cell: CellSpec, prep: Prepared, lo: int, hi: int) -> Adversarial:
+        """The cell's adversarial images on the shard [lo, hi). Oblivious ones are crafted on the undefended
+        model and reused across defenses; adaptive ones are crafted against this cell's defense."""
+        key = (cell.crafting_key, lo, hi)
         if key != self._adv_key:
-            self._adv, self._adv_key = None, None  # free the previous group's images first
+            self._adv, self._adv_key = None, None  # free the previous shard's images first
             try:
-                self._adv = shrink_on_oom(cell.batch_size, lambda bs: craft(self, cell, prep, bs))
+                self._adv = shrink_on_oom(cell.batch_size, lambda bs: craft(self, cell, prep, bs, lo, hi))
                 if any(m.training for m in prep.model.modules()):  # dropout or batch statistics would now be live
                     prep.model.eval()  # so that later craftings on this model are not affected
                     self._adv = CellFailure("the attack left the model in training mode; its predictions cannot be trusted")
@@ -226,14 +234,73 @@ def run_cell(cell: CellSpec, ws: Workspace) -> dict[str, Any]:
         # process-wide backend flags (cudnn.benchmark) for this cell only, restored after it
         with backend_flags(Levers(compile=cell.model.compile)):
             prep = ws.model(cell)
-            row.update(measure(cell, ws, prep))
+            parts = []
+            for shard, (lo, hi) in enumerate(ws.shards(cell)):
+                part = ws.shard_parts.get((cell.cell_id, shard))
+                if part is None or (part["lo"], part["hi"]) != (lo, hi):
+                    if ws.should_stop():  # Ctrl-C: stop between shards; the ones that landed are kept
+                        raise Interrupted()
+                    part = measure_shard(cell, ws, prep, lo, hi)
+                    try:
+                        ws.on_shard(cell.cell_id, shard, part)
+                    except OSError as exc:  # the run folder cannot be written: the run stops, not this cell
+                        raise RunFolderUnwritable(exc) from exc
+                parts.append(part)
+            row.update(assemble(cell, ws, prep, parts))
         row["status"] = "ok"
+    except RunFolderUnwritable:
+        raise
     except CellSkipped as exc:
         row.update(status="skipped", reason=str(exc), weights=None)  # nothing was loaded
     except Exception as exc:  # anything a cell raises fails that cell alone; Ctrl-C is not an Exception
         exc = failure(exc, cell)
         row.update(status="failed", reason=str(exc), flags=exc.flag)
+    for key in [k for k in ws.shard_parts if k[0] == cell.cell_id]:  # the row is made: its shards' memory goes back
+        del ws.shard_parts[key]
     return row
+
+
+def measure_shards(cells: list[CellSpec], ws: Workspace, shards: list[int] | None = None) -> None:
+    """The outcomes of the given shards (default: all) of cells that share one crafting, shard by shard: each
+    shard's adversarial images are crafted once and measured under every cell's defense before the next shard is
+    crafted (cell by cell, a crafting of many shards would be made again for each defense). Outcomes go to
+    ``ws.on_shard`` and ``ws.shard_parts``; :func:`run_cell` then assembles each row from them. Best effort: a cell
+    whose shard raises is left to its own :func:`run_cell`, which meets the problem again and reports it in the
+    cell's row, as it would have unsharded."""
+    if not cells:
+        return
+    plan = ws.shards(cells[0])
+    live = [c for c in cells if not attack_registry.unavailable(c.attack)]
+    for shard in range(len(plan)) if shards is None else shards:
+        lo, hi = plan[shard]
+        for cell in list(live):
+            if (cell.cell_id, shard) in ws.shard_parts:
+                continue
+            if ws.should_stop():  # Ctrl-C: the cells' own runs stop between shards and say so
+                return
+            try:
+                with backend_flags(Levers(compile=cell.model.compile)):
+                    part = measure_shard(cell, ws, ws.model(cell), lo, hi)
+            except Exception as exc:  # noqa: BLE001 (the cell's row will say it)
+                log.debug("cell %s: shard %d left to the cell's own run: %s", cell.cell_id, shard, exc)
+                live.remove(cell)
+                continue
+            try:
+                ws.on_shard(cell.cell_id, shard, part)
+            except OSError as exc:  # the run folder cannot be written: the run stops, not this cell
+                raise RunFolderUnwritable(exc) from exc
+            ws.shard_parts[(cell.cell_id, shard)] = part
+
+
+def crafting_runs(cells: list[CellSpec]) -> list[list[CellSpec]]:
+    """Consecutive cells that share one crafting (the order is kept: a cascade's depends on it)."""
+    runs: list[list[CellSpec]] = []
+    for cell in cells:
+        if runs and runs[-1][0].crafting_key == cell.crafting_key:
+            runs[-1].append(cell)
+        else:
+            runs.append([cell])
+    return runs
 
 
 def unrun_row(cell: CellSpec, ws: Workspace, status: str, reason: str) -> dict[str, Any]:
@@ -266,6 +333,8 @@ def base_row(cell: CellSpec, ws: Workspace) -> dict[str, Any]:
         model=cell.model.name,
         model_source=cell.model.source,
         weights=(f"checkpoint:{Path(cell.model.checkpoint).name}" if cell.model.checkpoint
+                 # a module held in memory: its weights' digest, taken when it was handed over (bench/sources/memory.py)
+                 else f"memory:{cell.model.arch.rpartition('@')[2]}" if cell.model.source == "memory"
                  else cell.model.weights or "random"),
         input_size=cell.model.input_size,
         dataset=ws.data(cell).name,
@@ -317,6 +386,16 @@ def _device_name(device: str) -> str:
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+DEFAULT_SHARD_SIZE = 1024  # images: minutes of an AutoAttack cell on a GPU, seconds of most others
+
+
+def shard_plan(n: int, batch_size: int, shard_size: int | None) -> list[tuple[int, int]]:
+    """The shards of n images: ranges [lo, hi) of whole batches, ``shard_size`` images rounded up to a whole
+    number of batches (default :data:`DEFAULT_SHARD_SIZE`); the last one shorter."""
+    per = max(1, -(-(shard_size or DEFAULT_SHARD_SIZE) // batch_size)) * batch_size
+    return [(lo, min(n, lo + per)) for lo in range(0, n, per)] or [(0, 0)]
 
 
 def data_key(suite: Suite, model: ModelSpec) -> tuple[DataSpec, Preprocess]:

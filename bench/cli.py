@@ -1,9 +1,10 @@
 """Command line: ``bench run SUITE``, ``bench report RUN_DIR``.
 
-Exit status: 0 all cells ran (ok or skipped), 1 some cell failed or the run could not be written (a
+Exit status: 0 every cell ran (ok, or some skipped), 1 some cell failed or the run could not be written (a
 full disk: one line naming the file), 2 bad input (nothing written: a bad suite, a damaged run folder,
-a symbolic link where bench would write), 130 interrupted (finished cells kept). ``bench compare``: 1
-means a regression and nothing else.
+a symbolic link where bench would write), 3 nothing was measured: every cell skipped (or, with ``--require-all``,
+any cell skipped), 130 interrupted (finished cells kept). ``bench compare``: 1 means a regression and nothing else,
+4 a weaker evaluation (same models, another evaluation, a worst case up) and no regression.
 """
 
 from __future__ import annotations
@@ -21,41 +22,12 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from bench.progress import RichProgress, for_console  # noqa: F401 (RichProgress: where it used to live)
+
 log = logging.getLogger("bench")
 EXIT_OK, EXIT_FAILED_CELLS, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
-
-
-class RichProgress:
-    """Two bars: cells, and attack batches (the slow part)."""
-
-    def __init__(self, console: Console):
-        self._p = Progress(
-            TextColumn("[bold]{task.description:<8}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("{task.fields[detail]}"),
-            console=console,
-            transient=False,
-        )
-
-    def start(self, cells: int, batches: int) -> None:
-        self._cells = self._p.add_task("cells", total=cells, detail="")
-        self._batches = self._p.add_task("batches", total=batches, detail="")
-        self._p.start()
-
-    def cell(self, cell) -> None:
-        self._p.update(self._cells, detail=cell.cell_id)
-
-    def cell_done(self) -> None:
-        self._p.advance(self._cells)
-
-    def batch(self, n: int) -> None:
-        self._p.advance(self._batches, n)
-
-    def stop(self) -> None:
-        self._p.update(self._cells, detail="")
-        self._p.stop()
+EXIT_SKIPPED = 3  # every cell skipped (a nightly job on a machine whose GPU vanished), or any with --require-all
+EXIT_WEAKER_EVALUATION = 4  # bench compare: no regression, but a worst case rose because the evaluation got weaker
 
 
 def _positive(text: str) -> int:
@@ -86,6 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--results-dir", type=Path, default=Path("results"))
     run.add_argument("--reports-dir", type=Path, default=Path("reports"))
     run.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+    run.add_argument("--require-all", action="store_true",
+                     help="exit 3 if any cell is skipped (default: only if every cell is); for nightly jobs")
     run.add_argument("--resume", nargs="?", const="latest", default=None, metavar="RUN_DIR",
                      help="finish an interrupted run: only cells without a row run (default: the suite's latest run)")
     run.add_argument("--retry-failed", action="store_true",
@@ -259,10 +233,15 @@ def _run(args: argparse.Namespace, console: Console) -> int:
         print(f"error: {args.suite}: executor: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     if args.dry_run:
+        from bench.cells import shard_plan
+        from bench.data import describe
+
+        sizes = {m.name: describe(m.data or suite.data)[0] for m in suite.models}
         print(f"suite {suite.name}: {len(cells)} cells")
         for c in cells:
+            shards = shard_plan(sizes[c.model.name], c.batch_size, suite.shard_size)
             print(f"  {c.model.name:<16} {c.attack.name:<14} eps={format_eps(c.attack.eps):<8} {c.defense.label:<9} "
-                  f"{c.eval_mode:<10} {c.device:<6} {c.precision}")
+                  f"{c.eval_mode:<10} {c.device:<6} {c.precision:<5} {len(shards)} shard(s) of {shards[0][1] - shards[0][0]} images")
         return EXIT_OK
     from bench.cells import load_datasets
     from bench.runner import run_suite
@@ -290,7 +269,7 @@ def _run(args: argparse.Namespace, console: Console) -> int:
             return EXIT_BAD_INPUT
         log.info("resuming %s", resume)
     log.info("suite %s: %d cells on %s images", suite.name, len(cells), " + ".join(str(len(d)) for d in datasets.values()))
-    progress = None if args.no_progress else RichProgress(console)
+    progress = None if args.no_progress else for_console(console, sys.stderr)
     with _stop_on_ctrl_c() as stop:
         try:
             result = run_suite(suite, args.results_dir, args.reports_dir, progress=progress, datasets=datasets,
@@ -305,7 +284,15 @@ def _run(args: argparse.Namespace, console: Console) -> int:
     print(f"cells: {counts.get('ok', 0)} ok, {counts.get('skipped', 0)} skipped, {counts.get('failed', 0)} failed")
     print(f"table:  {result.run_dir / 'results.parquet'}")
     print(f"report: {result.report_path}")
-    return EXIT_FAILED_CELLS if counts.get("failed") else EXIT_OK
+    if counts.get("failed"):
+        return EXIT_FAILED_CELLS
+    skipped = counts.get("skipped", 0)
+    if skipped and (args.require_all or not counts.get("ok")):
+        which = "every cell" if not counts.get("ok") else f"{skipped} cell(s)"
+        print(f"error: {which} skipped, nothing measured for {'them' if counts.get('ok') else 'the suite'} "
+              f"(reasons in the report){'; --require-all' if args.require_all and counts.get('ok') else ''}", file=sys.stderr)
+        return EXIT_SKIPPED
+    return EXIT_OK
 
 
 @contextlib.contextmanager
@@ -517,7 +504,9 @@ def _compare(args: argparse.Namespace) -> int:
         except OSError as exc:  # a link there, a full disk: the comparison is printed above, its file is not
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_BAD_INPUT
-    return EXIT_FAILED_CELLS if result.regressions else EXIT_OK
+    if result.regressions:
+        return EXIT_FAILED_CELLS
+    return EXIT_WEAKER_EVALUATION if result.weaker_evaluation else EXIT_OK
 
 
 def _robustbench(args: argparse.Namespace, console: Console) -> int:
@@ -549,7 +538,7 @@ def _robustbench(args: argparse.Namespace, console: Console) -> int:
     from bench.runner import latest_run
 
     run_dir = latest_run(args.results_dir, protocol.name)
-    if code not in (EXIT_OK, EXIT_FAILED_CELLS) or run_dir is None:
+    if code not in (EXIT_OK, EXIT_FAILED_CELLS, EXIT_SKIPPED) or run_dir is None:  # a skip still gets its row
         return code
     try:
         row = rb.leaderboard_row(protocol, run_dir)

@@ -20,11 +20,10 @@ import torch.nn as nn
 from bench import attacks as attack_registry
 from bench import defenses as defense_registry
 from bench.audit.indicators import (
-    REPEAT_TOLERANCE,
     replayed,
 )
 from bench.audit.queries import QueryLog, margins
-from bench.failures import CellFailure, Interrupted
+from bench.failures import CellFailure
 from bench.fastpath import Wrapper, input_gradient
 from bench.seeding import seed_of, seeded
 from bench.specs import CellSpec
@@ -35,12 +34,16 @@ if TYPE_CHECKING:
     from bench.crafting import Adversarial
 
 log = logging.getLogger(__name__)
-from bench.audit.checks import crafting_indicators, model_checks
+from bench.audit.checks import crafting_signals, model_checks
 
 
 @dataclass
 class Adversarial:
-    images: torch.Tensor  # uint8, every image of the data (those not attacked keep their clean pixels)
+    """One shard of a crafting: the images [lo, hi) of the data, every per-image array over those images."""
+
+    lo: int
+    hi: int
+    images: torch.Tensor  # uint8, the shard's images (those not attacked keep their clean pixels)
     attacked: torch.Tensor  # bool per image: the attack ran on it (all, unless a cascade skipped it)
     reached: torch.Tensor  # bool per image: the returned point reaches the attack's goal on the attacked model
     seconds: float
@@ -49,10 +52,15 @@ class Adversarial:
     batch_size: int  # the batch size actually used (smaller than asked after a GPU out-of-memory)
     forward_passes: int = 0  # query rows the attack sent through the model
     backward_passes: int = 0  # rows whose input gradient it took
-    flags: list[str] = field(default_factory=list)  # indicators judged on the crafting (bench/audit/indicators.py)
-    evidence: dict[str, Any] = field(default_factory=dict)
     check_seconds: float = 0.0  # the indicators' checks of this crafting (untimed in the throughput)
     broken_by: list[str | None] | None = None  # per image, the part of an ensemble whose output it is (AutoAttack)
+    # per image, what the indicators of attack failure read (bench/audit/checks.py judges them over the whole cell)
+    signals: dict[str, list] = field(default_factory=dict)
+    zero_grad: bool = False  # the data's first batch has an all-zero input gradient
+    stability_flags: list[str] = field(default_factory=list)  # the attacked model's stability (checks on the first batch)
+    stability: dict[str, Any] = field(default_factory=dict)
+    repaired: int = 0  # boundary points pushed outward to stay adversarial in 8 bits
+    query_log_seconds: float = 0.0  # the query log's share of ``seconds`` (bench/audit/queries.py)
 
 
 class StepCounter(Wrapper):
@@ -68,35 +76,43 @@ class StepCounter(Wrapper):
         return self.model(x)
 
 
-def craft(ws: "Workspace", cell: CellSpec, prep: Prepared, batch_size: int) -> Adversarial:
+def craft(ws: "Workspace", cell: CellSpec, prep: Prepared, batch_size: int, lo: int, hi: int) -> Adversarial:
+    """The cell's crafting on the images [lo, hi) (whole batches of the data: a shard, or all of it)."""
     ws.warm_up(cell, prep, batch_size)
     ds = ws.data(cell)
     attacked_mask = ws.standing(cell, prep)
-    ws.warm_up(cell, prep, batch_size, int(attacked_mask.sum()))  # a cascade's last batch may be shorter
     counter = StepCounter(prep.model)
     # a randomized defense's draws while crafting (EOT averages eot_samples of them per gradient)
     draws = defense_registry.generator(cell.device, seed_of(cell.attack_seed, "craft"))
     target = defense_registry.attack_model(counter, cell.defense, cell.eval_mode, cell.eot_samples, draws)
+    # the indicators' model checks, on the data's first batch whatever the shard: untimed, not counted as steps
     first_x, first_y = (t.to(cell.device) for t in next(ds.batches(batch_size)))
     t0 = time.perf_counter()
-    # the indicators' model checks: untimed, not counted as steps, draws replayed
     zero_grad = not bool((input_gradient(target, first_x) != 0).any())
     stability_flags_, stability = model_checks(ws, cell, target, first_x, first_y)
     check_seconds = time.perf_counter() - t0
     counter.images = 0
-    draws.manual_seed(seed_of(cell.attack_seed, "craft"))  # the checks' draws do not shift the attack's
     norm = attack_registry.norm(cell.attack)
     log = QueryLog(target, len(ds), norm, cell.attack.eps, cell.attack.targeted, device=cell.device)
-    images, reached = ds.images.clone(), torch.zeros(len(ds), dtype=torch.bool)
+    images, reached = ds.images[lo:hi].clone(), torch.zeros(len(ds), dtype=torch.bool)
     broken_by: list[str | None] | None = None
     chosen = attacked_mask.nonzero().squeeze(1)
     watch = Stopwatch(cell.device)
     reset_peak_memory(cell.device)
-    batches, repaired = 0, 0
-    with seeded(cell.attack_seed, cell.device):
+    repaired = 0
+    # Batch k is the images [k·B, (k+1)·B) of the data that the crafting attacks (all, or a cascade's standing ones),
+    # seeded by k alone: an image's batch and every draw it sees follow from its index in the data, never from the
+    # batches before it, so any subset of batches (a shard, on any worker, in any order) gives the same images.
+    with seeded(seed_of(cell.attack_seed, "build"), cell.device):
         attack = attack_registry.build(cell.attack, log, seed=cell.attack_seed, num_classes=cell.model.num_classes)
-        for start in range(0, len(chosen), batch_size):
-            index = chosen[start : start + batch_size]
+    for k in range(lo // batch_size, -(-hi // batch_size)):
+        index = chosen[(chosen >= max(lo, k * batch_size)) & (chosen < min(hi, (k + 1) * batch_size))]
+        if len(index) == 0:  # a cascade broke every image of this batch already
+            ws.on_batch(1)
+            continue
+        ws.warm_up(cell, prep, batch_size, sizes={len(index)})  # a cascade's batches may be shorter: warmed, untimed
+        draws.manual_seed(seed_of(cell.attack_seed, "craft", k))
+        with seeded(seed_of(cell.attack_seed, "batch", k), cell.device):
             x = ds.images[index].float().div_(255).to(cell.device)
             y = ds.labels[index].to(cell.device)
             goal = torch.full_like(y, cell.attack.target) if cell.attack.targeted else y
@@ -105,9 +121,9 @@ def craft(ws: "Workspace", cell: CellSpec, prep: Prepared, batch_size: int) -> A
                 adv = attack(x, y)
             log.end()
             if getattr(attack, "broken_by", None) is not None:  # an ensemble says which of its attacks made each image
-                broken_by = broken_by or [None] * len(ds)
+                broken_by = broken_by or [None] * (hi - lo)
                 for i, name in zip(index.tolist(), attack.broken_by):
-                    broken_by[i] = name
+                    broken_by[i - lo] = name
             if cell.attack.eps is None:  # a point on the decision boundary: keep it adversarial in 8 bits
                 with watch.region():
                     adv, moved = round_outward(target, x, adv, goal, cell.attack.targeted)
@@ -115,26 +131,21 @@ def craft(ws: "Workspace", cell: CellSpec, prep: Prepared, batch_size: int) -> A
             t0 = time.perf_counter()
             reached[index] = reaches(target, adv, goal, cell.attack.targeted)
             check_seconds += time.perf_counter() - t0
-            images[index] = defense_registry.to_uint8(adv).cpu()
-            batches += 1
-            ws.on_batch(1)
-            if ws.should_stop():
-                raise Interrupted()
-    ws.on_batch(max(0, -(-len(ds) // batch_size) - batches))  # batches a cascade did not need
-    hidden_noise = stability.get("repeat_difference", 0.0) > REPEAT_TOLERANCE  # the same input, other outputs
-    flags, evidence = crafting_indicators(cell, log, reached, attacked_mask, zero_grad, len(ds), hidden_noise)
-    if cell.attack.eps is None:
-        evidence["boundary_repaired_images"] = repaired
-    # the query log's bookkeeping ran inside the attack's timed region: it is not the attack's time
+            images[index - lo] = defense_registry.to_uint8(adv).cpu()
+        ws.on_batch(1)
+    t0 = time.perf_counter()
+    signals = crafting_signals(log, reached, attacked_mask, lo, hi)
+    check_seconds += time.perf_counter() - t0
+    # the query log's bookkeeping runs inside the attack's timed region and stays in its time (a harness that records
+    # every query costs that much; throughput is never flattered): its share is kept beside it
     seconds, logged = watch.seconds, log.watch.seconds
-    check_seconds += logged
     # a score-based attack: gradients, masked or not, do not steer it; BPDA: its gradient is the model's own
     # at the defended point, which jumps with the defense's discrete forward (what BPDA already bypasses)
     if log.backward_rows == 0 or cell.eval_mode == "adaptive-bpda":
         stability_flags_ = [f for f in stability_flags_ if f != "shattered-gradients"]
-    return Adversarial(images, attacked_mask, reached, max(0.0, seconds - logged), counter.images, peak_memory_mb(cell.device),
-                       batch_size, log.forward_rows, log.backward_rows, flags + stability_flags_,
-                       {**evidence, **stability}, check_seconds, broken_by)
+    return Adversarial(lo, hi, images, attacked_mask[lo:hi].clone(), reached[lo:hi].clone(), seconds,
+                       counter.images, peak_memory_mb(cell.device), batch_size, log.forward_rows, log.backward_rows,
+                       check_seconds, broken_by, signals, zero_grad, stability_flags_, stability, repaired, logged)
 
 
 OUTWARD_SCALES = (1.02, 1.05, 1.1, 1.2, 1.35, 1.5)

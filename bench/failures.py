@@ -25,6 +25,15 @@ class CellFailure(RuntimeError):
         self.flag = flag  # a flag (bench/audit/flags.py) the failure also raises
 
 
+class RunFolderUnwritable(RuntimeError):
+    """A shard's outcomes could not be written to the run folder (a full disk): the run stops there, and no cell
+    is to blame. ``cause`` is the write's own error."""
+
+    def __init__(self, cause: BaseException):
+        super().__init__(str(cause))
+        self.cause = cause
+
+
 class CellSkipped(RuntimeError):
     """The cell cannot run on this machine; the message says why and how to fix it."""
 

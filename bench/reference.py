@@ -204,6 +204,7 @@ def _loader_says(patch: dict[str, Any], key: str) -> str:
 
 def _top_level() -> list[str]:
     from bench import defenses
+    from bench.cells import DEFAULT_SHARD_SIZE
     from bench.suite import REQUIRED_TOP, TOP_KEYS, parse_suite
 
     suite = parse_suite(_BASE)
@@ -219,6 +220,7 @@ def _top_level() -> list[str]:
         "eot_samples": _code(suite.eot_samples),
         "eval_draws": _code(suite.eval_draws),
         "cascade": _code(suite.cascade),
+        "shard_size": _code(DEFAULT_SHARD_SIZE),
         "unconstrained_check": _code(suite.unconstrained_check),
         "include": "no rule",
         "exclude": "no rule",
@@ -233,6 +235,8 @@ def _top_level() -> list[str]:
         "defenses": "names or mappings: [`defenses`](#defenses); a list of values for a key is one defense each",
         "include": "[rules](#include-and-exclude): a cell is kept if it matches some `include` rule (when there are any)",
         "exclude": "[rules](#include-and-exclude): a cell matching any `exclude` rule is dropped",
+        "shard_size": "each shard's outcomes are on disk before the next starts; a resume runs only the shards "
+                      "without them; on Ray the shards of one cell go to different workers ([Running](running.md#crash-safety))",
         "executor": "[`executor`](#executor); not part of the suite's digest (a run may be resumed on another executor)",
     }
     rows = []

@@ -79,6 +79,7 @@ COLUMNS: dict[str, str] = {
     "defense_images_per_s": "float64",
     "warmup_seconds": "float64",  # model preparation, compilation, first pass: never in throughput
     "check_seconds": "float64",  # the indicators' own checks (stability, the unconstrained attack): never in throughput
+    "query_log_seconds": "float64",  # the query log's share of attack_seconds (recording every query the attack makes)
     "peak_mem_mb": "float64",
     "seed": "Int64",
     "git_sha": "string",
@@ -91,10 +92,12 @@ COLUMNS: dict[str, str] = {
 # Columns that vary from run to run on the same machine; every other column is reproducible.
 VOLATILE_COLUMNS = (
     "run_id", "started_at", "attack_seconds", "attack_images_per_s", "attack_steps_per_s",
-    "clean_images_per_s", "defense_images_per_s", "warmup_seconds", "check_seconds", "peak_mem_mb", "worker",
+    "clean_images_per_s", "defense_images_per_s", "warmup_seconds", "check_seconds", "query_log_seconds",
+    "peak_mem_mb", "worker",
 )
 
 ROWS_FILE = "rows.jsonl"
+SHARDS_FILE = "shards.jsonl"  # each shard of a cell as it lands (bench/measure.py measure_shard): resume inside a cell
 PREDICTIONS_FILE = "predictions.parquet"
 PREDICTIONS_KEY = "_predictions"
 TABLE_FILE = "results.parquet"
@@ -182,6 +185,50 @@ def read_rows(run_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def read_shards(run_dir: Path) -> dict[tuple[str, int], dict[str, Any]]:
+    """The shards a run's shard log holds: (cell id, shard) → its outcomes (a shard logged twice keeps its last);
+    lines that are not a shard (cut off by a crash) are left out: that shard runs again."""
+    path = Path(run_dir) / SHARDS_FILE
+    if not os.path.lexists(path):
+        return {}
+    _regular(path)
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise RunFolderError(path, f"cannot be read ({exc.strerror or exc})") from None
+    out = {}
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("cell_id"), str) and isinstance(record.get("shard"), int) \
+                and _whole_shard(record):
+            out[(record.pop("cell_id"), record.pop("shard"))] = record
+    return out
+
+
+_SHARD_LISTS = ("robust", "survived", "attacked", "reached", "linf", "l2", "l1", "l0")
+_SHARD_NUMBERS = ("attack_seconds", "steps", "forward_passes", "backward_passes", "peak_mem_mb", "batch_size",
+                  "check_seconds", "repaired", "defense_seconds", "eval_draws")
+
+
+def _whole_shard(record: dict[str, Any]) -> bool:
+    """A shard's outcomes as measure_shard wrote them: its range and one value per image in each list (a record
+    damaged on disk is left out, and that shard runs again)."""
+    lo, hi = record.get("lo"), record.get("hi")
+    if not (isinstance(lo, int) and isinstance(hi, int) and 0 <= lo <= hi):
+        return False
+    if not all(isinstance(record.get(k), list) and len(record[k]) == hi - lo for k in _SHARD_LISTS):
+        return False
+    signals = record.get("signals")
+    if not isinstance(signals, dict) or not all(isinstance(v, list) and len(v) == hi - lo for v in signals.values()):
+        return False
+    numbers = all(isinstance(record.get(k), (int, float)) and not isinstance(record.get(k), bool) for k in _SHARD_NUMBERS)
+    return numbers and isinstance(record.get("stability"), dict) and isinstance(record.get("stability_flags"), list) \
+        and (record.get("broken_by") is None or (isinstance(record["broken_by"], list) and len(record["broken_by"]) == hi - lo))
+
+
 def write_table(df: pd.DataFrame, path: Path) -> None:
     files.write_with(path, lambda f: df.to_parquet(f, index=False))
 
@@ -209,7 +256,7 @@ RUN_SCHEMA: dict[str, tuple[type, ...]] = {
     "suite": (str,), "run_id": (str,), "suite_digest": (str,), "status": (str,), "suite_file": (str, type(None)),
     "resolved_suite": (dict,), "dataset": (dict,), "datasets": (dict,), "environment": (dict,), "cells": (int,),
     "wall_seconds": (int, float), "started_at": (str,), "finished_at": (str,), "error": (str,), "resumed_at": (list,),
-    "executor": (dict, str), "earlier_executors": (list,)}
+    "executor": (dict, str), "earlier_executors": (list,), "partial_cells": (dict,)}
 MAX_JSON_BYTES = 256 * 2**20  # a run.json is kilobytes to a few megabytes (image ids); more is not a run.json
 
 

@@ -26,7 +26,7 @@ from bench.audit.flags import apply_cross_cell
 from bench.cells import _now, data_key, load_datasets
 from bench.data import Dataset
 from bench.executors import Executor, Job
-from bench.failures import LOG_FILE, Interrupted, _trace
+from bench.failures import RunFolderUnwritable, LOG_FILE, Interrupted, _trace
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -35,6 +35,7 @@ from bench.results import (
     PREDICTIONS_FILE,
     ROWS_FILE,
     RUN_FILE,
+    SHARDS_FILE,
     TABLE_FILE,
     WORST_CASE_FILE,
     WORST_CASE_IMAGES_FILE,
@@ -45,6 +46,7 @@ from bench.results import (
     predictions_frame,
     read_json,
     read_rows,
+    read_shards,
     to_frame,
     write_json,
     write_table,
@@ -57,8 +59,8 @@ log = logging.getLogger(__name__)
 # Bytes of spaces kept at the end of run.json while a run is going, so that its final status can be
 # written in place when the disk is full (files.overwrite_in_place): "error" and why, never "running".
 RUN_FILE_RESERVE = 4096
-RUN_FOLDER_FILES = (LOCK_FILE, ROWS_FILE, LOG_FILE, RUN_FILE, TABLE_FILE, PREDICTIONS_FILE, WORST_CASE_FILE,
-                    WORST_CASE_IMAGES_FILE)
+RUN_FOLDER_FILES = (LOCK_FILE, ROWS_FILE, SHARDS_FILE, LOG_FILE, RUN_FILE, TABLE_FILE, PREDICTIONS_FILE,
+                    WORST_CASE_FILE, WORST_CASE_IMAGES_FILE)
 __all__ = ["run_suite", "RunResult", "ResumeError", "RunError", "Interrupted", "latest_run"]
 
 
@@ -113,7 +115,8 @@ def _describe(dataset: Dataset, key: tuple[DataSpec, Preprocess] | None = None, 
     if dataset.split:
         out["split"] = dataset.split
     if key is not None:
-        out["preprocess"] = {"input_size": key[1].input_size, "resize_size": key[1].resize, "interpolation": key[1].interpolation}
+        out["preprocess"] = {"input_size": key[1].input_size, "resize_size": key[1].resize, "interpolation": key[1].interpolation,
+                             "transform": dataset.transform}
         out["models"] = models or []
     return out
 
@@ -151,6 +154,8 @@ def _check_targets(run_dir: Path | None, reports_dir: Path, run_id: str | None) 
 
 def _reason(exc: BaseException) -> str:
     """One line for run.json and the terminal: a write error says file and errno itself."""
+    if isinstance(exc, RunFolderUnwritable):  # a shard's write: say what the write said
+        return _reason(exc.cause)
     if isinstance(exc, files.WriteError):
         return str(exc)
     text = str(exc).strip().splitlines()
@@ -297,7 +302,9 @@ def _execute(suite: Suite, cells: list, done_rows: list[dict[str, Any]], retry_r
     stays in the table until its new row lands (an interrupted retry loses nothing)."""
     done = {r["cell_id"] for r in done_rows}
     todo = [c for c in cells if c.cell_id not in done]
-    job = Job(suite, datasets, meta["run_id"], meta["environment"], todo, stop=stop, done=list(done_rows))
+    wanted = {c.cell_id for c in todo}
+    job = Job(suite, datasets, meta["run_id"], meta["environment"], todo, stop=stop, done=list(done_rows),
+              shard_parts={k: v for k, v in read_shards(run_dir).items() if k[0] in wanted})
     if progress is not None:
         progress.start(len(todo), sum(job.batches_of(g[0]) for g in executors.groups(todo)))
         job.started, job.batches = progress.cell, progress.batch
@@ -312,11 +319,17 @@ def _execute(suite: Suite, cells: list, done_rows: list[dict[str, Any]], retry_r
     t0 = time.perf_counter()
     status, error = "interrupted", None
     seen_reasons: set = set()
+    rowlog = None
     try:
         rowlog = RowLog(run_dir / ROWS_FILE)
+        shardlog = RowLog(run_dir / SHARDS_FILE)
     except OSError as exc:
+        if rowlog is not None:
+            rowlog.close()
         _detach(handler)
         raise RunError(run_dir, _reason(exc)) from None
+    # each shard's outcomes on disk (fsynced) before the next shard starts: a kill loses at most the shard in progress
+    job.shard_done = lambda cell_id, shard, part: shardlog.append({"cell_id": cell_id, "shard": shard, **part})
     try:
         for row in executor.run(job):
             rowlog.append(row)
@@ -335,6 +348,7 @@ def _execute(suite: Suite, cells: list, done_rows: list[dict[str, Any]], retry_r
         raise RunError(run_dir, error) from exc
     finally:
         rowlog.close()
+        shardlog.close()
         if progress is not None:
             progress.stop()
         landed = {r["cell_id"] for r in rows}
@@ -347,11 +361,30 @@ def _execute(suite: Suite, cells: list, done_rows: list[dict[str, Any]], retry_r
             meta["error"] = error
         else:
             meta.pop("error", None)
+        meta["partial_cells"] = _partial(suite, todo, rows, datasets, run_dir) if status != "complete" else {}
         report, failure = _finish(suite, rows, run_dir, meta, reports_root)
         _detach(handler)
     if failure:  # the cells ran, but the table or the report could not be written
         raise RunError(run_dir, failure)
     return RunResult(run_dir, report, rows, status == "complete")
+
+
+def _partial(suite: Suite, todo: list, rows: list[dict[str, Any]], datasets: dict, run_dir: Path) -> dict[str, str]:
+    """Cells without a row that have shards on disk: cell id → "k of n shards" (a resume runs only the rest)."""
+    from bench.cells import shard_plan
+
+    try:
+        logged = read_shards(run_dir)
+    except Exception:  # noqa: BLE001 (the run's own error says more; the report goes on without this line)
+        return {}
+    landed = {r["cell_id"] for r in rows}
+    out = {}
+    for cell in todo:
+        k = sum(1 for cid, _ in logged if cid == cell.cell_id)
+        if k and cell.cell_id not in landed:
+            n = len(shard_plan(len(datasets[data_key(suite, cell.model)]), cell.batch_size, suite.shard_size))
+            out[cell.cell_id] = f"{min(k, n)} of {n} shards"
+    return out
 
 
 def _finish(suite: Suite, rows: list[dict[str, Any]], run_dir: Path, meta: dict[str, Any],

@@ -184,7 +184,7 @@ class CellSpec:
             [
                 self.model.name,
                 f"{self.attack.name}@{self.attack.digest}",
-                f"eps={format_eps(self.attack.eps)}",
+                f"eps={eps_key(self.attack.eps)}",
                 self.defense.label,
                 self.eval_mode,
                 self.device,
@@ -208,7 +208,7 @@ class CellSpec:
         """Seed for crafting this cell's adversarial images. It depends on the model, attack, ε,
         device and precision, on the defense and mode only for adaptive attacks (oblivious ones
         never see the defense), and not on which cells ran before."""
-        parts = [self.model.name, self.attack.name, format_eps(self.attack.eps), self.device, self.precision]
+        parts = [self.model.name, self.attack.name, eps_key(self.attack.eps), self.device, self.precision]
         if self.eval_mode != "oblivious":  # an adaptive attack crafts against this defense
             parts += [self.defense.label, self.eval_mode]
         key = "/".join(parts)
@@ -231,11 +231,32 @@ class ExecutorSpec:
     max_retries: int = 2  # ray: times a crafting group runs again after its worker is lost
 
 
-def format_eps(eps: float | None) -> str:
-    """ε as a readable fraction of 255 where it is one (``10/255``), else a short decimal."""
+def eps_key(eps: float | None) -> str:
+    """ε in ids (cell ids, worst-case ids): a fraction of 255 where it is one (``10/255``), else a short decimal.
+    Fixed for good: runs are paired across versions by these ids."""
     if eps is None or (isinstance(eps, float) and math.isnan(eps)):
         return "-"
     k = eps * 255
     if abs(k - round(k)) < 1e-6:
         return f"{round(k)}/255"
     return f"{eps:.6g}"
+
+
+def format_eps(eps: float | None) -> str:
+    """ε in the unit a suite writes it in: a short decimal stays one (``0.2``, ``0.15``, ``1``), other fractions of
+    255 are written so (``8/255``), anything else as a decimal. (0.2 is 51/255 exactly; a suite that gives 0.2 means
+    0.2.)"""
+    if eps is None or (isinstance(eps, float) and math.isnan(eps)):
+        return "-"
+    short = f"{eps:.6g}"
+    if "e" not in short and len(short.partition(".")[2]) <= 2:
+        return short
+    return eps_key(eps)
+
+
+def eps_axis(values) -> tuple[float, str]:
+    """How a plot's ε axis reads: ×1/255 when every ε is a fraction of 255 written so, else ε as given."""
+    labels = [format_eps(float(v)) for v in values]
+    if labels and all(label.endswith("/255") for label in labels):
+        return 255.0, "ε (×1/255)"
+    return 1.0, "ε"

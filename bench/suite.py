@@ -47,6 +47,8 @@ TOP_KEYS = {
     "eval_draws": "integer >= 1: draws of a randomized defense per image for robust_acc_all_draws (default 1)",
     "cascade": "true or false: run each attack only on the images still standing (AutoAttack's cascade; default false)",
     "unconstrained_check": "true or false: the unconstrained-attack indicator's extra crafting per attack (default true)",
+    "shard_size": "integer >= 1: images per shard of a cell, rounded up to whole batches; numbers do not "
+                  "depend on it, so it is not part of the suite's digest",
     "include": "list of rules",
     "exclude": "list of rules",
     "executor": "local (default) or ray, or a mapping: type, address, workers, cpus_per_worker, max_retries",
@@ -130,6 +132,7 @@ class Suite:
     eval_draws: int = 1
     cascade: bool = False  # each attack only on the images still standing (bench/audit/cascade.py)
     unconstrained_check: bool = True  # the unconstrained-fails indicator's extra crafting (bench/audit/indicators.py)
+    shard_size: int | None = None  # images per shard (bench/cells.py shard_plan); None: the default
     include: tuple[dict[str, Any], ...] = ()
     exclude: tuple[dict[str, Any], ...] = ()
     # where cells run, as the suite wrote it: checked where the executor is chosen (bench.executors.from_suite),
@@ -360,6 +363,7 @@ class _Validator:
         eval_draws = c(self.integer, doc.get("eval_draws", 1), "eval_draws", lo=1, default=1)
         cascade = c(self.boolean, doc.get("cascade", False), "cascade", default=False)
         unconstrained_check = c(self.boolean, doc.get("unconstrained_check", True), "unconstrained_check", default=True)
+        shard_size = c(self.integer, doc["shard_size"], "shard_size", lo=1, default=None) if "shard_size" in doc else None
         include = c(self.rules, doc.get("include", []), "include", default=())
         exclude = c(self.rules, doc.get("exclude", []), "exclude", default=())
         if self.errors:
@@ -379,6 +383,7 @@ class _Validator:
             eval_draws=eval_draws,
             cascade=cascade,
             unconstrained_check=unconstrained_check,
+            shard_size=shard_size,
             include=include,
             exclude=exclude,
             executor_entry=doc.get("executor", "local"),
@@ -387,7 +392,7 @@ class _Validator:
         )
         # the resolved suite as plain JSON: recorded in run.json, and hashed for --resume
         raw = dataclasses.asdict(suite)
-        for key in ("path", "raw", "executor_entry", "lines"):
+        for key in ("path", "raw", "executor_entry", "lines", "shard_size"):  # none of them changes a number
             raw.pop(key)
         for data in [raw["data"], *(m["data"] for m in raw["models"] if m.get("data"))]:
             for newer in ("name", "options", "max_pixels"):  # keys newer than most suites: left out unset, so their digest stays

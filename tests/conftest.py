@@ -62,3 +62,40 @@ def tiny_suite(image_folder: Path) -> dict:
         "precisions": ["fp32"],
         "batch_size": 4,
     }
+
+
+LINEAR_FACTORY = """
+import torch
+import torch.nn as nn
+
+
+def build():
+    net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 10))
+    net.load_state_dict(torch.load(__file__.replace("linear.py", "linear.pt"), weights_only=True))
+    net.mean, net.std, net.input_size, net.num_classes = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), 16, 10
+    return net
+"""
+
+
+@pytest.fixture(scope="session")
+def linear(tmp_path_factory) -> Path:
+    """A linear classifier of the digits at 16 px, fitted in a second: attacks break some of its images and not
+    others, and where a random start lands decides a few (a random network's images all stand or all fall)."""
+    import torch
+
+    from bench.data import load_dataset
+    from bench.specs import DataSpec
+
+    folder = tmp_path_factory.mktemp("linear")
+    data = load_dataset(DataSpec("digits", split="train", image_size=16))
+    x, y = data.images.float() / 255, data.labels
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 10))
+    opt = torch.optim.Adam(net.parameters(), lr=0.01)
+    for _ in range(60):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+    torch.save(net.state_dict(), folder / "linear.pt")
+    (folder / "linear.py").write_text(LINEAR_FACTORY)
+    return folder / "linear.py"

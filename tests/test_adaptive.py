@@ -78,6 +78,7 @@ def test_adaptive_seeds_differ_per_defense_but_oblivious_ones_do_not(write_suite
     assert len(oblivious) == 1 and len(set(adaptive)) == len(adaptive) == 4
 
 
+@pytest.mark.slow  # make test-slow (CI runs it): keeps make test within its minutes
 def test_jpeg_helps_against_oblivious_attacks_and_adaptive_attacks_take_it_back(tmp_path, write_suite):
     doc = {
         "name": "shape", "seed": 0, "data": {"source": "samples"},
@@ -127,6 +128,7 @@ def test_randomized_defenses_record_eot_and_every_draw_and_rerun_to_the_bit(tmp_
     assert steps[adaptive_rp].eq(2 * 2 * 6).all(), steps[adaptive_rp]  # steps × EOT draws × images
 
 
+@pytest.mark.slow  # make test-slow (CI runs it): keeps make test within its minutes
 def test_adaptive_pgd_takes_back_what_squeezing_smoothing_and_randomization_seemed_to_buy(tmp_path, write_suite):
     """On the bundled ImageNet model: for bit depth 5, median 3 and resize-and-pad, an adaptive PGD at
     4/255 leaves robust accuracy within 10 points of the undefended model's, and no adaptive attack

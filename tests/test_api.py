@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import json
 import re
 from pathlib import Path
 
@@ -90,3 +92,76 @@ def test_a_suite_object_runs_too_but_takes_no_models(tmp_path):
     suite = bench.load_suite(ROOT / "suites" / "tutorial.yaml")
     with pytest.raises(TypeError, match="models= needs the suite as a path or a dict"):
         bench.run(suite, models={"x": _net()})
+
+
+def test_a_model_in_memory_is_known_by_its_weights_not_by_the_object(tmp_path):
+    from bench.reporting.compare import compare
+
+    def run(net: nn.Module, out: str):
+        result = bench.run(_doc(name="ident"), models={"mine": net}, progress=False, results_dir=tmp_path / out,
+                           reports_dir=tmp_path / f"{out}-reports")
+        return result, json.loads((result.run_dir / "run.json").read_text())
+
+    first, meta1 = run(_net(), "a")
+    again, meta2 = run(_net(), "b")  # a new object with the same weights: the same model
+    weights = first.table["weights"].iloc[0]
+    assert re.fullmatch(r"memory:sha256:[0-9a-f]{16}", weights) and (again.table["weights"] == weights).all()
+    assert meta1["suite_digest"] == meta2["suite_digest"]
+    changed = _net()
+    with torch.no_grad():
+        changed[1].bias.add_(1.0)  # changed in place: another model under the same name
+    third, meta3 = run(changed, "c")
+    assert third.table["weights"].iloc[0] != weights and meta3["suite_digest"] != meta1["suite_digest"]
+    text = compare(first.run_dir, third.run_dir).markdown
+    line = next(line for line in text.splitlines() if "**Model `mine` has other weights**" in line)
+    assert weights.rpartition(":")[2] in line and third.table["weights"].iloc[0].rpartition(":")[2] in line
+    assert "has other weights" not in compare(first.run_dir, again.run_dir).markdown
+
+
+def test_a_model_in_memory_still_takes_a_checkpoint(tmp_path):
+    net = _net()
+    path = tmp_path / "other.pt"
+    torch.save({k: v + 1 for k, v in net.state_dict().items()}, path)
+    doc = _doc(models=[{"name": "mine", "checkpoint": str(path)}])
+    result = bench.run(doc, models={"mine": net}, progress=False, results_dir=tmp_path / "r", reports_dir=tmp_path / "p")
+    assert result.table["status"].tolist() == ["ok"] and result.table["weights"].iloc[0] == "checkpoint:other.pt"
+
+
+def test_load_suite_takes_a_dict_and_models_as_run_does(tmp_path):
+    suite = bench.load_suite(_doc(), models={"mine": _net()})
+    assert [m.name for m in suite.models] == ["mine"] and "@sha256:" in suite.models[0].arch
+    with pytest.raises(SuiteError, match="attacks"):
+        bench.load_suite({**_doc(), "attacks": [{"type": "nope"}]}, models={"mine": _net()})
+
+
+def test_progress_false_prints_nothing_and_a_notebook_gets_a_line_per_cell(tmp_path, capsys):
+    from rich.console import Console
+
+    from bench.progress import LineProgress, RichProgress, for_console
+
+    bench.run(_doc(), models={"mine": _net()}, progress=False, results_dir=tmp_path / "r", reports_dir=tmp_path / "p")
+    out = capsys.readouterr()
+    assert out.out == "" and out.err == ""
+    assert isinstance(for_console(Console(file=io.StringIO(), force_jupyter=True)), LineProgress)
+    assert isinstance(for_console(Console(file=io.StringIO(), force_terminal=True)), RichProgress)
+    lines = io.StringIO()
+    bar = LineProgress(lines)
+    bar.start(2, 4)
+    for cell in ("a/fgsm", "a/pgd"):
+        bar.cell(type("Cell", (), {"cell_id": cell})())
+        bar.batch(2)
+        bar.cell_done()
+    text = lines.getvalue().splitlines()
+    assert len(text) == 3 and text[-1].endswith("cells 2/2 · batches 4/4 · done a/pgd")
+
+
+def test_dataset_gives_a_sources_splits_as_tensors_to_train_on():
+    train = bench.dataset("digits", split="train", image_size=16)
+    test = bench.dataset({"source": "digits", "split": "test"}, image_size=16)
+    assert (len(train), len(test)) == (1437, 360) and train.images.shape == (1437, 3, 16, 16)
+    assert train.labels.dtype == torch.int64 and set(train.labels.tolist()) == set(range(10))
+    assert not set(train.ids) & set(test.ids)  # a fixed split: no image in both
+    with pytest.raises(SuiteError, match="split"):
+        bench.dataset("digits", split="validation")
+    with pytest.raises(SuiteError, match="colour"):
+        bench.dataset("digits", colour=True)

@@ -206,7 +206,8 @@ class Conv(nn.Module):
         return self.fc(torch.relu(self.conv(x)).flatten(1))
 
 
-@pytest.mark.parametrize("name", names())
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in ("autoattack", "square") else n
+                                  for n in names()])  # the two slowest in make test-slow
 def test_every_registered_attack_gives_the_same_images_twice_under_the_harness_seed(name):
     from bench.seeding import seeded
 

@@ -54,6 +54,7 @@ def both(tmp_path_factory, data):
     return _run(tmp, _suite(tmp, data, [STANDARD, TORCHATTACKS]))
 
 
+@pytest.mark.slow  # make test-slow (CI runs it): keeps make test within its minutes
 def test_the_authors_autoattack_finds_exactly_the_images_that_are_not_robust(both):
     _, df, predictions = both
     row = df.loc["aa"]
@@ -63,6 +64,7 @@ def test_the_authors_autoattack_finds_exactly_the_images_that_are_not_robust(bot
     assert json.loads(row["attack_args"]) == {"eps": 8 / 255, "norm": "Linf", "seed": None, "target": None}
 
 
+@pytest.mark.slow  # make test-slow (CI runs it): keeps make test within its minutes
 def test_each_broken_image_names_the_attack_of_the_ensemble_that_broke_it(both):
     _, df, predictions = both
     mine = predictions[predictions["cell_id"] == df.loc["aa", "cell_id"]]
@@ -75,6 +77,7 @@ def test_each_broken_image_names_the_attack_of_the_ensemble_that_broke_it(both):
     assert theirs["broken_by"].isna().all()
 
 
+@pytest.mark.slow  # make test-slow (CI runs it): keeps make test within its minutes
 def test_the_report_leads_with_the_authors_figure_and_puts_torchattacks_beside_it(both):
     result, df, _ = both
     text = result.report
@@ -85,6 +88,7 @@ def test_the_report_leads_with_the_authors_figure_and_puts_torchattacks_beside_i
            "after SQUARE 50.0 %" in " ".join(section.split())
 
 
+@pytest.mark.slow  # make test-slow (CI runs it): keeps make test within its minutes
 def test_torchattacks_and_the_authors_autoattack_are_one_family_for_the_cross_check(both):
     from bench.audit.crosscheck import comparisons
 

@@ -194,3 +194,17 @@ def test_train_digits_writes_the_adversarial_checkpoint_under_its_method(cli, tm
     assert card["adversarial"]["method"] == "trades" and card["adversarial"]["eps_warmup"] == 1
     assert card["robust_test"]["eps"] == 0.05  # --robust-eps wins over the training ε
     assert card["input_size"] == 8 and card["epochs"] == 2 and card["batch_size"] == 64
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without a GPU, where cuda cells skip")
+def test_a_run_where_every_cell_is_skipped_exits_3_and_require_all_makes_any_skip_exit_3(tmp_path, tiny_suite, cli):
+    tiny_suite["attacks"], tiny_suite["defenses"] = tiny_suite["attacks"][:1], ["none"]
+    tiny_suite["devices"] = ["cuda"]  # no GPU here: every cell is skipped, nothing is measured
+    (tmp_path / "gpu.yaml").write_text(yaml.safe_dump(tiny_suite))
+    out = cli("run", "gpu.yaml", "--no-progress")
+    assert out.returncode == 3 and "every cell skipped" in out.stderr
+    tiny_suite["devices"] = ["cpu", "cuda"]  # some cells measured, some skipped: fine, unless every cell is required
+    (tmp_path / "mixed.yaml").write_text(yaml.safe_dump(tiny_suite))
+    assert cli("run", "mixed.yaml", "--no-progress").returncode == 0
+    out = cli("run", "mixed.yaml", "--no-progress", "--require-all")
+    assert out.returncode == 3 and "2 cell(s) skipped" in out.stderr

@@ -279,3 +279,55 @@ def test_two_identical_real_runs_compare_clean_with_their_worst_cases_matched(tm
     result = compare(*runs)
     assert result.regressions == 0 and "Changes" not in result.markdown, result.markdown
     assert "across 10 matched cells and worst cases" in result.markdown  # 6 cells + 2 defenses × 2 ε worst cases
+
+
+def test_a_weaker_evaluation_of_the_same_model_is_never_an_improvement(tmp_path, linear, capsys):
+    """The same model under PGD-10, then PGD-1: its worst case rises, and compare calls that a weaker evaluation
+    (exit 4), not an improvement of the model."""
+    import yaml
+
+    from bench.runner import run_suite
+
+    def run(steps: int, out: str):
+        doc = {"name": "evaluated", "seed": 0, "data": {"source": "digits", "limit": 120, "image_size": 16},
+               "models": [{"name": "lin", "factory": f"{linear}:build"}],
+               "attacks": [{"name": "pgd", "type": "pgd", "eps": "16/255", "steps": steps, "alpha": "4/255"}],
+               "batch_size": 60, "unconstrained_check": False}
+        (tmp_path / f"{out}.yaml").write_text(yaml.safe_dump(doc))
+        return run_suite(load_suite(tmp_path / f"{out}.yaml"), tmp_path / out, tmp_path / f"{out}-reports").run_dir
+
+    strong, weak = run(10, "strong"), run(1, "weak")
+    result = compare(strong, weak)
+    assert result.weaker_evaluation >= 1 and result.regressions == 0
+    assert "**The evaluation changed**" in result.markdown and "steps" in result.markdown
+    assert "| improvement" not in result.markdown and "weaker evaluation" in result.markdown
+    assert main(["compare", str(strong), str(weak)]) == 4
+    capsys.readouterr()
+    # the other way round it is not a regression of the model either: the evaluation changed
+    back = compare(weak, strong)
+    assert back.regressions == back.weaker_evaluation == 0 and "| regression" not in back.markdown
+    assert "evaluation changed" in back.markdown
+
+
+def test_adding_an_attack_does_not_hide_a_regression_of_a_cell_evaluated_the_same_way(tmp_path, linear, capsys):
+    import yaml
+
+    from bench.runner import run_suite
+
+    worse = tmp_path / "worse.py"  # the same model name, its weights spoiled: a real regression
+    worse.write_text(linear.read_text().replace('__file__.replace("linear.py", "linear.pt")', repr(str(linear.with_suffix(".pt"))))
+                     .replace("    return net", "    with torch.no_grad():\n        net[1].weight.mul_(-1)\n    return net"))
+    pgd = {"name": "pgd", "type": "pgd", "eps": "8/255", "steps": 5, "alpha": "2/255"}
+
+    def run(factory, attacks, out):
+        doc = {"name": "gate", "seed": 0, "data": {"source": "digits", "limit": 60, "image_size": 16},
+               "models": [{"name": "lin", "factory": f"{factory}:build"}], "attacks": attacks, "batch_size": 60,
+               "unconstrained_check": False}
+        (tmp_path / f"{out}.yaml").write_text(yaml.safe_dump(doc))
+        return run_suite(load_suite(tmp_path / f"{out}.yaml"), tmp_path / out, tmp_path / f"{out}-r").run_dir
+
+    base = run(linear, [pgd], "base")
+    cand = run(worse, [pgd, {"name": "fgsm", "type": "fgsm", "eps": "8/255"}], "cand")
+    result = compare(base, cand)
+    assert result.regressions >= 1  # the pgd cell's clean accuracy fell: judged, whatever else the suite added
+    assert "| regression" in result.markdown and "**The evaluation changed**" in result.markdown

@@ -110,6 +110,7 @@ def test_ray_gives_the_local_table(ray_session, suite_file, local_table, tmp_pat
     assert (oblivious == 1).all()  # a crafting group stays on one worker: crafted once
 
 
+@pytest.mark.slow  # make test-slow (CI runs it): keeps make test within its minutes
 def test_a_killed_worker_loses_nothing_and_no_cell_runs_twice(ray_session, suite_file, local_table, tmp_path):
     executor, hook = _ray(), KillOnFirstRow()
     result = run_suite(load_suite(suite_file), tmp_path / "results", tmp_path / "reports", executor=executor, progress=hook)
@@ -143,6 +144,7 @@ def build(num_classes=2):
 """
 
 
+@pytest.mark.slow  # make test-slow (CI runs it): keeps make test within its minutes
 def test_a_group_whose_worker_keeps_dying_fails_after_the_last_retry_and_the_rest_runs(ray_session, tiny_suite, tmp_path, write_suite):
     (tmp_path / "crash.py").write_text(CRASHING_NET)
     tiny_suite["models"].append({"name": "crash", "factory": "crash.py:build", "num_classes": 2, "input_size": 96,
@@ -167,6 +169,7 @@ def test_cuda_groups_on_a_cluster_without_gpus_are_skipped_saying_so(ray_session
     assert (df["reason"] == "the Ray cluster has no GPU (none of its nodes lists one)").all()
 
 
+@pytest.mark.slow  # make test-slow (CI runs it): keeps make test within its minutes
 def test_ctrl_c_keeps_the_rows_that_landed_and_resume_completes_the_run(ray_session, tiny_file, tmp_path, caplog):
     """(With more workers asked for than the 2 CPUs hold: the pool is cut to what fits, with a warning.)"""
     landed = []
@@ -224,6 +227,7 @@ def test_a_worker_without_the_models_file_skips_its_cells_and_names_itself(ray_s
     assert "every Ray node needs" in row["reason"]
 
 
+@pytest.mark.slow  # make test-slow (CI runs it): keeps make test within its minutes
 def test_a_cascade_on_ray_gives_the_local_cascade_even_when_a_worker_dies(ray_session, tmp_path):
     """Each (model, device, precision) chain runs on one worker in order; a chain whose worker dies (after
     its first row landed) is taken over by another, which first replays the rows that landed."""
@@ -297,3 +301,50 @@ def test_a_lost_workers_reason_is_whole_sentences():
     cut = _sentences(text, 600)
     assert len(cut) <= 600 and cut.endswith("memory.") and cut.count("The actor") == cut.count("memory.")
     assert _sentences("short.", 600) == "short."
+
+
+SLOW_NOISE = """
+import time
+
+import torch
+
+
+def slow_noise(model, images, labels, eps, generator, pause=0.5):
+    time.sleep(pause)  # a shard that takes long enough for both workers to be up before the cell is done
+    return (images + eps * (torch.rand(images.shape, generator=generator) * 2 - 1)).clamp(0, 1)
+"""
+
+
+@pytest.mark.slow  # make test-slow (CI runs it): keeps make test within its minutes
+def test_one_cell_runs_over_two_workers_with_the_numbers_of_one_piece(ray_session, tmp_path):
+    """Without a cascade, a cell of many shards is spread over the workers (spans of shards, then one worker
+    assembles the row): each shard on disk once, and every per-image outcome that of the cell run whole."""
+    (tmp_path / "noise.py").write_text(SLOW_NOISE)
+    doc = {"name": "spread", "seed": 3, "data": {"source": "digits", "limit": 24, "image_size": 16},
+           "models": [{"name": "cnn", "arch": "small_cnn", "num_classes": 10}],
+           # an L2 random start moves every image's distance: any seed that followed the shard would show
+           "attacks": [{"name": "pgd", "type": "pgdl2", "eps": 1.0, "steps": 2, "alpha": 0.4, "random_start": True},
+                       {"name": "square", "type": "square", "eps": "12/255", "n_queries": 10},
+                       {"name": "noise", "type": "python", "fn": str(tmp_path / "noise.py") + ":slow_noise", "eps": "12/255"}],
+           "defenses": ["none", {"type": "gaussian_noise", "sigma": 0.02}], "batch_size": 4, "unconstrained_check": False}
+    whole, spread = tmp_path / "whole.yaml", tmp_path / "spread.yaml"
+    whole.write_text(yaml.safe_dump(doc))
+    spread.write_text(yaml.safe_dump({**doc, "shard_size": 4}))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        local = run_suite(load_suite(whole), tmp_path / "local", tmp_path / "local-reports")
+    finally:
+        torch.set_num_threads(threads)
+    result = run_suite(load_suite(spread), tmp_path / "results", tmp_path / "reports", executor=_ray())
+    assert result.complete and result.counts == {"ok": 6}
+
+    def predictions(run_dir):
+        return pd.read_parquet(run_dir / "predictions.parquet").sort_values(["cell_id", "image"], ignore_index=True)
+
+    assert predictions(local.run_dir)["distance"].gt(0).any()
+    pd.testing.assert_frame_equal(predictions(result.run_dir), predictions(local.run_dir))
+    shards = pd.DataFrame([json.loads(line) for line in (result.run_dir / "shards.jsonl").read_text().splitlines()])
+    assert len(shards) == len(shards[["cell_id", "shard"]].drop_duplicates()) == 6 * 6  # 6 cells × 6 shards, once each
+    workers = shards[shards["cell_id"].str.contains("/noise@")].groupby("cell_id")["worker"].nunique()
+    assert len(workers) == 2 and (workers == 2).all()  # the slow cells' shards ran on both workers

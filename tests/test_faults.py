@@ -196,6 +196,7 @@ def tiny_disk(tmp_path):
         subprocess.run(["umount", "-l", str(mount)], capture_output=True)
 
 
+@pytest.mark.slow  # make test-slow (CI runs it): keeps make test within its minutes
 def test_a_real_full_disk_gives_one_line_and_resume_after_freeing_space_finishes(tmp_path, suite, tiny_disk):
     run = [sys.executable, "-m", "bench", "run", str(suite), "--no-progress", "--results-dir", str(tiny_disk / "results"),
            "--reports-dir", str(tmp_path / "reports")]

@@ -100,8 +100,40 @@ def test_the_verdict_is_unreliable_when_an_indicator_of_attack_failure_fired():
 def test_every_flag_says_what_it_suspects_and_what_to_try():
     indicators = {"silent-success", "incomplete-optimization", "transfer-failure", "unavailable-gradients",
                   "unstable-predictions", "shattered-gradients", "unconstrained-fails", "black-box-stronger",
-                  "softmax-output", "clean-at-chance", "implementations-disagree"}
-    kept = {"eps-rise", "adaptive-weaker", "short-delta", "defense-breaks-clean", "non-finite", "zero-grad"}
+                  "softmax-output", "clean-at-chance", "implementations-disagree", "ensemble-weaker"}
+    kept = {"eps-rise", "adaptive-weaker", "short-delta", "defense-breaks-clean", "non-finite", "zero-grad",
+            "weaker-than-another"}
     assert set(FLAGS) == indicators | kept
     assert all(f.suspects and f.remedy for f in FLAGS.values())
-    assert [c for c, f in FLAGS.items() if not f.unreliable] == ["defense-breaks-clean"]
+    assert [c for c, f in FLAGS.items() if not f.unreliable] == ["weaker-than-another", "defense-breaks-clean"]
+
+
+def _aa_case(pgd_breaks_more: bool, aa_breaks_more: bool = True, defense: str = "none", attacked=(True,) * 4):
+    """AutoAttack and PGD at one (model, defense, ε): AA breaks image 0 (and image 3 when asked); PGD breaks
+    image 0 (and image 2 when asked)."""
+    common = dict(status="ok", model="m", defense=defense, eval_mode="oblivious", device="cpu", precision="fp32",
+                  norm="Linf", eps=8 / 255, robust_acc=0.5)
+    df = pd.DataFrame([dict(cell_id="aa", attack="aa", attack_type="autoattack/standard", **common),
+                       dict(cell_id="pgd", attack="pgd", attack_type="pgd", **common)])
+    preds = pd.DataFrame({"cell_id": ["aa"] * 4 + ["pgd"] * 4, "image": [0, 1, 2, 3] * 2, "label": [0] * 8,
+                          "robust_pred": [1, 0, 0, 1 if aa_breaks_more else 0] + [1, 0, 1 if pgd_breaks_more else 0, 0],
+                          "attacked": [True] * 4 + list(attacked)})
+    return df, preds
+
+
+def test_an_ensemble_that_left_standing_what_another_attack_broke_is_unreliable_and_names_it():
+    df, preds = _aa_case(pgd_breaks_more=True)
+    evidence: dict = {}
+    flags = cross_cell_flags(df, preds, evidence=evidence)
+    assert flags == {"aa": ["ensemble-weaker"], "pgd": ["weaker-than-another"]}  # each broke one the other left
+    assert evidence["aa"]["weaker_than"] == {"pgd": 1} and evidence["pgd"]["weaker_than"] == {"aa": 1}
+    assert verdict(flags["aa"]) == "unreliable" and verdict(flags["pgd"]) == "reliable"  # a note for a single attack
+    assert cross_cell_flags(*_aa_case(pgd_breaks_more=False)) == {"pgd": ["weaker-than-another"]}  # AA dominates
+    assert cross_cell_flags(*_aa_case(pgd_breaks_more=False, aa_breaks_more=False)) == {}  # the same images
+
+
+def test_domination_is_not_judged_through_a_randomized_defense_or_under_a_cascade():
+    df, preds = _aa_case(pgd_breaks_more=True, defense="noise-0.05")
+    assert cross_cell_flags(df, preds, randomized=("noise-0.05",)) == {}  # each cell's draws differ
+    df, preds = _aa_case(pgd_breaks_more=True, attacked=(False, True, True, False))  # PGD attacked what AA left
+    assert cross_cell_flags(df, preds) == {}

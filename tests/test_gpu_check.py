@@ -72,6 +72,7 @@ def test_the_steps_fit_in_eight_minutes_and_one_device_call():
     assert TOTAL_SECONDS + 60 <= 540 <= 600  # docs/gpu.md's device call: 60 s for the kit's install and the bundle
 
 
+@pytest.mark.slow  # make test-slow (CI runs it): keeps make test within its minutes
 def test_a_step_over_its_budget_fails_and_the_whole_check_stays_within_the_sum_of_budgets(tmp_path):
     results = gpu_check.check(tmp_path / "out", "cpu", True, ["perf", "nvjpeg"], budgets={"perf": 15, "nvjpeg": 16})
     perf = results["steps"]["perf"]
@@ -134,6 +135,7 @@ def _gpu_check(tmp_path: Path, kit: Path) -> subprocess.CompletedProcess:
                            "agreement"], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
 
 
+@pytest.mark.slow  # make test-slow (CI runs it): keeps make test within its minutes
 def test_with_a_kit_for_another_python_the_smoke_run_checks_the_kit_installs_there_and_runs_here(tmp_path):
     """The kit holds the GPU machine's cp312 wheels; on a 3.11 machine (this one, CI) they cannot be installed, but
     they can be checked to install for 3.12, and the smoke steps run in the project's own environment."""

@@ -258,3 +258,18 @@ def test_the_worst_case_over_all_attacks_is_a_series_like_any_cell(tmp_path):
     text = (tmp_path / "out" / "history.md").read_text()
     assert "m · worst case · 4/255 · none · cpu · fp32" in text
     assert "| 1 / 0 / 0 " in text  # the runs index counts the run's cells, not its worst cases
+
+
+def test_two_evaluations_under_one_attack_name_get_two_labels():
+    from bench.reporting.history import labels
+
+    import pandas as pd
+
+    class _Run:
+        def __init__(self, cell_id):
+            self.df = pd.DataFrame([{"cell_id": cell_id, "model": "m", "attack": "pgd", "eps": 0.1, "defense": "none",
+                                     "eval_mode": "oblivious", "device": "cpu", "precision": "fp32", "status": "ok"}])
+            self.series = self.df.iloc[:0]
+
+    names = labels([_Run("m/pgd@aaaa11/eps=0.1/none/oblivious/cpu/fp32"), _Run("m/pgd@bbbb22/eps=0.1/none/oblivious/cpu/fp32")])
+    assert len(set(names.values())) == 2 and all("@" in v for v in names.values())

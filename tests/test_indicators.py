@@ -49,7 +49,8 @@ def test_the_genuinely_robust_model_keeps_its_known_robust_accuracy_and_raises_n
     assert df.loc[("robust", "pgd"), "robust_acc"] == pytest.approx(mm.ROBUST_AT_8)  # PGD finds every breakable image
     assert worst.loc["robust", "worst_case_acc"] == pytest.approx(mm.ROBUST_AT_8)
     for attack in ("pgd", "square"):
-        assert _flags(df, "robust", attack) == set(), attack
+        # no indicator of attack failure; Square may carry the note that PGD broke images it left (not a failure)
+        assert _flags(df, "robust", attack) - {"weaker-than-another"} == set(), attack
         assert df.loc[("robust", attack), "verdict"] == "reliable"
     assert df.loc[("robust", "pgd"), "unconstrained_success"] == 1.0
 

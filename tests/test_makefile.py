@@ -87,6 +87,7 @@ def test_the_nightly_workflow_runs_the_gpu_tests_and_fails_on_them():
     assert "torch.cuda.is_available()" in runs[gpu]  # and so does a runner whose GPU tests would all skip
 
 
+@pytest.mark.slow  # make test-slow (CI runs it): keeps make test within its minutes
 def test_robust_trains_both_digits_models_when_missing_then_runs_the_suite(tmp_path):
     lines = make("-n", "robust", f"DIGITS_MODELS={tmp_path}", "STAMP=Makefile")
     assert f".venv/bin/bench train digits_cnn --robust-eps 0.15 --out {tmp_path}" in lines

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import math
 
 import pandas as pd
@@ -153,3 +155,42 @@ def test_the_report_ends_with_what_to_do_next():
     assert "1 cell(s) skipped (r18): weights: put X at Y" in nxt
     assert "--retry-failed" in nxt and "eval_mode: [oblivious, adaptive]" in nxt and "One attack per ε" in nxt
     assert "## What next" not in render(to_frame([_row(), _row(attack="fgsm")]), META)
+
+
+def test_a_gain_resting_only_on_unreliable_adaptive_cells_is_not_established():
+    from bench.reporting.defenses import _verdict
+
+    gains = [(0.3, 0.38, 0.0001, 0.0001)]  # +38 points against every attack, significant
+    all_unreliable = (6, 0, {"incomplete-optimization": 6}, True)
+    text = _verdict("noise-0.05", True, gains, all_unreliable)
+    assert text.startswith("**gain not established**") and "keeps" not in text
+    assert "incomplete-optimization ×6" in text and "more steps" in text and "eot_samples" in text
+    assert "other adaptive mode" in text
+    assert _verdict("noise-0.05", True, gains, (6, 2, {"incomplete-optimization": 4}, True)) == \
+        "keeps up to +38 points against every attack (2 of 6 adaptive cells reliable)"
+    # "broken" needs no reliable cell: an unreliable attack only left too much
+    assert _verdict("jpeg-q50", True, [(0.2, 0.0, 0.5, 0.001)], all_unreliable) == "**broken by adaptive attack**"
+
+
+def test_eps_reads_in_the_unit_the_suite_gave_it_in():
+    from bench.specs import eps_axis, eps_key, format_eps
+
+    assert [format_eps(e) for e in (0.2, 0.15, 1.0, 8 / 255, 0.5)] == ["0.2", "0.15", "1", "8/255", "0.5"]
+    assert eps_key(0.2) == "51/255"  # ids keep their old form: runs of older versions still pair
+    assert eps_axis([2 / 255, 8 / 255]) == (255.0, "ε (×1/255)") and eps_axis([0.1, 0.2]) == (1.0, "ε")
+
+
+def test_a_digits_report_says_its_images_were_resized_whole_and_labels_decimal_eps_as_given(tmp_path):
+    import yaml
+
+    from bench.runner import run_suite
+    from bench.suite import load_suite
+
+    doc = {"name": "whole", "data": {"source": "digits", "limit": 8, "image_size": 16},
+           "models": [{"name": "cnn", "arch": "small_cnn", "num_classes": 10}],
+           "attacks": [{"name": "fgsm", "type": "fgsm", "eps": [0.1, 0.2]}], "unconstrained_check": False}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(doc))
+    report = run_suite(load_suite(tmp_path / "s.yaml"), tmp_path / "r", tmp_path / "p").report
+    assert "resized whole" in report and "shorter side" not in report and "centre crop" not in report
+    labels = re.sub(r"`[^`]*eps=[^`]*`", "", report)  # cell ids keep their fixed form (runs pair by them)
+    assert "51/255" not in labels and "0.2" in labels

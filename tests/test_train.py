@@ -91,6 +91,7 @@ def test_the_frozen_recipe_trains_only_the_head(faces_data, trained):
             assert torch.equal(value, pretrained[key]), key
 
 
+@pytest.mark.slow  # make test-slow (CI runs it): keeps make test within its minutes
 def test_faces_suite_runs_end_to_end_on_the_trained_detectors(trained, faces_data, tmp_path):
     suite = yaml.safe_load((Path(__file__).resolve().parents[1] / "suites" / "faces.yaml").read_text())
     suite["data"]["path"] = str(faces_data / "test")

@@ -116,3 +116,12 @@ def test_no_predictions_no_worst_case():
     df, _ = _run([({"attack": "pgd", "eps": 4 / 255}, {0})])
     table, images = worst_case.compute(df, None)
     assert table.empty and images.empty and list(table.columns) == list(worst_case.COLUMNS)
+
+
+def test_a_worst_case_whose_every_attack_is_unreliable_is_marked_an_upper_bound():
+    df, preds = _run([({"attack": "pgd", "eps": 2 / 255, "verdict": "unreliable"}, {0}),
+                      ({"attack": "square", "eps": 2 / 255, "verdict": "unreliable"}, {1}),
+                      ({"attack": "pgd", "eps": 4 / 255}, {2})])
+    table = worst_case.compute(df, preds)[0].set_index("eps")
+    assert bool(table.loc[2 / 255, "upper_bound"]) is True  # no attack known to have worked
+    assert bool(table.loc[4 / 255, "upper_bound"]) is False  # one reliable attack in its ensemble

@@ -141,7 +141,10 @@ class PythonAttack:
         from bench.sources.factory import _is_file, _script_path
 
         if self._generator is None or self._generator.device != images.device:
-            self._generator = torch.Generator(device=images.device).manual_seed(self.seed)
+            self._generator = torch.Generator(device=images.device)
+        # a fresh stream per call, from the harness's seeded draws (seeded per batch by its index in the data):
+        # a batch's numbers do not depend on the batches before it
+        self._generator.manual_seed((self.seed + int(torch.randint(0, 2**62, ()))) % 2**63)
         extra = {"target": self.target} if self.targeted else {}
         left = self.where.rpartition(":")[0]
         with _script_path(Path(left).parent if _is_file(left) else None):

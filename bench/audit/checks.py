@@ -31,7 +31,6 @@ from bench.specs import CellSpec, DefenseSpec
 
 if TYPE_CHECKING:
     from bench.cells import Prepared, Workspace
-    from bench.crafting import Adversarial
 
 log = logging.getLogger(__name__)
 
@@ -46,16 +45,27 @@ def goal(pred: torch.Tensor, labels: torch.Tensor, target: int | None) -> torch.
     return pred == target if target is not None else pred != labels
 
 
-def crafting_indicators(cell: CellSpec, log: QueryLog, reached: torch.Tensor, attacked: torch.Tensor, zero_grad: bool,
-                         n: int, hidden_noise: bool = False) -> tuple[list[str], dict[str, Any]]:
-    """The indicators judged on one crafting's queries (bench/audit/indicators.py has the rules). On a
-    model that answers the same input differently (``hidden_noise``: unstable-predictions says so)
-    a query's success or a falling margin is luck, so those two are not judged there."""
+def crafting_signals(log: QueryLog, reached: torch.Tensor, attacked: torch.Tensor, lo: int, hi: int) -> dict[str, list]:
+    """Per image of [lo, hi), what the crafting indicators read from a crafting's queries: an input gradient that
+    was dead, a query that reached the goal while the returned point does not (silent), a margin still falling at
+    the end (improving, among the images judged for it). Per image, so shards of one crafting add up to the cell."""
+    improving, judged = still_improving(log, reached, attacked)
+    return {"dead": ((log.dead_gradients > 0) & attacked)[lo:hi].tolist(),
+            "silent": silent_successes(log, reached, attacked)[lo:hi].tolist(),
+            "improving": improving[lo:hi].tolist(), "judged": judged[lo:hi].tolist()}
+
+
+def crafting_indicators(cell: CellSpec, signals: dict[str, list], zero_grad: bool, backward_rows: int, n: int,
+                        hidden_noise: bool = False) -> tuple[list[str], dict[str, Any]]:
+    """The indicators judged on a crafting's queries over the whole cell (its shards' :func:`crafting_signals`
+    joined; bench/audit/indicators.py has the rules). On a model that answers the same input differently
+    (``hidden_noise``: unstable-predictions says so) a query's success or a falling margin is luck, so those
+    two are not judged there."""
     flags, evidence = [], {}
-    dead = int(((log.dead_gradients > 0) & attacked).sum())
+    dead = sum(signals["dead"])
     evidence["dead_gradient_images"] = dead
     evidence["first_batch_zero_gradient"] = zero_grad
-    if (zero_grad and log.backward_rows > 0) or fires(dead, n):  # only for attacks that take gradients
+    if (zero_grad and backward_rows > 0) or fires(dead, n):  # only for attacks that take gradients
         flags.append("unavailable-gradients")
     # a randomized attacked model (EOT, a random defense) reaches a goal on one draw and not the next:
     # a query's success there is luck, not a point the attack could have returned
@@ -63,16 +73,16 @@ def crafting_indicators(cell: CellSpec, log: QueryLog, reached: torch.Tensor, at
     if random_path:
         evidence["silent_success_images"] = None
     else:
-        silent = int(silent_successes(log, reached, attacked).sum())
+        silent = sum(signals["silent"])
         evidence["silent_success_images"] = silent
         if fires(silent, n):
             flags.append("silent-success")
     if hidden_noise:
         evidence["still_improving_images"] = evidence["judged_for_improvement"] = None
         return flags, evidence
-    improving, judged = still_improving(log, reached, attacked)
-    evidence["still_improving_images"], evidence["judged_for_improvement"] = int(improving.sum()), int(judged.sum())
-    if fires(int(improving.sum()), n):
+    improving, judged = sum(signals["improving"]), sum(signals["judged"])
+    evidence["still_improving_images"], evidence["judged_for_improvement"] = improving, judged
+    if fires(improving, n):
         flags.append("incomplete-optimization")
     return flags, evidence
 
@@ -135,15 +145,16 @@ def _unconstrained_craft(ws: "Workspace", cell: CellSpec, prep: Prepared):
     return pick, defense_registry.to_uint8(adv).cpu()
 
 
-def cell_indicators(cell: CellSpec, ws: Workspace, prep: Prepared, adv: Adversarial, clean_pred: torch.Tensor,
-                     robust_pred: torch.Tensor, undefended_pred: torch.Tensor) -> tuple[list[str], dict[str, Any]]:
+def cell_indicators(cell: CellSpec, ws: Workspace, prep: Prepared, reached: torch.Tensor, attacked: torch.Tensor,
+                    clean_pred: torch.Tensor, robust_pred: torch.Tensor,
+                    undefended_pred: torch.Tensor) -> tuple[list[str], dict[str, Any]]:
     """The indicators judged on one cell: on its real evaluation, its clean accuracy, and the
     unconstrained attack's images through this cell's defense (bench/audit/indicators.py has the rules)."""
     ds = ws.data(cell)
     labels, n, target = ds.labels, len(ds.labels), cell.attack.target
     flags, evidence = [], {}
     if cell.eval_mode != "oblivious":  # the surrogate was fooled, the real defended model was not
-        lost = int((adv.reached & ~goal(robust_pred, labels, target) & adv.attacked).sum())
+        lost = int((reached & ~goal(robust_pred, labels, target) & attacked).sum())
         evidence["transfer_failure_images"] = lost
         if fires(lost, n):
             flags.append("transfer-failure")
@@ -153,7 +164,7 @@ def cell_indicators(cell: CellSpec, ws: Workspace, prep: Prepared, adv: Adversar
     evidence["chance_accuracy"] = chance_accuracy(labels, undefended_pred)
     if at_chance(labels, undefended_pred):
         flags.append("clean-at-chance")
-    judged = unconstrained_success(cell, ws, prep, adv, clean_pred, robust_pred)
+    judged = unconstrained_success(cell, ws, prep, attacked, clean_pred, robust_pred)
     if judged is not None:
         broken, count = judged
         evidence["unconstrained_success"] = broken / count
@@ -163,7 +174,7 @@ def cell_indicators(cell: CellSpec, ws: Workspace, prep: Prepared, adv: Adversar
     return flags, evidence
 
 
-def unconstrained_success(cell: CellSpec, ws: Workspace, prep: Prepared, adv: Adversarial, clean_pred: torch.Tensor,
+def unconstrained_success(cell: CellSpec, ws: Workspace, prep: Prepared, attacked: torch.Tensor, clean_pred: torch.Tensor,
                            robust_pred: torch.Tensor) -> tuple[int, int] | None:
     """(images broken, images judged) by the attack with an unbounded budget on the model it attacks
     (the bare model for an oblivious attack: what a defense does to a transfer attack is the cell's
@@ -174,7 +185,7 @@ def unconstrained_success(cell: CellSpec, ws: Workspace, prep: Prepared, adv: Ad
     if attack_registry.norm(cell.attack) == "none":
         if cell.eval_mode == "oblivious" and cell.defense.type != "none":
             return None  # crafted without the defense: a minimal perturbation is not meant to survive it
-        right = (clean_pred == labels) & adv.attacked
+        right = (clean_pred == labels) & attacked
         return (int((right & goal(robust_pred, labels, target)).sum()), int(right.sum())) if bool(right.any()) else None
     crafted = unconstrained(ws, cell, prep)
     if crafted is None or len(crafted[0]) == 0:

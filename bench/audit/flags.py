@@ -7,7 +7,8 @@ about the setting (a defense that breaks the classifier itself) that do not. How
 judged, with its thresholds, is in :mod:`bench.audit.indicators`.
 
 Per-cell flags are raised while a cell runs; cross-cell flags (``eps-rise``, ``adaptive-weaker``,
-``black-box-stronger``, ``implementations-disagree``) once every row is in.
+``black-box-stronger``, ``implementations-disagree``, ``ensemble-weaker``, ``weaker-than-another``) once every row
+is in.
 """
 
 from __future__ import annotations
@@ -60,6 +61,15 @@ FLAGS: dict[str, Flag] = {f.code: f for f in (
          "one of them broke): this implementation is weaker, its robust accuracy an overestimate",
          "trust the stronger implementation and the worst case over all attacks; compare the two libraries' "
          "defaults (step size, random start, loss) with the report's side-by-side table"),
+    Flag("ensemble-weaker", "an ensemble sold as the strongest attack (AutoAttack) left standing images that another "
+         "attack of the suite, at the same ε and norm, broke: it is not the worst case of this suite, and its robust "
+         "accuracy is an overestimate",
+         "trust the worst case over all attacks; add the stronger attack to the ensemble (autoattack/custom) or run "
+         "more restarts (autoattack/plus)"),
+    Flag("weaker-than-another", "another attack of the suite, at the same ε and norm, broke images this one attacked "
+         "and left standing: on its own it overestimates robust accuracy (the worst case over all attacks does not)",
+         "read the worst case over all attacks; strengthen this attack (steps, restarts) if it is meant to stand alone",
+         unreliable=False),
     Flag("softmax-output", "the model returns probabilities (non-negative rows summing to 1), not logits: "
          "cross-entropy on them saturates and its gradients vanish",
          "return logits (drop the final softmax), or use a margin loss (apgd with loss: dlr)"),
@@ -161,6 +171,17 @@ def cross_cell_flags(df: pd.DataFrame, predictions: pd.DataFrame | None = None, 
         for cell_id, pairs in disagreements(table[~table["defense"].isin(list(randomized))]).items():
             out.setdefault(cell_id, []).append("implementations-disagree")
             evidence.setdefault(cell_id, {})["implementations_disagree"] = pairs
+        # two implementations of one attack are judged by the cross-check, with its significance: not here again
+        compared = {*zip(table["cell_a"], table["cell_b"]), *zip(table["cell_b"], table["cell_a"])}
+    else:
+        compared = set()
+    if right and "attack_type" in ok:
+        for cell_id, stronger in _dominated(ok, right, set(randomized), compared).items():
+            ensemble = _is_ensemble(ok.loc[ok["cell_id"] == cell_id, "attack_type"].iloc[0])
+            if not ensemble and {"black-box-stronger", "implementations-disagree"} & set(out.get(cell_id, [])):
+                continue  # said already, and more precisely
+            out.setdefault(cell_id, []).append("ensemble-weaker" if ensemble else "weaker-than-another")
+            evidence.setdefault(cell_id, {})["weaker_than"] = stronger
     return out
 
 
@@ -196,6 +217,38 @@ def _black_box_stronger(ok: pd.DataFrame, right: dict[str, pd.DataFrame], black_
         missed = broken_bb & attacked.any(axis=1) & ~broken.any(axis=1)  # the gradient attacks had their chance
         if missed.any():
             out += [(c, int(a[missed.to_numpy()].sum())) for c, a in zip(grad, attacked.T.values) if a[missed.to_numpy()].any()]
+    return out
+
+
+def _is_ensemble(attack_type: Any) -> bool:
+    """AutoAttack, torchattacks' or its authors' (autoattack/standard, …): an ensemble offered as the strongest."""
+    kind = attack_type.lower().rpartition("torchattacks/")[2] if isinstance(attack_type, str) else ""
+    return kind == "autoattack" or kind.startswith("autoattack/")
+
+
+def _dominated(ok: pd.DataFrame, right: dict[str, pd.DataFrame], randomized: set[str],
+               compared: set[tuple[str, str]] = frozenset()) -> dict[str, dict[str, int]]:
+    """cell id → {another attack's name: images it broke that this cell attacked and left standing}, among the cells
+    of one (model, defense, mode, device, precision, norm, ε), where the attacks saw the model they are judged on (no
+    defense, or an adaptive attack). Not through a randomized defense (each cell's draws differ) and not under a cascade (a later attack only attacks what the earlier ones left, by design)."""
+    cells = ok[ok["eps"].notna() & (ok["norm"] != "none") & ~ok["defense"].isin(randomized) & ok["cell_id"].isin(list(right))]
+    cells = cells[(cells["defense"] == "none") | (cells["eval_mode"] != "oblivious")]  # through a defense: transfer
+    out: dict[str, dict[str, int]] = {}
+    from bench.audit.indicators import fires
+
+    # a targeted attack aims elsewhere: it is compared with targeted attacks only (they have a targeted success rate)
+    cells = cells.assign(targeted=cells["targeted_success_rate"].notna() if "targeted_success_rate" in cells else False)
+    for _, group in cells.groupby(["model", "defense", "eval_mode", "device", "precision", "norm", "eps", "targeted"]):
+        if len(group) < 2 or not all(bool(right[c]["attacked"].all()) for c in group["cell_id"]):
+            continue
+        for a, attack_a in zip(group["cell_id"], group["attack"]):
+            for b, attack_b in zip(group["cell_id"], group["attack"]):
+                if a == b or (a, b) in compared:
+                    continue
+                both = right[a].index.intersection(right[b].index)
+                count = int((right[a]["right"].loc[both] & ~right[b]["right"].loc[both]).sum())
+                if fires(count, len(both)):  # as many images as any counting indicator needs
+                    out.setdefault(a, {})[attack_b] = count
     return out
 
 

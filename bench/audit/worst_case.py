@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from bench.results import WORST_CASE_FILE, WORST_CASE_IMAGES_FILE, load_predictions, read_table, write_table
-from bench.specs import format_eps
+from bench.specs import eps_key, format_eps
 from bench.audit.stats import wilson
 
 GROUP = ["model", "defense", "device", "precision", "norm"]
@@ -58,6 +58,9 @@ COLUMNS = {
     "cells": "Int64",  # attacks × modes × ε (≤ this one) in the ensemble
     "cells_not_ok": "Int64",  # cells of the ensemble that failed or were skipped: the worst case misses them
     "unreliable_cells": "Int64",  # cells of the ensemble an indicator of attack failure flagged
+    # every cell of the ensemble unreliable: no attack is known to have worked, the worst case is at best an upper
+    # bound and no gain computed from it is established (the report's verdicts follow the same rule)
+    "upper_bound": "boolean",
     "strongest": "string",  # the single cell at this ε with the lowest robust accuracy (empty under a cascade)
     "strongest_acc": "float64",
     "broke_first": "string",  # JSON: attack label → images it broke first (order in the module docstring)
@@ -69,7 +72,7 @@ IMAGE_COLUMNS = {"worst_case_id": "string", "image": "int64", "label": "int64", 
 
 
 def worst_case_id(model: str, norm: str, eps: float, defense: str, device: str, precision: str) -> str:
-    return "/".join([model, "worst-case", norm, f"eps={format_eps(eps)}", defense, device, precision])
+    return "/".join([model, "worst-case", norm, f"eps={eps_key(eps)}", defense, device, precision])
 
 
 def curve_label(row: Any) -> str:
@@ -161,6 +164,7 @@ def compute(df: pd.DataFrame, predictions: pd.DataFrame | None) -> tuple[pd.Data
                 "worst_case_acc_all_draws": float(survived_all.mean()), "cells": len(ids),
                 "cells_not_ok": int((all_cells["status"] != "ok").sum()),
                 "unreliable_cells": int((ensemble.get("verdict", pd.Series(dtype=str)) == "unreliable").sum()),
+                "upper_bound": bool(len(ids)) and int((ensemble.get("verdict", pd.Series(dtype=str)) == "unreliable").sum()) == len(ids),
                 "strongest": names[strongest["cell_id"]] if strongest is not None else None,
                 "strongest_acc": float(strongest["robust_acc"]) if strongest is not None else math.nan,
                 "broke_first": json.dumps(broke_first, ensure_ascii=False), "only_broken_by": json.dumps(only, ensure_ascii=False),

@@ -22,6 +22,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision.transforms.v2 import functional as TF
 
+from bench.data.store import ImageSink, ImageStore
 from bench.specs import DEFAULT_MAX_PIXELS, DataSpec, Preprocess
 
 log = logging.getLogger("bench.data")
@@ -43,13 +44,16 @@ class DataError(ValueError):
 @dataclass
 class Dataset:
     name: str
-    images: torch.Tensor  # uint8, (N, 3, S, S)
+    images: "torch.Tensor | ImageStore"  # uint8, (N, 3, S, S); on disk when large (bench/data/store.py)
     labels: torch.Tensor  # int64, (N,)
     ids: list[str]
     class_names: list[str] | None = None
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (item, reason)
     note: str = ""  # what a report must say about this data (e.g. that it is a proxy)
     split: dict | None = None  # how a fixed split was drawn (recorded in run.json)
+    # how images became S × S: "crop" (shorter side resized, centre crop: photos) or "whole" (resized whole, never
+    # cropped: sources whose images fill their frame, digits and the torchvision formats); the report says which
+    transform: str = "crop"
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -165,5 +169,23 @@ def limited(n: int, spec: "DataSpec") -> int:
 def finish(name, images, labels, ids, spec, pre, class_names, limit: bool = True) -> Dataset:
     if limit and spec.limit:
         images, labels, ids = images[: spec.limit], labels[: spec.limit], ids[: spec.limit]
-    stacked = torch.stack(images) if images else torch.empty(0, 3, pre.input_size, pre.input_size, dtype=torch.uint8)
-    return Dataset(name, stacked, torch.tensor(labels, dtype=torch.int64), list(ids), class_names)
+    sink = ImageSink(pre.input_size)
+    for image in images:
+        sink.add(image)
+    return Dataset(name, sink.result(), torch.tensor(labels, dtype=torch.int64), list(ids), class_names)
+
+
+RESIZE_CHUNK = 256  # images resized at a time: memory holds one chunk at the input size, not the data
+
+
+def resized(images: torch.Tensor, size: int, interpolation: str) -> "torch.Tensor | ImageStore":
+    """uint8 images (N, 3, h, w) that fill their frame, resized whole to size × size (never cropped), a chunk at a
+    time into an :class:`ImageSink` (small sources at their own size, e.g. CIFAR's 32 px, become large at 224)."""
+    sink = ImageSink(size)
+    mode = TF.InterpolationMode(interpolation)
+    for i in range(0, len(images), RESIZE_CHUNK):
+        chunk = images[i : i + RESIZE_CHUNK]
+        if chunk.shape[-1] != size or chunk.shape[-2] != size:
+            chunk = TF.resize(chunk, [size, size], interpolation=mode, antialias=True)
+        sink.add(chunk.contiguous())
+    return sink.result()

@@ -8,9 +8,8 @@ from itertools import zip_longest
 
 import numpy as np
 import torch
-from torchvision.transforms.v2 import functional as TF
 
-from bench.data.base import DataError, Dataset, SourceInfo, limited
+from bench.data.base import DataError, Dataset, SourceInfo, limited, resized
 from bench.specs import DataSpec, Preprocess
 
 DIGITS_SPLIT_SEED = 0
@@ -53,10 +52,9 @@ def load(spec: "DataSpec", pre: "Preprocess") -> Dataset:
         order, images, labels = order[: spec.limit], images[: spec.limit], labels[: spec.limit]
     grey = torch.from_numpy(images)[:, None].expand(-1, 3, -1, -1)
     # The scans fill their 8×8 frame: upscale the whole image to the input size, never crop.
-    mode = TF.InterpolationMode(pre.interpolation)
-    up = TF.resize(grey, [pre.input_size, pre.input_size], interpolation=mode, antialias=True).contiguous()
-    ds = Dataset(f"digits:{split}", up, torch.from_numpy(labels), [f"digits:{i}" for i in order.tolist()],
-                 [str(k) for k in range(10)])
+    ds = Dataset(f"digits:{split}", resized(grey, pre.input_size, pre.interpolation), torch.from_numpy(labels),
+                 [f"digits:{i}" for i in order.tolist()], [str(k) for k in range(10)])
+    ds.transform = "whole"
     ds.note = ("scikit-learn's handwritten digits (1,797 real 8×8 scans, 10 classes), upscaled to "
                f"{pre.input_size} px {pre.interpolation}; {split} split of a fixed stratified 80/20 split")
     ds.split = {"source": "digits", "split": split, "seed": DIGITS_SPLIT_SEED, "test_fraction": DIGITS_TEST_FRACTION,

@@ -8,7 +8,10 @@ import csv
 from itertools import zip_longest
 from pathlib import Path
 
-from bench.data.base import IMAGE_SUFFIXES, DataError, Dataset, SourceInfo, finish, limited, log, open_image, prepare
+import torch
+
+from bench.data.base import IMAGE_SUFFIXES, DataError, Dataset, SourceInfo, limited, log, open_image, prepare
+from bench.data.store import ImageSink
 from bench.specs import DataSpec, Preprocess
 
 
@@ -49,17 +52,17 @@ def _folder_items(spec: "DataSpec") -> tuple[list[tuple[Path, int]], list[str]]:
 
 
 def _read_files(name: str, items: list[tuple[Path, int]], spec: "DataSpec", pre: "Preprocess", class_names=None) -> Dataset:
-    images, labels, ids, skipped = [], [], [], []
+    sink, labels, ids, skipped = ImageSink(pre.input_size), [], [], []
     for path, label in items[: spec.limit] if spec.limit else items:
         try:
-            images.append(prepare(open_image(path, spec.pixel_budget), pre, spec.pixel_budget))
+            sink.add(prepare(open_image(path, spec.pixel_budget), pre, spec.pixel_budget))
         except Exception as exc:  # SkipImage; PIL raises OSError, SyntaxError or ValueError depending on the damage
             skipped.append((str(path), str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__))
             log.warning("skipping unreadable image %s: %s", path, skipped[-1][1])
             continue
         labels.append(label)
         ids.append(str(path))
-    ds = finish(name, images, labels, ids, spec, pre, class_names, limit=False)
+    ds = Dataset(name, sink.result(), torch.tensor(labels, dtype=torch.int64), ids, class_names)
     ds.skipped = skipped
     return ds
 

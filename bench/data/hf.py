@@ -130,23 +130,23 @@ def _decode(value: Any, root: Path, max_pixels: int) -> torch.Tensor:
 
 def load(spec: "DataSpec", pre: "Preprocess") -> "Dataset":
     from bench.data.base import Dataset, log, ordered, prepare
+    from bench.data.store import ImageSink
 
     describe(spec)  # the same checks, one error
     table, features, root, labels, image_col, label_col = _read(spec)
     order = ordered(labels, spec)
     column = table.column(image_col)
-    images, kept, skipped = [], [], []
+    sink, kept, skipped = ImageSink(pre.input_size), [], []
     for i in order.tolist():
         try:
-            images.append(prepare(_decode(column[i].as_py(), root, spec.pixel_budget), pre, spec.pixel_budget))
+            sink.add(prepare(_decode(column[i].as_py(), root, spec.pixel_budget), pre, spec.pixel_budget))
         except Exception as exc:  # a damaged row is skipped and named, as an unreadable file is
             skipped.append((f"{spec.path}#{i}", str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__))
             log.warning("skipping unreadable image %s: %s", *skipped[-1])
             continue
         kept.append(i)
     split = spec.split or DEFAULT_SPLIT
-    stacked = torch.stack(images) if images else torch.empty(0, 3, pre.input_size, pre.input_size, dtype=torch.uint8)
-    ds = Dataset(f"hf:{Path(spec.path).name}:{split}", stacked, torch.from_numpy(labels[kept]),
+    ds = Dataset(f"hf:{Path(spec.path).name}:{split}", sink.result(), torch.from_numpy(labels[kept]),
                  [f"{Path(spec.path).name}:{split}:{i}" for i in kept], _class_names(features, label_col))
     ds.skipped = skipped
     ds.note = f"a Hugging Face dataset on disk ({spec.path}, {split} split, {len(labels)} rows)"

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
-import torchvision.transforms.functional as TF
 
 from bench.data.base import SourceInfo, order_problem
 from bench.names import closest
@@ -180,7 +179,7 @@ def describe(spec: "DataSpec") -> tuple[int, int]:
 
 
 def load(spec: "DataSpec", pre: "Preprocess") -> "Dataset":
-    from bench.data.base import Dataset, ordered
+    from bench.data.base import Dataset, ordered, resized
 
     split = spec.split or SPLITS[0]
     describe(spec)  # the same checks, one error
@@ -189,11 +188,10 @@ def load(spec: "DataSpec", pre: "Preprocess") -> "Dataset":
     images = torch.from_numpy(data[order])
     if images.shape[1] == 1:
         images = images.expand(-1, 3, -1, -1)
-    mode = TF.InterpolationMode(pre.interpolation)
-    if images.shape[-1] != pre.input_size or images.shape[-2] != pre.input_size:  # the whole image, never cropped
-        images = TF.resize(images, [pre.input_size, pre.input_size], interpolation=mode, antialias=True)
-    ds = Dataset(f"{spec.name}:{split}", images.contiguous(), torch.from_numpy(labels[order]),
+    # the whole image, never cropped
+    ds = Dataset(f"{spec.name}:{split}", resized(images, pre.input_size, pre.interpolation), torch.from_numpy(labels[order]),
                  [f"{spec.name}:{split}:{i}" for i in order.tolist()], list(classes))
+    ds.transform = "whole"
     ds.note = f"torchvision's {spec.name} ({split} split, {len(labels)} images) read from {spec.path}"
     return ds
 

@@ -50,6 +50,9 @@ class Job:
     done: list[dict[str, Any]] = field(default_factory=list)  # rows that landed before (a resume): a cascade replays them
     started: Callable[[CellSpec], None] = lambda cell: None
     batches: Callable[[int], None] = lambda n: None
+    # shards that landed before (a resume): (cell id, shard) → outcomes; and the hook a new shard's outcomes go to
+    shard_parts: dict = field(default_factory=dict)
+    shard_done: Callable[[str, int, dict], None] = lambda cell_id, shard, part: None
 
     def batches_of(self, cell: CellSpec) -> int:
         """Attack batches of one crafting of this cell's group."""

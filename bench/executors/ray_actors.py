@@ -7,6 +7,12 @@
   that copy; nothing is decoded again.
 - **Scheduling**: a group's cells go to one idle worker as one call per cell (the actor runs them in
   order, so the group is crafted once), and the next group goes to the next worker that is free.
+- **Shards** (bench/cells.py ``shard_plan``): without a cascade, a group of many shards is split into spans of
+  shards, one per worker of its kind that the cluster holds; each worker measures its span for every cell of the
+  group (``shards``: outcomes only, which the driver writes as they land), and once every span is in, one worker
+  assembles each cell's row from all of them (``run`` with the outcomes). A cascade's chain stays on one worker
+  (a later attack needs the earlier ones' rows), shard by shard. Numbers do not depend on where a shard ran: every
+  batch is seeded by its index in the data.
 - **Rows**: a worker returns each cell's row (with its warnings and tracebacks, which the driver
   puts in the run log); the driver yields it to the runner, which appends and fsyncs it. Only the
   driver writes, so resume, Ctrl-C, the table and the report are the local executor's.
@@ -35,7 +41,7 @@ import ray
 import ray.exceptions
 
 from bench import sources
-from bench.cells import Workspace, run_cell, unrun_row
+from bench.cells import Workspace, crafting_runs, data_key, measure_shards, run_cell, shard_plan, unrun_row
 from bench.executors import ExecutorError, Job, group_key, groups
 from bench.failures import Interrupted, one_line
 from bench.specs import CellSpec, ExecutorSpec
@@ -43,6 +49,7 @@ from bench.specs import CellSpec, ExecutorSpec
 log = logging.getLogger(__name__)
 NAMESPACE = "bench"  # worker actors are named bench-<run id>-worker-<k> in it
 LOG_KEY = "_log"  # a row's log records from its worker: (logger, level, text)
+SHARDS_KEY = "_shards"  # a row's shards that ran on its worker: (shard, outcomes), written by the driver
 _POLL_S = 0.2  # how often the driver looks at Ctrl-C while waiting for rows
 PLACEMENT_TIMEOUT_S = 600.0  # queued groups and no worker of their kind placed for this long: they fail
 
@@ -75,7 +82,28 @@ class CellWorker:
         earlier rows broke stay broken."""
         self.ws.cascade.replay(rows, {c.cell_id: c for c in self.ws.suite.cells()})
 
-    def run(self, cell: CellSpec) -> dict[str, Any]:
+    def shards(self, cells: list[CellSpec], shards: list[int], parts: dict) -> dict[str, Any]:
+        """The outcomes of ``shards`` for cells of one crafting (bench.cells.measure_shards), those in ``parts``
+        (landed before: (cell id, shard) → outcomes) left out. They come back for the driver to write."""
+        handler = _Records()
+        loggers = [logging.getLogger("bench"), logging.getLogger("bench.trace")]
+        for logger in loggers:
+            logger.addHandler(handler)
+        new: list[tuple[str, int, dict]] = []
+        self.ws.shard_parts.update(parts)
+        self.ws.on_shard = lambda cell_id, j, part: new.append((cell_id, j, part))
+        try:
+            cells = [c for c in cells if not (c.device.startswith("cuda:") and c.device != "cuda:0")
+                     and not sources.missing_files(c.model)]  # their run says why
+            measure_shards(cells, self.ws, shards)
+        finally:
+            for logger in loggers:
+                logger.removeHandler(handler)
+        return {SHARDS_KEY: new, LOG_KEY: handler.records, "worker": self.name}
+
+    def run(self, cell: CellSpec, parts: dict[int, dict] | None = None) -> dict[str, Any]:
+        """The cell's row; ``parts``: its shards that landed before (a resume, or other workers' spans). The shards
+        it runs come back with the row (SHARDS_KEY), for the driver to write: the driver is the only writer."""
         if cell.device.startswith("cuda:") and cell.device != "cuda:0":
             return unrun_row(cell, self.ws, "skipped", f"{cell.device}: a Ray worker has one GPU, its cuda:0; "
                                                        "write `devices: [cuda]` and Ray picks the GPU (docs/scaling-out.md)")
@@ -87,13 +115,27 @@ class CellWorker:
         loggers = [logging.getLogger("bench"), logging.getLogger("bench.trace")]
         for logger in loggers:
             logger.addHandler(handler)
+        new: list[tuple[str, int, dict]] = []
+        self.ws.shard_parts.update({(cell.cell_id, j): p for j, p in (parts or {}).items()})
+        self.ws.on_shard = lambda cell_id, j, part: new.append((cell_id, j, part))
         try:
             row = run_cell(cell, self.ws)
         finally:
             for logger in loggers:
                 logger.removeHandler(handler)
+            for key in [k for k in self.ws.shard_parts if k[0] == cell.cell_id]:  # its row is made: memory back
+                del self.ws.shard_parts[key]
         row[LOG_KEY] = handler.records
+        row[SHARDS_KEY] = new
         return row
+
+
+@dataclass
+class _Split:
+    """A group whose shards are spread over workers: its spans still out, then the group itself (rows)."""
+
+    group: "_Group"
+    pending: int
 
 
 @dataclass
@@ -103,6 +145,9 @@ class _Group:
     attempts: int = 0  # workers lost while running it
     landed: set[str] = field(default_factory=set)
     rows: list[dict[str, Any]] = field(default_factory=list)  # its rows that landed (a cascade replays them)
+    span: list[int] | None = None  # shards only (no rows): one span of a split group
+    split: _Split | None = None
+    calls_out: int = 0  # a span's shard calls not yet landed
 
     @property
     def remaining(self) -> list[CellSpec]:
@@ -217,6 +262,10 @@ class RayExecutor:
         if wanted > self._places[False]:
             log.warning("%d CPU workers of %d CPU(s) each do not fit on the Ray cluster's nodes; starting %d", wanted,
                         self.spec.cpus_per_worker, self._places[False])
+        if not cascade:  # one cell over many workers: its shards in spans (a cascade's chain stays on one worker)
+            todo = self._split(todo, job, min(wanted, self._places[False]))
+            queue = {kind: collections.deque(g for g in todo if g.gpu == kind) for kind in (False, True)}
+        self._queue = queue
         for kind, size in ((False, min(wanted, self._places[False])), (True, self._places[True])):
             for _ in range(min(size, len(queue[kind]))):
                 spawn(kind)
@@ -236,8 +285,7 @@ class RayExecutor:
                         except ray.exceptions.RayError as exc:  # it died: as any lost worker
                             yield from self._lost_worker(w, exc, inflight, queue, job, spawn)
                             continue
-                    for cell in w.group.remaining:
-                        ref = w.handle.run.remote(cell)
+                    for ref, cell in self._submit(w, job):
                         inflight[ref], order[ref] = (w, cell), next(submitted)
             calls = [*inflight, *starting]
             if not calls:  # (should not happen: queued work always has a worker running or starting) no busy loop
@@ -266,12 +314,18 @@ class RayExecutor:
                 try:
                     row = ray.get(ref)
                 except ray.exceptions.RayTaskError as exc:  # the worker's own bug, not the cell's: this cell fails
+                    if cell is None:  # a shards call: its shards are left to the cells' own runs, which say what broke
+                        log.warning("worker %s could not measure shards: %s", w.name or w.label, one_line(exc))
+                        self._landed(w, None, {}, job, queue)
+                        continue
                     row = unrun_row(cell, Workspace(job.suite, job.datasets, job.run_id, job.env, worker=w.name or w.label),
                                     "failed", f"worker error: {one_line(exc)}")
                 except ray.exceptions.RayError as exc:  # the worker died, or its result went with its node
                     yield from self._lost_worker(w, exc, inflight, queue, job, spawn)
                     continue
-                yield self._landed(w, cell, row, job)
+                landed = self._landed(w, cell, row, job, queue)
+                if landed is not None:
+                    yield landed
             yield from self._check_placement(queue, waiting_since, job)
             if job.stop():
                 # rows that land while we stop are kept; the rest is cancelled with its workers
@@ -279,9 +333,11 @@ class RayExecutor:
                 for ref in sorted(ready, key=order.__getitem__):
                     w, cell = inflight.pop(ref)
                     try:
-                        yield self._landed(w, cell, ray.get(ref), job)
+                        landed = self._landed(w, cell, ray.get(ref), job, queue)
                     except ray.exceptions.RayError:
-                        pass
+                        continue
+                    if landed is not None:
+                        yield landed
                 raise Interrupted()
 
     def _check_placement(self, queue: dict, waiting_since: dict, job: Job) -> Iterator[dict[str, Any]]:
@@ -303,11 +359,80 @@ class RayExecutor:
                 log.warning("waiting %d s for Ray to place a %s worker (%d group(s) queued)", waited,
                             "GPU" if kind else "CPU", len(queue[kind]))
 
-    def _landed(self, w: _Worker, cell: CellSpec, row: dict[str, Any], job: Job) -> dict[str, Any]:
+    def _submit(self, w: _Worker, job: Job) -> list[tuple[Any, CellSpec | None]]:
+        """The calls for the worker's group: a span's one ``shards`` call; or, for each run of cells sharing a
+        crafting, a ``shards`` call for all their shards first (when they are many cells over many shards: each
+        shard crafted once) and a ``run`` call per cell."""
+        # one call per shard: each shard's outcomes come back, and are written, as it finishes (a lost worker or a
+        # Ctrl-C loses at most the shard in progress)
+        group = w.group
+        if group.span is not None:  # (taken over after a lost worker: only the shards still missing)
+            todo = [j for j in group.span if any((c.cell_id, j) not in job.shard_parts for c in group.cells)] or group.span[:1]
+            group.calls_out = len(todo)
+            return [(w.handle.shards.remote(group.cells, [j], self._known(job, group.cells, j)), None) for j in todo]
+        calls = []
+        for run in crafting_runs(group.remaining):
+            n = self._shards_of(job, run[0])
+            if n > 1:
+                calls += [(w.handle.shards.remote(run, [j], self._known(job, run, j)), None) for j in range(n)
+                          if any((c.cell_id, j) not in job.shard_parts for c in run)]
+            for cell in run:
+                parts = {j: p for (cid, j), p in job.shard_parts.items() if cid == cell.cell_id}
+                calls.append((w.handle.run.remote(cell, parts), cell))
+        return calls
+
+    @staticmethod
+    def _known(job: Job, cells: list[CellSpec], shard: int) -> dict:
+        """The outcomes of ``shard`` that landed before, for these cells (the worker leaves them out)."""
+        return {(c.cell_id, shard): job.shard_parts[(c.cell_id, shard)] for c in cells if (c.cell_id, shard) in job.shard_parts}
+
+    @staticmethod
+    def _shards_of(job: Job, cell: CellSpec) -> int:
+        return len(shard_plan(len(job.datasets[data_key(job.suite, cell.model)]), cell.batch_size, job.suite.shard_size))
+
+    def _split(self, todo: list[_Group], job: Job, cpu_workers: int) -> list[_Group]:
+        """Groups of many shards as spans over the workers of their kind (module docstring); the rest as they are."""
+        out: list[_Group] = []
+        for g in todo:
+            n = self._shards_of(job, g.cells[0])
+            missing = [j for j in range(n) if any((c.cell_id, j) not in job.shard_parts for c in g.cells)]
+            k = min(len(missing), self._places[True] if g.gpu else cpu_workers)
+            if n < 2 or k < 2:
+                out.append(g)
+                continue
+            split = _Split(g, k)
+            size = -(-len(missing) // k)
+            for i in range(0, len(missing), size):
+                out.append(_Group(g.cells, g.gpu, span=missing[i : i + size], split=split))
+            split.pending = -(-len(missing) // size)
+        return out
+
+    def _span_done(self, group: _Group, queue: dict) -> None:
+        """One span of a split group is in (or given up: the group's own run measures what is missing)."""
+        split = group.split
+        split.pending -= 1
+        if split.pending == 0:
+            queue[group.gpu].appendleft(split.group)  # every span in: the rows next
+
+    def _landed(self, w: _Worker, cell: CellSpec | None, row: dict[str, Any], job: Job, queue: dict) -> dict[str, Any] | None:
+        """A call's result: shards' outcomes are written (before any row that needs them: a resume finds them),
+        a row is returned for the runner to write; ``None`` for a ``shards`` call."""
+        for cell_id, shard, part in row.pop(SHARDS_KEY, []):
+            job.shard_done(cell_id, shard, part)
+            job.shard_parts[(cell_id, shard)] = part
         for name, level, text in row.pop(LOG_KEY, []):
             logging.getLogger(name).log(level, "%s [%s]", text, row.get("worker"))
         w.name = row.get("worker") or w.name
         group = w.group
+        if cell is None:  # a shards call
+            if group is not None and group.span is not None:
+                group.calls_out -= 1
+                if group.calls_out <= 0:
+                    w.group = None
+                    self._span_done(group, queue)
+            return None
+        for key in [k for k in job.shard_parts if k[0] == cell.cell_id]:  # the row is in: its shards are on disk
+            del job.shard_parts[key]
         if group is not None:
             group.landed.add(cell.cell_id)
             group.rows.append(row)
@@ -347,7 +472,11 @@ class RayExecutor:
             spawn(w.gpu)  # keep the pool's size while there is work for it
 
     def _give_up(self, group: _Group, job: Job, status: str, reason: str) -> Iterator[dict[str, Any]]:
-        """Rows for a group's cells that have none, saying why they did not run."""
+        """Rows for a group's cells that have none, saying why they did not run. A span gives up no rows: its group's
+        own run (next in the queue) measures the shards it left, or gives up in its turn."""
+        if group.span is not None:
+            self._span_done(group, self._queue)
+            return
         scratch = Workspace(job.suite, job.datasets, job.run_id, job.env, worker="ray driver")
         for cell in group.remaining:
             group.landed.add(cell.cell_id)

@@ -37,12 +37,20 @@ Each run's ``run.json`` (in the run folder, or beside a results .parquet) record
 suite and its digest. When the digests differ the markdown opens with a warning naming the keys
 that changed (``attacks[2][0].params.steps: 10 → 20``): numbers across a suite change may not be
 comparable. Without a run.json the markdown says the suite could not be checked.
+
+**The model or the evaluation.** A rate measures a model under an evaluation (attacks and their arguments, ε grid,
+images, defenses, seeds). Where the two runs' evaluations differ (everything in the resolved suite but the models,
+the executor and the shard size, and the images' ids), no change is called an improvement or a regression of the
+model: it is "evaluation changed", listed with what changed. A worst case that rises beyond noise while the models
+are the same is the evaluation getting weaker (an attack dropped or made cheaper): "weaker evaluation", counted in
+``weaker_evaluation`` (``bench compare`` exits 4 for it when nothing regressed).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,6 +94,7 @@ THROUGHPUT_RULES = {
 class Comparison:
     markdown: str
     regressions: int
+    weaker_evaluation: int = 0  # worst cases that rose because the evaluation changed, the model did not
 
 
 def _load(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any] | None]:
@@ -206,6 +215,54 @@ def suite_diff(a: Any, b: Any, path: str = "") -> list[tuple[str, str]]:
     return [] if a == b else [(path or "(whole suite)", f"{_short(a)} → {_short(b)}")]
 
 
+def model_changes(a: Any, b: Any) -> list[str]:
+    """One line per model that kept its name but not its weights (a checkpoint file, pretrained weights, or a model
+    held in memory, known by its weights' digest in its arch token): the same name, another model."""
+    def models(suite: Any) -> dict[str, dict]:
+        entries = suite.get("models") if isinstance(suite, dict) else None
+        return {m["name"]: m for m in entries or [] if isinstance(m, dict) and isinstance(m.get("name"), str)}
+
+    ma, mb = models(a), models(b)
+    out = []
+    for name in [n for n in ma if n in mb]:
+        was = (ma[name].get("weights"), ma[name].get("checkpoint"), ma[name].get("file"), ma[name].get("arch"))
+        now = (mb[name].get("weights"), mb[name].get("checkpoint"), mb[name].get("file"), mb[name].get("arch"))
+        if was != now:
+            old = next((v for v in was if v), "random")
+            new = next((v for v in now if v), "random")
+            if old == new:  # the arch alone changed (a memory model's digest is in it)
+                old, new = was[3], now[3]
+            out.append(f"**Model `{name}` has other weights** ({old} → {new}): the same name, another model.")
+    return out
+
+
+_NOT_EVALUATION = ("models", "name", "executor", "shard_size", "unconstrained_check")  # no number depends on them
+# keys that change the numbers of a cell whose id matches (the id already pins the attack's arguments, ε, the defense,
+# the mode, the device and the precision); every other evaluation key changes only the ensemble behind a worst case
+_CELL_KEYS = ("data", "seed", "batch_size", "eval_draws", "eot_samples", "cascade", "images")
+
+
+def _top(key: str) -> str:
+    return re.split(r"[.\[]", key, maxsplit=1)[0]
+
+
+def evaluation_changes(base_meta: dict | None, cand_meta: dict | None) -> list[tuple[str, str]]:
+    """What evaluated the models differently in the two runs: (key, change) for the resolved suite's keys other
+    than the models (and the executor, the shard size), and the images when their ids differ."""
+    if not base_meta or not cand_meta:
+        return []
+    a, b = base_meta.get("resolved_suite") or {}, cand_meta.get("resolved_suite") or {}
+    if not isinstance(a, dict) or not isinstance(b, dict):
+        return []
+    out = suite_diff({k: v for k, v in a.items() if k not in _NOT_EVALUATION},
+                     {k: v for k, v in b.items() if k not in _NOT_EVALUATION})
+    ids = [(m.get("dataset") or {}).get("ids") if isinstance(m.get("dataset"), dict) else None for m in (base_meta, cand_meta)]
+    if ids[0] is not None and ids[1] is not None and ids[0] != ids[1]:
+        same = len(set(map(str, ids[0])) & set(map(str, ids[1])))
+        out.append(("images", f"{len(ids[0])} → {len(ids[1])} images, {same} in both"))
+    return out
+
+
 def _suite_check(baseline: Path, candidate: Path, base_meta: dict | None, cand_meta: dict | None) -> list[str]:
     """Markdown lines (empty when both runs ran the same suite)."""
     missing = [str(p) for p, m in ((baseline, base_meta), (candidate, cand_meta)) if m is None or not m.get("suite_digest")]
@@ -219,6 +276,7 @@ def _suite_check(baseline: Path, candidate: Path, base_meta: dict | None, cand_m
              f"`{cand_meta['suite_digest'][:12]}`). Numbers across a suite change may not be comparable; cells "
              "whose spec changed show up as missing and added."]
     a, b = base_meta.get("resolved_suite"), cand_meta.get("resolved_suite")
+    lines += [f"> {line}" for line in model_changes(a, b)]
     if a is None or b is None:
         lines.append("> The resolved suite is not recorded in both run.json files, so the changed keys cannot be named.")
     else:
@@ -323,7 +381,19 @@ def compare(baseline: str | Path, candidate: str | Path, abs_threshold: float | 
     lines = ["# bench compare", "", f"Baseline `{baseline}`, candidate `{candidate}`.", ""]
     lines += _suite_check(Path(baseline), Path(candidate), base_meta, cand_meta) + worst_note
     matched = list(base.index.intersection(cand.index))
-    rows, regressions, unpaired = [], 0, 0
+    evaluation = evaluation_changes(base_meta, cand_meta)
+    cell_evaluation = [k for k in evaluation if _top(k[0]) in _CELL_KEYS]
+    same_models = not model_changes((base_meta or {}).get("resolved_suite"), (cand_meta or {}).get("resolved_suite"))
+    if evaluation:
+        lines += [f"> **The evaluation changed** ({len(evaluation)}: "
+                  + "; ".join(f"`{k}` {v}" for k, v in evaluation[:MAX_LISTED])
+                  + (f"; … and {len(evaluation) - MAX_LISTED} more" if len(evaluation) > MAX_LISTED else "")
+                  + "): a worst case that moved measures the evaluation as much as the model, so none is called an "
+                  "improvement or a regression of the model" + ("; one that rose with the same models is a weaker evaluation"
+                                                                if same_models else "")
+                  + ("; so is every cell's change (these keys change every cell's numbers)" if cell_evaluation else
+                     "; a cell whose id matches was evaluated the same way and is judged as usual") + ".", ""]
+    rows, regressions, unpaired, weaker = [], 0, 0, 0
     for cell_id in matched:
         b, c = base.loc[cell_id], cand.loc[cell_id]
         for rate, good in RATES.items():
@@ -342,6 +412,11 @@ def compare(baseline: str | Path, candidate: str | Path, abs_threshold: float | 
                 significant = p < alpha
             beyond = abs_threshold is None or abs(delta) > abs_threshold
             verdict = ("regression" if worse else "improvement") if significant and beyond else "noise"
+            is_worst = "/worst-case/" in str(cell_id)
+            if (evaluation if is_worst else cell_evaluation) and verdict != "noise":
+                worst_rose = is_worst and not worse and rate == "robust_acc"
+                verdict = "weaker evaluation" if worst_rose and same_models else "evaluation changed"
+                weaker += verdict == "weaker evaluation"
             regressions += verdict == "regression"
             rows.append({"cell": cell_id, "metric": rate, "baseline": _fmt(b[rate]), "candidate": _fmt(c[rate]),
                          "Δ (points)": f"{100 * delta:+.1f}", "p (McNemar)": format_p(p, "– (intervals)"), "verdict": verdict})
@@ -350,8 +425,18 @@ def compare(baseline: str | Path, candidate: str | Path, abs_threshold: float | 
     missing = sorted(set(base.index) - set(cand.index))
     missing_ok = [m for m in missing if m in cand_all.index]  # ran but is no longer ok
     added = sorted(set(cand.index) - set(base.index))
-    regressions += len(missing)
+    regressions += len(missing_ok)  # it ran and is no longer ok: always a regression
+    gone = [m for m in missing if m not in missing_ok]
+    if evaluation:  # a cell the evaluation no longer has (an attack dropped): the evaluation's loss; one whose
+        # attack arguments changed (same name, another @hash in its id) is a changed evaluation, judged above by the worst case
+        renamed = {re.sub(r"@[0-9a-f]+/", "/", str(a)) for a in added}
+        weaker += sum(re.sub(r"@[0-9a-f]+/", "/", str(m)) not in renamed for m in gone)
+    else:
+        regressions += len(gone)
     changed = [r for r in rows if r["verdict"] != "noise"]
+    if weaker:
+        lines.append(f"**The evaluation is weaker in {weaker} place(s)** (worst cases that rose with the same models, "
+                     "cells the candidate no longer has): the evaluation regressed, not the model improved.")
     lines.append(f"**{regressions} regression(s)** across {len(matched)} matched cells and worst cases; "
                  f"{len(missing)} missing, {len(added)} added. A rate regresses when it moves the bad way"
                  + (f" by more than {100 * abs_threshold:.1f} points" if abs_threshold is not None else "")
@@ -375,4 +460,4 @@ def compare(baseline: str | Path, candidate: str | Path, abs_threshold: float | 
             f"- `{m}`" + (f" (now {cand_all.loc[m, 'status']}: {cand_all.loc[m, 'reason']})" if m in missing_ok else "") for m in missing]
     if added:
         lines += ["", "## Added in the candidate", ""] + [f"- `{a}`" for a in added]
-    return Comparison("\n".join(lines) + "\n", regressions)
+    return Comparison("\n".join(lines) + "\n", regressions, weaker)

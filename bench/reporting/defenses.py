@@ -101,13 +101,47 @@ def _defense_row(defense: str, d: pd.DataFrame, epsilons: list[float], base: dic
         strongest.append(every.mean())
     speed = d["defense_images_per_s"].dropna()
     row["defense img/s"] = f"{speed.iloc[0]:.0f}" if len(speed) else "–"
-    row["verdict"] = _verdict(defense, adaptive, gains)
+    row["verdict"] = _verdict(defense, adaptive, gains, _adaptive_evidence(d))
     known = [x for x in strongest if x is not None]
     return (-(strongest[-1] or 0), -sum(known) / max(1, len(known)), -clean), row
 
 
-def _verdict(defense: str, adaptive: bool, gains: list[tuple[float | None, float, float, float | None]]) -> str:
-    """From per ε: (oblivious gain over none, every attack's gain, the latter's p, the former's p)."""
+def _adaptive_evidence(d: pd.DataFrame) -> tuple[int, int, dict[str, int], bool]:
+    """A defense's adaptive cells: how many, how many reliable, the unreliable ones' flags (code → cells), and whether
+    the defense is randomized (EOT applies)."""
+    from bench.audit.flags import FLAGS, split, verdict
+
+    cells = d[d["eval_mode"] != "oblivious"]
+    verdicts = [v if isinstance(v, str) and v else verdict(split(f))
+                for v, f in zip(cells["verdict"] if "verdict" in cells else [None] * len(cells), cells["flags"])]
+    codes: dict[str, int] = {}
+    for v, f in zip(verdicts, cells["flags"]):
+        if v == "unreliable":
+            for c in split(f):
+                if c in FLAGS and FLAGS[c].unreliable:
+                    codes[c] = codes.get(c, 0) + 1
+    randomized = "eot_samples" in cells and bool((cells["eot_samples"].fillna(1) > 1).any())
+    return len(cells), sum(v == "reliable" for v in verdicts), codes, randomized
+
+
+def _not_established(evidence: tuple[int, int, dict[str, int], bool], modes: set[str] | None = None) -> str:
+    """The words for a gain that rests only on unreliable adaptive cells, with what to run next."""
+    n, _, codes, randomized = evidence
+    flags = ", ".join(f"{c} ×{k}" for c, k in sorted(codes.items(), key=lambda kv: -kv[1])) or "unreliable"
+    tries = ["more steps"]
+    if randomized or "transfer-failure" in codes:
+        tries.append("more eot_samples")
+    tries.append("the other adaptive mode (adaptive-bpda / adaptive-diff)")
+    return (f"**gain not established**: every adaptive cell on it is unreliable ({n}: {flags}), so its worst case is at "
+            f"best an upper bound; try {', '.join(tries)}")
+
+
+def _verdict(defense: str, adaptive: bool, gains: list[tuple[float | None, float, float, float | None]],
+             evidence: tuple[int, int, dict[str, int], bool] = (0, 0, {}, False)) -> str:
+    """From per ε: (oblivious gain over none, every attack's gain, the latter's p, the former's p); ``evidence``: the
+    defense's adaptive cells (count, reliable, flags, randomized). A gain is stated only where at least one adaptive
+    cell is reliable, with their count beside it; "broken" and "costs" stand on any cell (an unreliable attack can only
+    have left too much, so the true gain is smaller still)."""
     if defense == "none":
         return "baseline"
     if not adaptive:
@@ -124,5 +158,9 @@ def _verdict(defense: str, adaptive: bool, gains: list[tuple[float | None, float
         return f"**costs robustness**: down to {100 * worst[1]:+.0f} points against every attack (p {format_p(worst[2])})"
     if best is None or best[1] <= BROKEN_ADAPTIVE_GAIN:
         return "no robust gain"
+    n, reliable = evidence[0], evidence[1]
+    if n and not reliable:
+        return _not_established(evidence)
     note = "" if best[2] < SIGNIFICANCE else f", not significant (p {format_p(best[2])})"
-    return f"keeps up to {100 * best[1]:+.0f} points against every attack{note}"
+    support = f" ({reliable} of {n} adaptive cells reliable)" if n else ""
+    return f"keeps up to {100 * best[1]:+.0f} points against every attack{note}{support}"

@@ -17,8 +17,11 @@ def _dataset_line(ds: dict[str, Any]) -> str:
     pre = ds.get("preprocess")
     if pre:  # one decoded copy per distinct preprocessing; say which models read this one
         models = ", ".join(f"`{m}`" for m in ds.get("models") or [])
-        line += (f" Decoded once at {pre['input_size']} px (shorter side resized to {pre['resize_size']} px, "
-                 f"{pre['interpolation']}, centre crop) for {models}.")
+        if pre.get("transform") == "whole":  # images that fill their frame: never cropped
+            how = f"resized whole, {pre['interpolation']}, no crop"
+        else:
+            how = f"shorter side resized to {pre['resize_size']} px, {pre['interpolation']}, centre crop"
+        line += f" Decoded once at {pre['input_size']} px ({how}) for {models}."
     if ds.get("name") == "samples":
         # describe the images this run used (a `limit` keeps fewer photos or views)
         ids = [str(i) for i in ds.get("ids") or []]

@@ -178,9 +178,20 @@ def labels(runs: list[Run]) -> dict[str, str]:
     long = pd.concat([_long(runs, columns, ok_only=False), _long(runs, columns, worst=True)], ignore_index=True)
     long = long.drop_duplicates("cell_id")
     # a worst case: "lite0 · worst case · 4/255 · none · cpu · fp32" (no attack, no mode)
-    return {row[0]: " · ".join([row[1], "worst case", format_eps(row[3]), row[4], *row[6:8]] if row[5] == "worst-case"
-                               else [row[1], row[2], format_eps(row[3]), *row[4:8]])
-            for row in zip(*(long[c] for c in long.columns[:8]))}
+    out = {row[0]: " · ".join([row[1], "worst case", format_eps(row[3]), row[4], *row[6:8]] if row[5] == "worst-case"
+                              else [row[1], row[2], format_eps(row[3]), *row[4:8]])
+           for row in zip(*(long[c] for c in long.columns[:8]))}
+    # two evaluations under one attack name (its arguments changed between runs) keep apart: the attack's digest
+    seen: dict[str, list[str]] = {}
+    for cell_id, label in out.items():
+        seen.setdefault(label, []).append(cell_id)
+    for label, ids in seen.items():
+        if len(ids) > 1:
+            for cell_id in ids:
+                parts = str(cell_id).split("/")
+                attack = parts[1] if len(parts) > 1 else cell_id
+                out[cell_id] = label.replace(" · ", f" · {attack} · ", 1) if "@" in attack else f"{label} · {cell_id}"
+    return out
 
 
 def throughput_series(runs: list[Run], metric: str) -> dict[tuple[str, ...], np.ndarray]:

@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 
 from bench import files
-from bench.specs import format_eps
+from bench.specs import eps_axis, format_eps
 
 PLOT_TITLES = {
     "robust": "Robust accuracy against ε",
@@ -54,13 +54,14 @@ def plot_rates(df: pd.DataFrame, path: Path, worst: pd.DataFrame | None = None) 
     if ok.empty:
         return None
     many = ok[["device", "precision"]].drop_duplicates().shape[0] > 1
+    scale, xlabel = eps_axis(ok["eps"])  # in the unit the suite gave ε in
 
     def lines(part):
         for label, g in part.groupby(["defense", "eval_mode", "device", "precision"], sort=False):
             g = g.sort_values("eps")
             name = label[0] if label[1] == "oblivious" else f"{label[0]} ({label[1].removeprefix('adaptive-')})"
             name += f" {label[2]} {label[3]}" if many else ""
-            yield g["eps"] * 255, g["robust_acc"], name, "--" if label[1] != "oblivious" else "-"
+            yield g["eps"] * scale, g["robust_acc"], name, "--" if label[1] != "oblivious" else "-"
 
     panels = [(f"{model} · {attack}", list(lines(ok[(ok["model"] == model) & (ok["attack"] == attack)])))
               for model, attack in dict.fromkeys(zip(ok["model"], ok["attack"]))]
@@ -73,10 +74,10 @@ def plot_rates(df: pd.DataFrame, path: Path, worst: pd.DataFrame | None = None) 
             for (defense, dev, prec), g in w.groupby(["defense", "device", "precision"], sort=False):
                 g = g.sort_values("eps")
                 base = defense + (f" {dev} {prec}" if many else "")
-                envelope.append((g["eps"] * 255, g["worst_case_acc"], f"{base}: worst case", "-",
+                envelope.append((g["eps"] * scale, g["worst_case_acc"], f"{base}: worst case", "-",
                                  {"width": 3.5, "colour_of": base}))
             panels.append((f"{model} · worst case over all attacks ({norm}, thick)", envelope))
-    return _draw(panels, path, "ε (×1/255)", "robust accuracy (%)")
+    return _draw(panels, path, xlabel, "robust accuracy (%)")
 
 
 def plot_defenses(df: pd.DataFrame, path: Path, worst: pd.DataFrame | None = None) -> Path | None:
@@ -88,6 +89,7 @@ def plot_defenses(df: pd.DataFrame, path: Path, worst: pd.DataFrame | None = Non
     if adaptive["defense"].nunique() < 2 or not (ok["defense"] == "none").any():
         return None
     many = ok[["device", "precision"]].drop_duplicates().shape[0] > 1
+    scale, xlabel = eps_axis(ok["eps"])
     panels = []
     for (model, attack), group in ok.groupby(["model", "attack"], sort=False):
         base = group[(group["defense"] == "none") & (group["eval_mode"] == "oblivious")]
@@ -95,20 +97,20 @@ def plot_defenses(df: pd.DataFrame, path: Path, worst: pd.DataFrame | None = Non
             lines = []
             for (dev, prec), b in base.groupby(["device", "precision"], sort=False):
                 b = b.sort_values("eps")
-                lines.append((b["eps"] * 255, b["robust_acc"], "no defense" + (f" {dev} {prec}" if many else ""), ":"))
+                lines.append((b["eps"] * scale, b["robust_acc"], "no defense" + (f" {dev} {prec}" if many else ""), ":"))
             for (mode, dev, prec), g in group[group["defense"] == defense].groupby(["eval_mode", "device", "precision"], sort=False):
                 g = g.sort_values("eps")
                 name = mode.removeprefix("adaptive-") + (f" {dev} {prec}" if many else "")
-                lines.append((g["eps"] * 255, g["robust_acc"], name, "-" if mode == "oblivious" else "--"))
+                lines.append((g["eps"] * scale, g["robust_acc"], name, "-" if mode == "oblivious" else "--"))
             if worst is not None and len(worst):  # the envelope: what no attack of the suite (any mode) broke
                 norm = group["norm"].iloc[0]
                 w = worst[(worst["model"] == model) & (worst["defense"] == defense) & (worst["norm"] == norm)]
                 for (dev, prec), g in w.groupby(["device", "precision"], sort=False):
                     g = g.sort_values("eps")
-                    lines.append((g["eps"] * 255, g["worst_case_acc"], "worst case, all attacks" + (f" {dev} {prec}" if many else ""),
+                    lines.append((g["eps"] * scale, g["worst_case_acc"], "worst case, all attacks" + (f" {dev} {prec}" if many else ""),
                                   "-", {"width": 4.0, "colour": "black", "alpha": 0.3}))  # under the lines it bounds
             panels.append((f"{model} · {attack} · {defense}", lines))
-    return _draw(panels, path, "ε (×1/255)", "robust accuracy (%)")
+    return _draw(panels, path, xlabel, "robust accuracy (%)")
 
 
 def plot_quality(df: pd.DataFrame, path: Path) -> Path | None:

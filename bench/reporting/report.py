@@ -97,6 +97,10 @@ def render(df: pd.DataFrame, meta: dict[str, Any], plot_names: list[str] | None 
                   "that finished.**"]
     elif meta.get("status") != "complete":
         lines += ["", f"**This run is {meta.get('status', 'incomplete')}: tables show only the cells that finished.**"]
+    partial = meta.get("partial_cells") or {}
+    if partial and meta.get("status") != "complete":
+        lines += ["", "Partial cells (their finished shards are on disk; `bench run --resume` runs only the rest): "
+                  + "; ".join(f"`{cell}` ({done})" for cell, done in partial.items()) + "."]
     cascade = bool((meta.get("resolved_suite") or {}).get("cascade"))
     lines += ["", "## Can these numbers be trusted?", "", trust_section(df)]
     if worst is not None and len(worst):

@@ -41,6 +41,10 @@ def _evidence(code: str, ev: dict[str, Any], row: Any) -> str:
             f"{pct(d.get('robust_acc'))} here, {pct(d.get('other_robust_acc'))} with {d.get('other')} "
             f"({d.get('only_other_broke')} image(s) only it broke, {d.get('only_this_broke')} only this one; p {format_p(d.get('p'))})"
             for d in (get("implementations_disagree") or [])) or "another library's implementation broke more images",
+        "ensemble-weaker": "; ".join(f"`{name}` broke {n} image(s) it left standing"
+                                     for name, n in (get("weaker_than") or {}).items()) or "another attack broke more",
+        "weaker-than-another": "; ".join(f"`{name}` broke {n} image(s) it left standing"
+                                         for name, n in (get("weaker_than") or {}).items()) or "another attack broke more",
         "short-delta": f"max ‖δ‖∞ {255 * row.get('linf_max', float('nan')):.1f}/255",
         "non-finite": "NaN or inf logits",
     }.get(code, "")

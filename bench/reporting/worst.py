@@ -17,8 +17,10 @@ def worst_case_section(worst: pd.DataFrame) -> str:
     w = worst.copy()
     w["ε"] = [f"{n} {format_eps(e)}" if w["norm"].nunique() > 1 else format_eps(e) for n, e in zip(w["norm"], w["eps"])]
     extra = [c for c in ("device", "precision") if w[c].nunique() > 1]
-    w["cell"] = [f"{100 * v:.1f} % [{100 * a:.0f}–{100 * b:.0f}]" for v, a, b in
-                 zip(w["worst_case_acc"], w["worst_case_acc_ci_low"], w["worst_case_acc_ci_high"])]
+    # every cell behind it flagged unreliable: no attack of the ensemble is known to have worked, an upper bound
+    bound = [bool(n) and u == n for u, n in zip(w["unreliable_cells"].fillna(0), w["cells"].fillna(0))]
+    w["cell"] = [f"{'≤ ' if b else ''}{100 * v:.1f} % [{100 * a:.0f}–{100 * c:.0f}]" for v, a, c, b in
+                 zip(w["worst_case_acc"], w["worst_case_acc_ci_low"], w["worst_case_acc_ci_high"], bound)]
     table = w.pivot_table(index=["model", "defense", *extra], columns="ε", values="cell", aggfunc="first", sort=False)
     table = table[list(dict.fromkeys(w["ε"]))].fillna("–").reset_index()
     table.columns.name = None
@@ -35,7 +37,10 @@ def worst_case_section(worst: pd.DataFrame) -> str:
     notes = []
     if (w["cells_not_ok"] > 0).any():
         notes.append("Some attacks failed or were skipped: their worst case misses them (column cells_not_ok in worst_case.parquet).")
-    if (w["unreliable_cells"] > 0).any():
+    if any(bound):
+        notes.append("≤: every attack behind this worst case is flagged unreliable (Can these numbers be trusted?): "
+                     "it is at best an upper bound, and no gain computed from it is established.")
+    elif (w["unreliable_cells"] > 0).any():
         notes.append("Cells flagged unreliable are part of these ensembles: where every attack fails the same way, the worst case is too high as well.")
     if (w["worst_case_acc_all_draws"] != w["worst_case_acc"]).any():
         notes.append("With a randomized defense drawn several times per image, worst_case_acc_all_draws in worst_case.parquet "
