@@ -261,9 +261,11 @@ def run_cell(cell: CellSpec, ws: Workspace) -> dict[str, Any]:
 
 
 def measure_shards(cells: list[CellSpec], ws: Workspace, shards: list[int] | None = None) -> None:
-    """The outcomes of the given shards (default: all) of cells that share one crafting, shard by shard: each
-    shard's adversarial images are crafted once and measured under every cell's defense before the next shard is
-    crafted (cell by cell, a crafting of many shards would be made again for each defense). Outcomes go to
+    """The outcomes of the given shards (default: all) of cells of one model's data (cells that share one crafting,
+    or a cascade's chain in its order), shard by shard: each shard's adversarial images are crafted once and measured
+    under every cell's defense before the next shard is crafted (cell by cell, a crafting of many shards would be made
+    again for each defense); under a cascade each shard's outcomes are recorded as they come, so the chain's later
+    attacks on that shard attack what the earlier ones left. Outcomes go to
     ``ws.on_shard`` and ``ws.shard_parts``; :func:`run_cell` then assembles each row from them. Best effort: a cell
     whose shard raises is left to its own :func:`run_cell`, which meets the problem again and reports it in the
     cell's row, as it would have unsharded."""
@@ -271,10 +273,19 @@ def measure_shards(cells: list[CellSpec], ws: Workspace, shards: list[int] | Non
         return
     plan = ws.shards(cells[0])
     live = [c for c in cells if not attack_registry.unavailable(c.attack)]
+    labels = ws.data(cells[0]).labels
+
+    def cascade(cell: CellSpec, lo: int, hi: int, part: dict) -> None:
+        """A cascade's later attacks on this shard see what this one broke on it (a chain's cells come in order)."""
+        if ws.suite.cascade:
+            ws.cascade.record(cell, attack_registry.norm(cell.attack), labels[lo:hi],
+                              torch.tensor(part["robust"], dtype=torch.int64), lo=lo, n=len(labels))
+
     for shard in range(len(plan)) if shards is None else shards:
         lo, hi = plan[shard]
         for cell in list(live):
             if (cell.cell_id, shard) in ws.shard_parts:
+                cascade(cell, lo, hi, ws.shard_parts[(cell.cell_id, shard)])
                 continue
             if ws.should_stop():  # Ctrl-C: the cells' own runs stop between shards and say so
                 return
@@ -290,6 +301,7 @@ def measure_shards(cells: list[CellSpec], ws: Workspace, shards: list[int] | Non
             except OSError as exc:  # the run folder cannot be written: the run stops, not this cell
                 raise RunFolderUnwritable(exc) from exc
             ws.shard_parts[(cell.cell_id, shard)] = part
+            cascade(cell, lo, hi, part)
 
 
 def crafting_runs(cells: list[CellSpec]) -> list[list[CellSpec]]:

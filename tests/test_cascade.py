@@ -141,3 +141,16 @@ def test_attacks_without_a_budget_are_not_cascaded():
     labels = torch.tensor([0, 0])
     c.record(_cell(None, attack="cw"), "none", labels, torch.tensor([1, 1]))
     assert c.standing(_cell(None, attack="cw"), "none", labels, {"none": labels}).tolist() == [True, True]
+
+
+def test_the_state_can_be_recorded_a_shard_at_a_time_and_a_crafting_never_counts_its_own_attack():
+    c = Cascade()
+    labels = torch.zeros(6, dtype=torch.int64)
+    clean = {"none": labels.clone()}
+    # shard [2, 4) of attack pgd at 4/255: it broke image 3
+    c.record(_cell(4 / 255), "Linf", labels[2:4], torch.tensor([0, 1]), lo=2, n=6)
+    assert c.standing(_cell(8 / 255, attack="fgsm"), "Linf", labels, clean).tolist() == [True, True, True, False, True, True]
+    # the cells that share pgd 4/255's crafting (its other defenses) see what it saw, whichever was recorded first
+    assert c.standing(_cell(4 / 255), "Linf", labels, clean).tolist() == [True] * 6
+    c.record(_cell(4 / 255), "Linf", labels[4:6], torch.tensor([1, 0]), lo=4, n=6)  # the next shard
+    assert c.standing(_cell(8 / 255, attack="fgsm"), "Linf", labels, clean).tolist() == [True, True, True, False, False, True]

@@ -348,3 +348,41 @@ def test_one_cell_runs_over_two_workers_with_the_numbers_of_one_piece(ray_sessio
     assert len(shards) == len(shards[["cell_id", "shard"]].drop_duplicates()) == 6 * 6  # 6 cells × 6 shards, once each
     workers = shards[shards["cell_id"].str.contains("/noise@")].groupby("cell_id")["worker"].nunique()
     assert len(workers) == 2 and (workers == 2).all()  # the slow cells' shards ran on both workers
+
+
+@pytest.mark.slow  # make test-slow (CI runs it)
+def test_a_cascades_chain_runs_over_two_workers_shard_by_shard_with_the_numbers_of_one_process(ray_session, tmp_path, linear):
+    """Each worker runs the chain's attacks in order on the shards of its span (a later attack starts on a shard
+    once that shard's earlier attacks are done): per-image outcomes and attacked images as one local process."""
+    (tmp_path / "noise.py").write_text(SLOW_NOISE)
+    doc = {"name": "chain", "seed": 4, "data": {"source": "digits", "limit": 24, "image_size": 16},
+           "models": [{"name": "lin", "factory": f"{linear}:build"}],
+           # one norm (a cascade is per norm), ε rising: each attack skips what the ones before it broke
+           "attacks": [{"name": "pgd", "type": "pgd", "eps": "8/255", "steps": 2, "alpha": "4/255", "random_start": True},
+                       {"name": "noise", "type": "python", "fn": str(tmp_path / "noise.py") + ":slow_noise", "eps": "16/255"},
+                       {"name": "pgd2", "type": "pgd", "eps": "24/255", "steps": 2, "alpha": "12/255", "random_start": True}],
+           "batch_size": 4, "cascade": True, "unconstrained_check": False}
+    whole, spread = tmp_path / "whole.yaml", tmp_path / "spread.yaml"
+    whole.write_text(yaml.safe_dump(doc))
+    spread.write_text(yaml.safe_dump({**doc, "shard_size": 4}))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        local = run_suite(load_suite(whole), tmp_path / "local", tmp_path / "local-reports")
+    finally:
+        torch.set_num_threads(threads)
+    result = run_suite(load_suite(spread), tmp_path / "results", tmp_path / "reports", executor=_ray())
+    assert result.complete and result.counts == {"ok": 3}
+
+    def predictions(run_dir):
+        return pd.read_parquet(run_dir / "predictions.parquet").sort_values(["cell_id", "image"], ignore_index=True)
+
+    mine, theirs = predictions(result.run_dir), predictions(local.run_dir)
+    first = theirs[theirs["cell_id"].str.contains("/pgd@")]
+    broke = (first["robust_pred"] != first["label"]) & (first["clean_pred"] == first["label"])
+    assert broke.any()  # the first attack broke images, which the later ones must skip: a real chain
+    later = theirs[theirs["cell_id"].str.contains("/noise@")]
+    assert not later["attacked"].to_numpy()[broke.to_numpy()].any()
+    pd.testing.assert_frame_equal(mine, theirs)
+    shards = pd.DataFrame([json.loads(line) for line in (result.run_dir / "shards.jsonl").read_text().splitlines()])
+    assert shards["worker"].nunique() == 2 and len(shards) == 3 * 6

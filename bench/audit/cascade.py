@@ -12,12 +12,14 @@ cascade for attacks whose result for an image does not depend on the other image
 Attacks without a budget (``norm: none``) are not cascaded: they run on every image.
 
 The state is rebuilt from rows (their per-image predictions), so a resumed run or a Ray worker that
-takes over a chain continues where the rows left off.
+takes over a chain continues where the rows left off; it can also be recorded a shard at a time (the images
+[lo, hi) of the data), so a chain's shards can run on several workers, each shard's later attacks as soon as that
+shard's earlier ones are done. A crafting never counts what its own attack (same attack, ε and mode) broke: the
+cells that share one crafting see the same standing images whichever of them was recorded first.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any, Iterable
 
 import torch
@@ -28,20 +30,27 @@ from bench.specs import CellSpec
 
 class Cascade:
     def __init__(self) -> None:
-        # (model, device, precision, defense label, norm) → per image, the smallest ε that broke it (inf: none)
-        self._broken: dict[tuple, torch.Tensor] = {}
+        # (model, device, precision, defense label, norm) → (attack, ε, mode) that broke images → per image, broken
+        self._broken: dict[tuple, dict[tuple, torch.Tensor]] = {}
+
+    @staticmethod
+    def _who(cell: CellSpec) -> tuple:
+        return (cell.attack.name, cell.attack.eps, cell.eval_mode)
 
     @staticmethod
     def key(cell: CellSpec, defense_label: str, norm: str) -> tuple:
         return (cell.model.name, cell.device, cell.precision, defense_label, norm)
 
-    def record(self, cell: CellSpec, norm: str, labels: torch.Tensor, robust: torch.Tensor) -> None:
-        """Note the images this cell's attack broke (its robust prediction is wrong)."""
+    def record(self, cell: CellSpec, norm: str, labels: torch.Tensor, robust: torch.Tensor, lo: int = 0,
+               n: int | None = None) -> None:
+        """Note the images this cell's attack broke (its robust prediction is wrong): all ``n`` images of the data,
+        or the shard of them from ``lo`` (``labels`` and ``robust`` of those images only)."""
         if cell.attack.eps is None or norm == "none":
             return
-        broken = self._broken.setdefault(self.key(cell, cell.defense.label, norm), torch.full((len(labels),), math.inf))
-        hit = robust != labels
-        broken[hit] = broken[hit].clamp(max=cell.attack.eps)
+        n = len(labels) if n is None else n
+        broken = self._broken.setdefault(self.key(cell, cell.defense.label, norm), {}).setdefault(
+            self._who(cell), torch.zeros(n, dtype=torch.bool))
+        broken[lo : lo + len(labels)] |= robust != labels
 
     def standing(self, cell: CellSpec, norm: str, labels: torch.Tensor, clean: dict[str, torch.Tensor]) -> torch.Tensor:
         """The images this cell's crafting attacks: for at least one of the defenses in ``clean``
@@ -49,11 +58,12 @@ class Cascade:
         if cell.attack.eps is None or norm == "none":
             return torch.ones(len(labels), dtype=torch.bool)
         out = torch.zeros(len(labels), dtype=torch.bool)
+        me = self._who(cell)
         for label, pred in clean.items():
-            broken = self._broken.get(self.key(cell, label, norm))
             alive = pred == labels
-            if broken is not None:
-                alive &= ~(broken <= cell.attack.eps + 1e-12)
+            for who, broken in self._broken.get(self.key(cell, label, norm), {}).items():
+                if who != me and who[1] <= cell.attack.eps + 1e-12:  # an earlier attack at the same or a smaller ε
+                    alive &= ~broken
             out |= alive
         return out
 

@@ -7,12 +7,13 @@
   that copy; nothing is decoded again.
 - **Scheduling**: a group's cells go to one idle worker as one call per cell (the actor runs them in
   order, so the group is crafted once), and the next group goes to the next worker that is free.
-- **Shards** (bench/cells.py ``shard_plan``): without a cascade, a group of many shards is split into spans of
-  shards, one per worker of its kind that the cluster holds; each worker measures its span for every cell of the
-  group (``shards``: outcomes only, which the driver writes as they land), and once every span is in, one worker
-  assembles each cell's row from all of them (``run`` with the outcomes). A cascade's chain stays on one worker
-  (a later attack needs the earlier ones' rows), shard by shard. Numbers do not depend on where a shard ran: every
-  batch is seeded by its index in the data.
+- **Shards** (bench/cells.py ``shard_plan``): a group of many shards (a crafting group, or a cascade's chain) is
+  split into spans of shards, one per worker of its kind that the cluster holds; each worker measures its span for
+  every cell of the group, one ``shards`` call per shard (outcomes only, which the driver writes as they land), and
+  once every span is in, one worker assembles each cell's row from all of them (``run`` with the outcomes). In a
+  chain, a worker measures each shard for the chain's attacks in order, recording what each broke on that shard
+  (bench/audit/cascade.py), so a later attack starts on a shard as soon as that shard's earlier attacks are done.
+  Numbers do not depend on where a shard ran: every batch is seeded by its index in the data.
 - **Rows**: a worker returns each cell's row (with its warnings and tracebacks, which the driver
   puts in the run log); the driver yields it to the runner, which appends and fsyncs it. Only the
   driver writes, so resume, Ctrl-C, the table and the report are the local executor's.
@@ -262,9 +263,9 @@ class RayExecutor:
         if wanted > self._places[False]:
             log.warning("%d CPU workers of %d CPU(s) each do not fit on the Ray cluster's nodes; starting %d", wanted,
                         self.spec.cpus_per_worker, self._places[False])
-        if not cascade:  # one cell over many workers: its shards in spans (a cascade's chain stays on one worker)
-            todo = self._split(todo, job, min(wanted, self._places[False]))
-            queue = {kind: collections.deque(g for g in todo if g.gpu == kind) for kind in (False, True)}
+        # one cell (or a cascade's chain) over many workers: its shards in spans
+        todo = self._split(todo, job, min(wanted, self._places[False]))
+        queue = {kind: collections.deque(g for g in todo if g.gpu == kind) for kind in (False, True)}
         self._queue = queue
         for kind, size in ((False, min(wanted, self._places[False])), (True, self._places[True])):
             for _ in range(min(size, len(queue[kind]))):
@@ -403,7 +404,8 @@ class RayExecutor:
             split = _Split(g, k)
             size = -(-len(missing) // k)
             for i in range(0, len(missing), size):
-                out.append(_Group(g.cells, g.gpu, span=missing[i : i + size], split=split))
+                # a chain's span replays the chain's rows that landed before (a resume): its later attacks need them
+                out.append(_Group(g.cells, g.gpu, rows=list(g.rows), span=missing[i : i + size], split=split))
             split.pending = -(-len(missing) // size)
         return out
 
