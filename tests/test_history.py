@@ -273,3 +273,22 @@ def test_two_evaluations_under_one_attack_name_get_two_labels():
 
     names = labels([_Run("m/pgd@aaaa11/eps=0.1/none/oblivious/cpu/fp32"), _Run("m/pgd@bbbb22/eps=0.1/none/oblivious/cpu/fp32")])
     assert len(set(names.values())) == 2 and all("@" in v for v in names.values())
+
+
+def test_the_history_prose_fits_a_terminal():
+    from bench.reporting.history import render
+
+    class _Run:
+        run_id, sha, digest, meta = "r1", "a" * 40, "d" * 16, {"suite": "s", "started_at": "2026-12-07T00:00:00", "status": "complete"}
+
+        def __init__(self):
+            import pandas as pd
+
+            self.df = pd.DataFrame([{"cell_id": "m/pgd@aa/eps=0.1/none/oblivious/cpu/fp32", "model": "m", "attack": "pgd",
+                                     "eps": 0.1, "defense": "none", "eval_mode": "oblivious", "device": "cpu",
+                                     "precision": "fp32", "status": "ok", "robust_acc": 0.5, "n": 10}])
+            self.ok, self.series = self.df, self.df.iloc[:0]
+
+    text = render([_Run()], [], [])
+    prose = [line for line in text.splitlines() if not line.startswith(("|", "#", "!["))]
+    assert max(len(line) for line in prose) <= 120

@@ -47,6 +47,7 @@ from bench.audit import worst_case
 from bench.audit.stats import format_p, paired, wilson
 from bench.reporting.compare import THROUGHPUT_RULES
 from bench.results import RUN_FILE, RunFolderError, load_run, read_json
+from bench.reporting.text import wrap
 from bench.specs import format_eps
 
 ALPHA = 0.05  # significance of a rate step (McNemar's exact test on the windows' per-image outcomes)
@@ -408,7 +409,7 @@ def render(runs: list[Run], points: list[ChangePoint], plot_names: list[str]) ->
         lines += [f"## {title}", "", f"![{title}]({name})", ""]
     lines += ["## Robust accuracy by run", "", _rate_table(runs), ""]
     lines += ["## Runs", "", _runs_table(runs), ""]
-    return "\n".join(lines)
+    return wrap("\n".join(lines))  # prose at 120 columns, as the report's: a terminal and a diff read it too
 
 
 _METRIC_NAMES = {"robust_acc": "robust accuracy", **{k: v for k, (v, _) in THROUGHPUTS.items()}}
