@@ -194,3 +194,17 @@ def test_a_digits_report_says_its_images_were_resized_whole_and_labels_decimal_e
     assert "resized whole" in report and "shorter side" not in report and "centre crop" not in report
     labels = re.sub(r"`[^`]*eps=[^`]*`", "", report)  # cell ids keep their fixed form (runs pair by them)
     assert "51/255" not in labels and "0.2" in labels
+
+
+def test_an_unreliable_authors_autoattack_cell_is_shown_as_an_upper_bound():
+    import pandas as pd
+
+    from bench.reporting.autoattack import autoattack_section
+
+    row = {"status": "ok", "attack_source": "autoattack", "attack_type": "autoattack/standard", "attack_args": "{}",
+           "model": "m", "defense": "none", "eval_mode": "oblivious", "device": "cpu", "precision": "fp32", "eps": 0.1,
+           "norm": "Linf", "robust_acc": 0.7, "robust_acc_ci_low": 0.6, "robust_acc_ci_high": 0.8, "cell_id": "c",
+           "verdict": "unreliable", "flags": "ensemble-weaker"}
+    text = autoattack_section(pd.DataFrame([row]), None)
+    assert "≤ 70" in text and "unreliable (ensemble-weaker)" in text
+    assert "≤ 70" not in autoattack_section(pd.DataFrame([{**row, "verdict": "reliable", "flags": ""}]), None)

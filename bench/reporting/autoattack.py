@@ -36,8 +36,10 @@ def autoattack_section(df: pd.DataFrame, predictions: pd.DataFrame | None) -> st
     for r in ok[ok["attack_source"] == "autoattack"].to_dict("records"):
         where = r["defense"] + ("" if r["eval_mode"] == "oblivious" else f" ({r['eval_mode'].removeprefix('adaptive-')})")
         other = theirs.get(key(r))
+        bound = r.get("verdict") == "unreliable"  # an indicator fired: no figure to cite, an upper bound
         row = {"model": r["model"], "defense": where, "ε": format_eps(r["eps"]), "norm": r["norm"],
-               "version": str(r["attack_type"]).split("/", 1)[1], "authors'": with_ci(pd.DataFrame([r]), "robust_acc").iloc[0],
+               "version": str(r["attack_type"]).split("/", 1)[1],
+               "authors'": ("≤ " if bound else "") + with_ci(pd.DataFrame([r]), "robust_acc").iloc[0],
                "torchattacks'": pct(other["robust_acc"]) if other else "–", "only authors' broke": "–",
                "only torchattacks' broke": "–", "p": "–"}
         mine = by_cell.get(r["cell_id"])
@@ -47,6 +49,7 @@ def autoattack_section(df: pd.DataFrame, predictions: pd.DataFrame | None) -> st
             a, b = right & (mine["robust_pred"] != mine["label"]), right & (theirs_p["robust_pred"] != theirs_p["label"])
             row.update({"only authors' broke": int((a & ~b).sum()), "only torchattacks' broke": int((b & ~a).sum()),
                         "p": format_p(mcnemar(int((a & ~b).sum()), int((b & ~a).sum())))})
+        row["verdict"] = (f"unreliable ({r.get('flags')})" if bound else r.get("verdict") or "–")
         rows.append(row)
         if mine is not None and "broken_by" in mine:
             version = str(r["attack_type"]).split("/", 1)[1]
@@ -61,7 +64,10 @@ def autoattack_section(df: pd.DataFrame, predictions: pd.DataFrame | None) -> st
             "RobustBench's leaderboard and the papers that cite it run: read this figure. torchattacks' `autoattack` re-implements "
             "it with 10 iterations where the authors' APGD-CE, APGD-T and FAB-T take 100, and "
             "leaves standing images the authors' code breaks; where the run has both on the same cell, it stands beside it, "
-            "with the images only one of them broke and McNemar's exact p.\n\n" + pd.DataFrame(rows).to_markdown(index=False))
+            "with the images only one of them broke and McNemar's exact p. ≤: an indicator of attack failure fired on the "
+            "cell (verdict column; e.g. `ensemble-weaker`: another attack of the suite broke images it left), so the "
+            "figure is at best an upper bound — cite the worst case over all attacks instead."
+            "\n\n" + pd.DataFrame(rows).to_markdown(index=False))
     if logs:
         text += ("\n\nAutoAttack's own log, per cell (images broken after 8-bit quantisation and the defense, by the "
                  "attack of the ensemble whose output they are):\n\n" + "\n".join(logs))
