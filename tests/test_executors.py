@@ -325,7 +325,9 @@ def test_one_cell_runs_over_two_workers_with_the_numbers_of_one_piece(ray_sessio
            # an L2 random start moves every image's distance: any seed that followed the shard would show
            "attacks": [{"name": "pgd", "type": "pgdl2", "eps": 1.0, "steps": 2, "alpha": 0.4, "random_start": True},
                        {"name": "square", "type": "square", "eps": "12/255", "n_queries": 10},
-                       {"name": "noise", "type": "python", "fn": str(tmp_path / "noise.py") + ":slow_noise", "eps": "12/255"}],
+                       {"name": "noise", "type": "python", "fn": str(tmp_path / "noise.py") + ":slow_noise", "eps": "12/255"},
+                       {"name": "aa", "type": "autoattack/custom", "eps": "12/255", "attacks": ["apgd-ce"]},
+                       {"name": "deepfool", "type": "deepfool", "steps": 5}],  # every family: an ensemble, minimum-norm
            "defenses": ["none", {"type": "gaussian_noise", "sigma": 0.02}], "batch_size": 4, "unconstrained_check": False}
     whole, spread = tmp_path / "whole.yaml", tmp_path / "spread.yaml"
     whole.write_text(yaml.safe_dump(doc))
@@ -337,7 +339,7 @@ def test_one_cell_runs_over_two_workers_with_the_numbers_of_one_piece(ray_sessio
     finally:
         torch.set_num_threads(threads)
     result = run_suite(load_suite(spread), tmp_path / "results", tmp_path / "reports", executor=_ray())
-    assert result.complete and result.counts == {"ok": 6}
+    assert result.complete and result.counts == {"ok": 10}
 
     def predictions(run_dir):
         return pd.read_parquet(run_dir / "predictions.parquet").sort_values(["cell_id", "image"], ignore_index=True)
@@ -345,7 +347,7 @@ def test_one_cell_runs_over_two_workers_with_the_numbers_of_one_piece(ray_sessio
     assert predictions(local.run_dir)["distance"].gt(0).any()
     pd.testing.assert_frame_equal(predictions(result.run_dir), predictions(local.run_dir))
     shards = pd.DataFrame([json.loads(line) for line in (result.run_dir / "shards.jsonl").read_text().splitlines()])
-    assert len(shards) == len(shards[["cell_id", "shard"]].drop_duplicates()) == 6 * 6  # 6 cells × 6 shards, once each
+    assert len(shards) == len(shards[["cell_id", "shard"]].drop_duplicates()) == 10 * 6  # 10 cells × 6 shards, once each
     workers = shards[shards["cell_id"].str.contains("/noise@")].groupby("cell_id")["worker"].nunique()
     assert len(workers) == 2 and (workers == 2).all()  # the slow cells' shards ran on both workers
 

@@ -160,16 +160,17 @@ def test_the_report_ends_with_what_to_do_next():
 def test_a_gain_resting_only_on_unreliable_adaptive_cells_is_not_established():
     from bench.reporting.defenses import _verdict
 
-    gains = [(0.3, 0.38, 0.0001, 0.0001)]  # +38 points against every attack, significant
-    all_unreliable = (6, 0, {"incomplete-optimization": 6}, True)
-    text = _verdict("noise-0.05", True, gains, all_unreliable)
+    gains = [(0.3, 0.38, 0.0001, 0.0001), (0.2, 0.25, 0.001, 0.001)]  # +38 and +25 points at two ε, significant
+    unreliable = (2, 0, {"incomplete-optimization": 2}, True)  # both adaptive cells at an ε flagged
+    text = _verdict("noise-0.05", True, gains, [unreliable, unreliable])
     assert text.startswith("**gain not established**") and "keeps" not in text
-    assert "incomplete-optimization ×6" in text and "more steps" in text and "eot_samples" in text
+    assert "incomplete-optimization ×4" in text and "more steps" in text and "eot_samples" in text
     assert "other adaptive mode" in text
-    assert _verdict("noise-0.05", True, gains, (6, 2, {"incomplete-optimization": 4}, True)) == \
-        "keeps up to +38 points against every attack (2 of 6 adaptive cells reliable)"
+    # a reliable adaptive cell at the second ε only: the gain stated is the one it backs (+25), not +38
+    assert _verdict("noise-0.05", True, gains, [unreliable, (2, 1, {"incomplete-optimization": 1}, True)]) == \
+        "keeps up to +25 points against every attack (1 of 2 adaptive cells at that ε reliable)"
     # "broken" needs no reliable cell: an unreliable attack only left too much
-    assert _verdict("jpeg-q50", True, [(0.2, 0.0, 0.5, 0.001)], all_unreliable) == "**broken by adaptive attack**"
+    assert _verdict("jpeg-q50", True, [(0.2, 0.0, 0.5, 0.001)], [unreliable]) == "**broken by adaptive attack**"
 
 
 def test_eps_reads_in_the_unit_the_suite_gave_it_in():

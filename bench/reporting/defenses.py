@@ -75,7 +75,7 @@ def _defense_row(defense: str, d: pd.DataFrame, epsilons: list[float], base: dic
     clean = d["clean_acc"].iloc[0]
     row = {"defense": defense, "clean acc (Δ)": f"{pct(clean)} ({100 * (clean - clean0) + 0.0:+.0f})"}
     adaptive = bool((d["eval_mode"] != "oblivious").any())
-    strongest, gains = [], []
+    strongest, gains, evidence = [], [], []
     for eps in epsilons:
         every = worst_case.survival(group, predictions, defense=defense, eps=eps, **where)
         oblivious = None if cascade else worst_case.survival(group, predictions, defense=defense, eps=eps,
@@ -96,12 +96,13 @@ def _defense_row(defense: str, d: pd.DataFrame, epsilons: list[float], base: dic
             row[f"ε {format_eps(eps)}: gain (p)"] = f"{100 * gain:+.0f} ({format_p(p)})"
             gains.append((None if oblivious is None else oblivious.mean() - none.mean(), gain, p,
                           None if oblivious is None else paired(oblivious, none)[2]))
+            evidence.append(_adaptive_evidence(d[(d["eps"] - eps).abs() < 1e-12]))  # the cells behind this ε's gain
         else:
             row[f"ε {format_eps(eps)}: gain (p)"] = "–"
         strongest.append(every.mean())
     speed = d["defense_images_per_s"].dropna()
     row["defense img/s"] = f"{speed.iloc[0]:.0f}" if len(speed) else "–"
-    row["verdict"] = _verdict(defense, adaptive, gains, _adaptive_evidence(d))
+    row["verdict"] = _verdict(defense, adaptive, gains, evidence)
     known = [x for x in strongest if x is not None]
     return (-(strongest[-1] or 0), -sum(known) / max(1, len(known)), -clean), row
 
@@ -137,11 +138,12 @@ def _not_established(evidence: tuple[int, int, dict[str, int], bool], modes: set
 
 
 def _verdict(defense: str, adaptive: bool, gains: list[tuple[float | None, float, float, float | None]],
-             evidence: tuple[int, int, dict[str, int], bool] = (0, 0, {}, False)) -> str:
-    """From per ε: (oblivious gain over none, every attack's gain, the latter's p, the former's p); ``evidence``: the
-    defense's adaptive cells (count, reliable, flags, randomized). A gain is stated only where at least one adaptive
-    cell is reliable, with their count beside it; "broken" and "costs" stand on any cell (an unreliable attack can only
-    have left too much, so the true gain is smaller still)."""
+             evidence: list[tuple[int, int, dict[str, int], bool]] | None = None) -> str:
+    """From per ε: (oblivious gain over none, every attack's gain, the latter's p, the former's p); ``evidence``, per
+    the same ε: the defense's adaptive cells there (count, reliable, flags, randomized). A gain is stated only at an ε
+    where at least one adaptive cell is reliable, with their count beside it; "broken" and "costs" stand on any cell
+    (an unreliable attack can only have left too much, so the true gain is smaller still)."""
+    evidence = evidence or [(0, 0, {}, False)] * len(gains)
     if defense == "none":
         return "baseline"
     if not adaptive:
@@ -158,9 +160,16 @@ def _verdict(defense: str, adaptive: bool, gains: list[tuple[float | None, float
         return f"**costs robustness**: down to {100 * worst[1]:+.0f} points against every attack (p {format_p(worst[2])})"
     if best is None or best[1] <= BROKEN_ADAPTIVE_GAIN:
         return "no robust gain"
-    n, reliable = evidence[0], evidence[1]
-    if n and not reliable:
-        return _not_established(evidence)
+    # the gains an adaptive attack that is known to have worked stands behind (or no adaptive cell at that ε at all)
+    backed = [(g, e) for g, e in zip(gains, evidence) if g[1] > BROKEN_ADAPTIVE_GAIN and (e[1] or not e[0])]
+    if not backed:
+        shown = [e for g, e in zip(gains, evidence) if g[1] > BROKEN_ADAPTIVE_GAIN]
+        codes: dict[str, int] = {}
+        for e in shown:
+            for c, k in e[2].items():
+                codes[c] = codes.get(c, 0) + k
+        return _not_established((sum(e[0] for e in shown), 0, codes, any(e[3] for e in shown)))
+    best, (n, reliable, _, _) = max(backed, key=lambda ge: ge[0][1])
     note = "" if best[2] < SIGNIFICANCE else f", not significant (p {format_p(best[2])})"
-    support = f" ({reliable} of {n} adaptive cells reliable)" if n else ""
+    support = f" ({reliable} of {n} adaptive cells at that ε reliable)" if n else ""
     return f"keeps up to {100 * best[1]:+.0f} points against every attack{note}{support}"
