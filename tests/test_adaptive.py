@@ -103,6 +103,7 @@ def test_jpeg_helps_against_oblivious_attacks_and_adaptive_attacks_take_it_back(
     assert float(row[1]) == 100 * oblivious and float(row[2]) <= 100 * min(df[("jpeg-q25", m)] for m in ("adaptive-bpda", "adaptive-diff"))
 
 
+@pytest.mark.slow  # make test-slow (CI runs it): keeps make test within its minutes
 def test_randomized_defenses_record_eot_and_every_draw_and_rerun_to_the_bit(tmp_path, write_suite, tiny_suite):
     tiny_suite.update(attacks=[{"name": "pgd", "type": "pgd", "eps": "8/255", "steps": 2, "alpha": "4/255"}],
                       defenses=["none", "resize_pad", {"type": "median", "size": 2}], eval_mode=["oblivious", "adaptive"],

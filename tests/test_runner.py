@@ -187,6 +187,7 @@ def test_every_rate_comes_with_its_wilson_interval(run):
     assert df["targeted_success_rate_ci_low"].isna().all()  # no targeted attack in this suite
 
 
+@pytest.mark.slow  # make test-slow (CI runs it): keeps make test within its minutes
 def test_same_suite_with_adaptive_cells_is_reproducible(run, tiny_suite):
     tiny_suite["eval_mode"] = ["oblivious", "adaptive"]
     _, _, a = run(tiny_suite)

@@ -95,6 +95,7 @@ def test_bench_models_lists_builders_with_weights_availability():
     assert [e.name for e in catalogue("timm", "test_vit_relpos")] == ["timm/test_vit_relpos"]
 
 
+@pytest.mark.slow  # make test-slow (CI runs it): keeps make test within its minutes
 def test_models_of_every_library_source_run_ok_and_share_decoded_data_by_preprocessing(tmp_path, write_suite, tiny_suite):
     doc = _suite(tiny_suite,
                  {"name": "mnv3", "arch": "torchvision/mobilenet_v3_small", "num_classes": 2, "input_size": 64},
