@@ -315,6 +315,28 @@ def slow_noise(model, images, labels, eps, generator, pause=0.5):
 """
 
 
+def _whole_locally_and_in_shards_on_ray(tmp_path, doc: dict, cells: int):
+    """The suite run whole in this process (one thread, as each Ray worker) and in shards of one batch on two Ray
+    workers: (Ray's predictions, the local ones, Ray's shard log), predictions in (cell, image) order."""
+    whole, spread = tmp_path / "whole.yaml", tmp_path / "spread.yaml"
+    whole.write_text(yaml.safe_dump(doc))
+    spread.write_text(yaml.safe_dump({**doc, "shard_size": doc["batch_size"]}))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        local = run_suite(load_suite(whole), tmp_path / "local", tmp_path / "local-reports")
+    finally:
+        torch.set_num_threads(threads)
+    result = run_suite(load_suite(spread), tmp_path / "results", tmp_path / "reports", executor=_ray())
+    assert result.complete and result.counts == {"ok": cells}
+
+    def predictions(run_dir):
+        return pd.read_parquet(run_dir / "predictions.parquet").sort_values(["cell_id", "image"], ignore_index=True)
+
+    shards = pd.DataFrame([json.loads(line) for line in (result.run_dir / "shards.jsonl").read_text().splitlines()])
+    return predictions(result.run_dir), predictions(local.run_dir), shards
+
+
 @pytest.mark.slow  # make test-slow (CI runs it): keeps make test within its minutes
 def test_one_cell_runs_over_two_workers_with_the_numbers_of_one_piece(ray_session, tmp_path):
     """Without a cascade, a cell of many shards is spread over the workers (spans of shards, then one worker
@@ -329,24 +351,9 @@ def test_one_cell_runs_over_two_workers_with_the_numbers_of_one_piece(ray_sessio
                        {"name": "aa", "type": "autoattack/custom", "eps": "12/255", "attacks": ["apgd-ce"]},
                        {"name": "deepfool", "type": "deepfool", "steps": 5}],  # every family: an ensemble, minimum-norm
            "defenses": ["none", {"type": "gaussian_noise", "sigma": 0.02}], "batch_size": 4, "unconstrained_check": False}
-    whole, spread = tmp_path / "whole.yaml", tmp_path / "spread.yaml"
-    whole.write_text(yaml.safe_dump(doc))
-    spread.write_text(yaml.safe_dump({**doc, "shard_size": 4}))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        local = run_suite(load_suite(whole), tmp_path / "local", tmp_path / "local-reports")
-    finally:
-        torch.set_num_threads(threads)
-    result = run_suite(load_suite(spread), tmp_path / "results", tmp_path / "reports", executor=_ray())
-    assert result.complete and result.counts == {"ok": 10}
-
-    def predictions(run_dir):
-        return pd.read_parquet(run_dir / "predictions.parquet").sort_values(["cell_id", "image"], ignore_index=True)
-
-    assert predictions(local.run_dir)["distance"].gt(0).any()
-    pd.testing.assert_frame_equal(predictions(result.run_dir), predictions(local.run_dir))
-    shards = pd.DataFrame([json.loads(line) for line in (result.run_dir / "shards.jsonl").read_text().splitlines()])
+    mine, theirs, shards = _whole_locally_and_in_shards_on_ray(tmp_path, doc, cells=10)
+    assert theirs["distance"].gt(0).any()
+    pd.testing.assert_frame_equal(mine, theirs)
     assert len(shards) == len(shards[["cell_id", "shard"]].drop_duplicates()) == 10 * 6  # 10 cells × 6 shards, once each
     workers = shards[shards["cell_id"].str.contains("/noise@")].groupby("cell_id")["worker"].nunique()
     assert len(workers) == 2 and (workers == 2).all()  # the slow cells' shards ran on both workers
@@ -364,27 +371,11 @@ def test_a_cascades_chain_runs_over_two_workers_shard_by_shard_with_the_numbers_
                        {"name": "noise", "type": "python", "fn": str(tmp_path / "noise.py") + ":slow_noise", "eps": "16/255"},
                        {"name": "pgd2", "type": "pgd", "eps": "24/255", "steps": 2, "alpha": "12/255", "random_start": True}],
            "batch_size": 4, "cascade": True, "unconstrained_check": False}
-    whole, spread = tmp_path / "whole.yaml", tmp_path / "spread.yaml"
-    whole.write_text(yaml.safe_dump(doc))
-    spread.write_text(yaml.safe_dump({**doc, "shard_size": 4}))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        local = run_suite(load_suite(whole), tmp_path / "local", tmp_path / "local-reports")
-    finally:
-        torch.set_num_threads(threads)
-    result = run_suite(load_suite(spread), tmp_path / "results", tmp_path / "reports", executor=_ray())
-    assert result.complete and result.counts == {"ok": 3}
-
-    def predictions(run_dir):
-        return pd.read_parquet(run_dir / "predictions.parquet").sort_values(["cell_id", "image"], ignore_index=True)
-
-    mine, theirs = predictions(result.run_dir), predictions(local.run_dir)
+    mine, theirs, shards = _whole_locally_and_in_shards_on_ray(tmp_path, doc, cells=3)
     first = theirs[theirs["cell_id"].str.contains("/pgd@")]
     broke = (first["robust_pred"] != first["label"]) & (first["clean_pred"] == first["label"])
     assert broke.any()  # the first attack broke images, which the later ones must skip: a real chain
     later = theirs[theirs["cell_id"].str.contains("/noise@")]
     assert not later["attacked"].to_numpy()[broke.to_numpy()].any()
     pd.testing.assert_frame_equal(mine, theirs)
-    shards = pd.DataFrame([json.loads(line) for line in (result.run_dir / "shards.jsonl").read_text().splitlines()])
     assert shards["worker"].nunique() == 2 and len(shards) == 3 * 6
