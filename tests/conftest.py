@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import os
 
 # OpenMP threads that spin while they wait turn every small tensor operation into milliseconds once other
@@ -99,3 +100,23 @@ def linear(tmp_path_factory) -> Path:
     torch.save(net.state_dict(), folder / "linear.pt")
     (folder / "linear.py").write_text(LINEAR_FACTORY)
     return folder / "linear.py"
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """torch's thread count set to ``n`` for the block, put back after (float sums, and so perturbations, can depend
+    on it: a local run compared with a 1-CPU Ray worker runs on one thread too)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture
+def one_thread():
+    with torch_threads(1):
+        yield

@@ -11,7 +11,6 @@ import sys
 
 import pandas as pd
 import pytest
-import torch
 import yaml
 
 from bench import executors
@@ -21,6 +20,7 @@ from bench.failures import Interrupted
 from bench.runner import run_suite
 from bench.specs import ExecutorSpec
 from bench.suite import load_suite
+from tests.conftest import torch_threads
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (make install installs it)")
 
@@ -63,12 +63,8 @@ def tiny_file(tmp_path, tiny_suite):
 @pytest.fixture(scope="module")
 def local_table(suite_file, tmp_path_factory):
     out = tmp_path_factory.mktemp("local")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as each Ray worker (1 CPU): float sums, and so perturbations, can depend on the thread count
-    try:
+    with torch_threads(1):  # as each Ray worker (1 CPU): float sums, and so perturbations, can depend on the thread count
         result = run_suite(load_suite(suite_file), out / "results", out / "reports")
-    finally:
-        torch.set_num_threads(threads)
     assert result.complete and result.counts == {"ok": 16}
     return _table(result.run_dir)
 
@@ -244,12 +240,8 @@ def test_a_cascade_on_ray_gives_the_local_cascade_even_when_a_worker_dies(ray_se
     path = tmp_path / "chain.yaml"
     path.write_text(yaml.safe_dump(doc))
     suite = load_suite(path)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as each Ray worker
-    try:
+    with torch_threads(1):  # as each Ray worker
         local = run_suite(suite, tmp_path / "local", tmp_path / "reports")
-    finally:
-        torch.set_num_threads(threads)
     executor, hook = _ray(), KillOnFirstRow()
     remote = run_suite(suite, tmp_path / "ray", tmp_path / "reports", executor=executor, progress=hook)
     assert hook.killed and remote.complete and len(executor.describe()["lost_workers"]) == 1
@@ -321,12 +313,8 @@ def _whole_locally_and_in_shards_on_ray(tmp_path, doc: dict, cells: int):
     whole, spread = tmp_path / "whole.yaml", tmp_path / "spread.yaml"
     whole.write_text(yaml.safe_dump(doc))
     spread.write_text(yaml.safe_dump({**doc, "shard_size": doc["batch_size"]}))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         local = run_suite(load_suite(whole), tmp_path / "local", tmp_path / "local-reports")
-    finally:
-        torch.set_num_threads(threads)
     result = run_suite(load_suite(spread), tmp_path / "results", tmp_path / "reports", executor=_ray())
     assert result.complete and result.counts == {"ok": cells}
 

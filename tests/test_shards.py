@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 import yaml
 
 from bench.cells import shard_plan
@@ -32,12 +31,9 @@ ATTACKS = [  # one of each family: gradient with a random start, score-based, an
      "eps": "12/255", "steps": 2},
 ]
 IMAGES = 24
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _suite(tmp_path: Path, shard_size: int | None, cascade: bool = False, attacks=ATTACKS, limit: int = IMAGES,

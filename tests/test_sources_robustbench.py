@@ -27,7 +27,7 @@ from bench.sources import Context, create_model
 from bench.sources import robustbench_models as rb
 from bench.specs import ModelSpec
 from bench.suite import SuiteError, load_suite
-from tests.conftest import write_images
+from tests.conftest import torch_threads, write_images
 
 ENTRY = "Wong2020Fast"  # a PreActResNet-18 (11 M parameters): builds in well under a second, cheap at 32 px
 
@@ -36,10 +36,8 @@ ENTRY = "Wong2020Fast"  # a PreActResNet-18 (11 M parameters): builds in well un
 def one_thread():
     """The zoo's CIFAR networks keep 32×32 feature maps: on a busy 2-core machine two threads spin more than they
     compute (a run took 2–3× longer); one thread keeps this file well under a minute."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")
